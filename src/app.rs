@@ -1,0 +1,194 @@
+//! Building and running the server: `App::build(config)` connects to the
+//! outside services and binds the port; `run_until(signal)` serves until the
+//! signal fires, then gives in-flight requests a grace period.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::net::TcpListener;
+
+use crate::{
+    auth::tokens::TokenKeys,
+    config::{Config, Secret},
+    limits::WindowCounter,
+    telemetry,
+    transport::http,
+};
+
+/// Shared, read-mostly state handed to every handler.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+pub struct AppInner {
+    pub config: Config,
+    pub db: PgPool,
+    pub redis: ConnectionManager,
+    pub counters: WindowCounter,
+    pub tokens: TokenKeys,
+    pub amqp_url: Secret,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("configuration has problems:\n  - {}", .0.join("\n  - "))]
+    Config(Vec<String>),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+}
+
+/// Connects a pool without touching the database, so the server can start
+/// (and report itself not ready) while Postgres is down.
+pub fn db_pool(config: &Config) -> Result<PgPool, StartError> {
+    let url = config
+        .database
+        .url
+        .as_ref()
+        .ok_or_else(|| StartError::Config(vec!["DATABASE_URL is required".into()]))?;
+    Ok(PgPoolOptions::new()
+        .max_connections(config.database.max_connections)
+        .acquire_timeout(Duration::from_secs(config.database.acquire_timeout_secs))
+        .connect_lazy(url.expose())?)
+}
+
+pub async fn migrate(db: &PgPool) -> Result<(), StartError> {
+    sqlx::migrate!("./migrations").run(db).await?;
+    Ok(())
+}
+
+impl App {
+    /// Validates settings, migrates the database, connects Redis lazily and binds the port.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        // Problems that make serving impossible refuse start everywhere; the
+        // rest (weak or default secrets) refuse start in production only.
+        let problems = config.problems();
+        if !problems.is_empty() {
+            if config.env == crate::config::AppEnv::Production {
+                return Err(StartError::Config(problems));
+            }
+            for p in &problems {
+                tracing::warn!(problem = %p, "configuration problem (refused in production)");
+            }
+        }
+        let missing = |o: bool, name: &str| (!o).then(|| format!("{name} is required"));
+        let fatal: Vec<String> = [
+            missing(config.database.url.is_some(), "DATABASE_URL"),
+            missing(config.redis.url.is_some(), "REDIS_URL"),
+            missing(config.amqp.url.is_some(), "AMQP_URL"),
+            missing(config.auth.jwt_secret.is_some(), "JWT_SECRET"),
+            missing(
+                config.auth.refresh_token_secret.is_some(),
+                "REFRESH_TOKEN_SECRET",
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !fatal.is_empty() {
+            return Err(StartError::Config(fatal));
+        }
+
+        telemetry::install_metrics();
+        let db = db_pool(&config)?;
+        migrate(&db).await?;
+
+        let redis_url = config
+            .redis
+            .url
+            .as_ref()
+            .map(Secret::expose)
+            .unwrap_or_default();
+        let redis = ConnectionManager::new_lazy_with_config(
+            redis::Client::open(redis_url)?,
+            ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_millis(500)))
+                .set_response_timeout(Some(Duration::from_secs(1)))
+                .set_number_of_retries(1),
+        )?;
+        let counters = WindowCounter::new(redis.clone(), &config.redis.key_prefix);
+        let tokens = TokenKeys::new(&config.auth);
+        let amqp_url = config.amqp.url.clone().unwrap_or_else(|| Secret::new(""));
+
+        let addr = format!("{}:{}", config.server.host, config.server.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let state = AppState(Arc::new(AppInner {
+            config,
+            db,
+            redis,
+            counters,
+            tokens,
+            amqp_url,
+        }));
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish
+    /// within the configured grace period and drops whatever is left.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let grace = Duration::from_secs(self.state.config.server.shutdown_grace_secs);
+        let router = http::router(self.state.clone());
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!(
+                grace_secs = grace.as_secs(),
+                "shutting down: finishing in-flight requests"
+            );
+            let _ = stopping_tx.send(());
+        });
+        let deadline = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            res = serve => res,
+            () = deadline => {
+                tracing::warn!("grace period over: closing the remaining connections");
+                Ok(())
+            }
+        }
+    }
+}

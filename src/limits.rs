@@ -1,0 +1,183 @@
+//! Fixed-window counters shared by every node through Redis (one atomic Lua
+//! script per call), with a per-node fallback when Redis cannot be reached.
+//!
+//! Owns counting only; what a count means (sign-in throttling, rate limits) is
+//! decided by the caller. While Redis is down each node counts on its own, which
+//! is stricter per node but looser across nodes; the switch is logged once per
+//! transition and shown by `switchboard_redis_degraded` and `/ready`.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use dashmap::DashMap;
+use redis::{Script, aio::ConnectionManager};
+
+/// INCR each key, start its window on first use, and answer (count, ttl) pairs.
+const INCR_SCRIPT: &str = r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('EXPIRE', key, ARGV[1]) end
+  local ttl = redis.call('TTL', key)
+  if ttl < 0 then redis.call('EXPIRE', key, ARGV[1]); ttl = tonumber(ARGV[1]) end
+  out[#out + 1] = n
+  out[#out + 1] = ttl
+end
+return out
+";
+
+/// Past this many local keys, expired windows are swept so memory stays bounded.
+const LOCAL_KEYS_MAX: usize = 100_000;
+
+/// A count within a window and how long until the window resets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowCount {
+    pub count: u64,
+    pub resets_in: Duration,
+}
+
+#[derive(Clone)]
+pub struct WindowCounter {
+    redis: ConnectionManager,
+    prefix: Arc<str>,
+    script: Arc<Script>,
+    local: Arc<DashMap<String, (u64, Instant, Duration)>>,
+    degraded: Arc<AtomicBool>,
+}
+
+impl WindowCounter {
+    pub fn new(redis: ConnectionManager, prefix: &str) -> Self {
+        Self {
+            redis,
+            prefix: prefix.into(),
+            script: Arc::new(Script::new(INCR_SCRIPT)),
+            local: Arc::new(DashMap::new()),
+            degraded: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}:{key}", self.prefix)
+    }
+
+    /// True while counts are node-local because Redis failed on the last call.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    fn set_degraded(&self, now: bool, cause: Option<&redis::RedisError>) {
+        if self.degraded.swap(now, Ordering::Relaxed) != now {
+            if now {
+                tracing::warn!(error = ?cause.map(ToString::to_string), "redis unreachable: limits are now per node");
+            } else {
+                tracing::info!("redis reachable again: limits are shared across nodes");
+            }
+            metrics::gauge!("switchboard_redis_degraded").set(if now { 1.0 } else { 0.0 });
+        }
+    }
+
+    /// Adds one to each key in a single atomic step and returns the new counts.
+    pub async fn incr(&self, keys: &[String], window: Duration) -> Vec<WindowCount> {
+        let mut inv = self.script.prepare_invoke();
+        for k in keys {
+            inv.key(self.key(k));
+        }
+        inv.arg(window.as_secs().max(1));
+        let mut conn = self.redis.clone();
+        match inv.invoke_async::<Vec<i64>>(&mut conn).await {
+            Ok(raw) if raw.len() == keys.len() * 2 => {
+                self.set_degraded(false, None);
+                raw.chunks(2)
+                    .map(|c| WindowCount {
+                        count: c[0].max(0) as u64,
+                        resets_in: Duration::from_secs(c[1].max(1) as u64),
+                    })
+                    .collect()
+            }
+            Ok(_) => {
+                tracing::error!("redis counter script answered with the wrong shape");
+                self.incr_local(keys, window)
+            }
+            Err(e) => {
+                self.set_degraded(true, Some(&e));
+                self.incr_local(keys, window)
+            }
+        }
+    }
+
+    /// The current count of a key without changing it.
+    pub async fn get(&self, key: &str) -> WindowCount {
+        let mut conn = self.redis.clone();
+        let full = self.key(key);
+        let res: redis::RedisResult<(Option<i64>, i64)> = redis::pipe()
+            .get(&full)
+            .ttl(&full)
+            .query_async(&mut conn)
+            .await;
+        match res {
+            Ok((count, ttl)) => {
+                self.set_degraded(false, None);
+                WindowCount {
+                    count: count.unwrap_or(0).max(0) as u64,
+                    resets_in: Duration::from_secs(ttl.max(1) as u64),
+                }
+            }
+            Err(e) => {
+                self.set_degraded(true, Some(&e));
+                self.get_local(key)
+            }
+        }
+    }
+
+    /// Forgets a key, in Redis and locally.
+    pub async fn reset(&self, key: &str) {
+        self.local.remove(key);
+        let mut conn = self.redis.clone();
+        if let Err(e) = redis::cmd("DEL")
+            .arg(self.key(key))
+            .query_async::<()>(&mut conn)
+            .await
+        {
+            self.set_degraded(true, Some(&e));
+        }
+    }
+
+    fn incr_local(&self, keys: &[String], window: Duration) -> Vec<WindowCount> {
+        let now = Instant::now();
+        if self.local.len() > LOCAL_KEYS_MAX {
+            self.local.retain(|_, e| now.duration_since(e.1) < e.2);
+        }
+        keys.iter()
+            .map(|k| {
+                let mut e = self.local.entry(k.clone()).or_insert((0, now, window));
+                if now.duration_since(e.1) >= e.2 {
+                    *e = (0, now, window);
+                }
+                e.0 += 1;
+                WindowCount {
+                    count: e.0,
+                    resets_in: e.2.saturating_sub(now.duration_since(e.1)),
+                }
+            })
+            .collect()
+    }
+
+    fn get_local(&self, key: &str) -> WindowCount {
+        let now = Instant::now();
+        match self.local.get(key) {
+            Some(e) if now.duration_since(e.1) < e.2 => WindowCount {
+                count: e.0,
+                resets_in: e.2.saturating_sub(now.duration_since(e.1)),
+            },
+            _ => WindowCount {
+                count: 0,
+                resets_in: Duration::ZERO,
+            },
+        }
+    }
+}

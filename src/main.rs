@@ -1,0 +1,108 @@
+//! The `switchboard` binary: parse the command line, load settings, run.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchboard::{
+    app::{self, App},
+    config::Config,
+    telemetry,
+};
+
+#[derive(Parser)]
+#[command(version, about = "Real-time AI chat server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve HTTP and WebSocket on one port (migrates first).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Check the settings, print every problem, exit non-zero if there is one.
+    ValidateConfig,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::ValidateConfig => {
+            let problems = config.problems();
+            if problems.is_empty() {
+                println!("configuration OK ({})", config.env.as_str());
+                return ExitCode::SUCCESS;
+            }
+            eprintln!(
+                "{} configuration problem(s) ({}):",
+                problems.len(),
+                config.env.as_str()
+            );
+            for p in problems {
+                eprintln!("  - {p}");
+            }
+            ExitCode::FAILURE
+        }
+        Command::Migrate => {
+            telemetry::init_tracing(config.server.log_format);
+            let result = async { app::migrate(&app::db_pool(&config)?).await }.await;
+            match result {
+                Ok(()) => {
+                    tracing::info!("migrations applied");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "migration failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Serve => {
+            telemetry::init_tracing(config.server.log_format);
+            let app = match App::build(config).await {
+                Ok(app) => app,
+                Err(e) => {
+                    tracing::error!("cannot start: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            tracing::info!("Switchboard listening on http://{}", app.local_addr());
+            match app.run_until(shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "server failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}

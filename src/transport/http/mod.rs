@@ -1,0 +1,133 @@
+//! The HTTP surface: one router per resource, merged here, wrapped in the
+//! layers every request passes (request id, tracing, metrics, CORS, body limit,
+//! and the error envelope).
+
+mod auth;
+pub mod extract;
+mod health;
+mod openapi;
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{DefaultBodyLimit, MatchedPath, Request},
+    http::{HeaderName, HeaderValue, Method, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use tower::ServiceBuilder;
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+
+use crate::{
+    app::AppState,
+    error::{ApiError, ErrorCode},
+};
+
+pub use openapi::ApiDoc;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.server.body_limit_bytes;
+    let cors = cors_layer(&state.config.server.cors_origins);
+    Router::new()
+        .merge(health::router())
+        .merge(openapi::router())
+        .nest("/api/auth", auth::router())
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                        let id = req
+                            .extensions()
+                            .get::<RequestId>()
+                            .and_then(|id| id.header_value().to_str().ok())
+                            .unwrap_or("-");
+                        tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                    }),
+                )
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(middleware::from_fn(error_envelope))
+                .layer(middleware::from_fn(record_metrics))
+                .layer(cors)
+                .layer(DefaultBodyLimit::max(body_limit))
+        )
+        .with_state(state)
+}
+
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PATCH,
+            Method::PUT,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            REQUEST_ID,
+        ])
+        .expose_headers([REQUEST_ID, header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
+}
+
+/// Gives every error response the one JSON envelope, including those no handler
+/// shaped (404/405 from routing, 413 from the body limit, framework rejections).
+async fn error_envelope(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !status.is_client_error() && !status.is_server_error() || is_json {
+        return res;
+    }
+    let code = ErrorCode::from_status(status);
+    let message = match code {
+        ErrorCode::NotFound => "route not found".to_owned(),
+        ErrorCode::MethodNotAllowed => "method not allowed on this route".to_owned(),
+        ErrorCode::PayloadTooLarge => "request body is too large".to_owned(),
+        ErrorCode::UnsupportedMediaType => "expected Content-Type: application/json".to_owned(),
+        _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let (parts, _) = res.into_parts();
+    let mut shaped = ApiError::new(code, message).into_response();
+    *shaped.status_mut() = status;
+    for name in [header::ALLOW, header::RETRY_AFTER, REQUEST_ID] {
+        if let Some(v) = parts.headers.get(&name) {
+            shaped.headers_mut().insert(name, v.clone());
+        }
+    }
+    shaped
+}
+
+/// `http_requests_total` and `response_time_seconds` by route template, never by raw path.
+async fn record_metrics(req: Request<Body>, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("response_time_seconds", &labels).record(started.elapsed().as_secs_f64());
+    res
+}

@@ -1,0 +1,83 @@
+use serde_json::Value;
+use sqlx::{Connection, Executor, PgConnection};
+use switchboard::config::Secret;
+
+use crate::helpers::{spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn health_endpoints_answer() {
+    let app = spawn_app().await;
+    for path in ["/health", "/api/auth/health", "/api/chats/health", "/api/billing/health", "/api/analytics/health"] {
+        let res = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["status"], "healthy");
+        let ts = body["timestamp"].as_str().unwrap();
+        assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "{ts}");
+    }
+}
+
+#[tokio::test]
+async fn ready_when_everything_is_up() {
+    let app = spawn_app().await;
+    let res = app.client.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    for dep in ["postgres", "redis", "rabbitmq"] {
+        assert_eq!(body["checks"][dep], "up", "{dep}");
+    }
+    assert_eq!(body["checks"]["limits"], "shared");
+}
+
+#[tokio::test]
+async fn not_ready_names_redis_and_rabbitmq_when_unreachable() {
+    let app = spawn_app_with(|c| {
+        c.redis.url = Some(Secret::new("redis://127.0.0.1:1"));
+        c.amqp.url = Some(Secret::new("amqp://guest:guest@127.0.0.1:1/%2f"));
+    })
+    .await;
+    let res = app.client.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("redis") && msg.contains("rabbitmq") && !msg.contains("postgres"), "{msg}");
+    assert_eq!(body["checks"]["postgres"], "up");
+    assert_eq!(body["checks"]["redis"], "down");
+    assert_eq!(body["checks"]["rabbitmq"], "down");
+    // Liveness is unaffected.
+    assert_eq!(app.client.get(app.url("/health")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn not_ready_names_postgres_when_its_database_is_gone() {
+    let app = spawn_app().await;
+    let mut admin = PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(r#"drop database "{}" with (force)"#, app.db_name)))
+        .await
+        .unwrap();
+    let res = app.client.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["checks"]["postgres"], "down");
+    assert!(body["error"]["message"].as_str().unwrap().contains("postgres"));
+    // A request that needs the database gets a clean error, not a hang or a dropped socket.
+    let res = app.signin("a@example.com", "whatever password").await;
+    assert!(res.status().is_server_error(), "{}", res.status());
+    let body: Value = res.json().await.unwrap();
+    assert!(body["error"]["code"].is_string());
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template() {
+    let app = spawn_app().await;
+    app.client.get(app.url("/health")).send().await.unwrap();
+    app.client.get(app.url("/no/such/route")).send().await.unwrap();
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(r#"http_requests_total{method="GET",route="/health",status="200"}"#), "{text}");
+    assert!(text.contains("response_time_seconds_bucket"), "{text}");
+    // Unknown paths are counted under one label, never their raw path.
+    assert!(!text.contains("/no/such/route"));
+}

@@ -1,0 +1,139 @@
+//! `spawn_app()`: the real server on 127.0.0.1:0 against the machine's
+//! Postgres, Redis and RabbitMQ, with a database of its own.
+
+use std::path::Path;
+
+use reqwest::{Client, Response};
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use switchboard::{
+    app::App,
+    config::{AppEnv, Config, Secret},
+};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: Client,
+    pub db: PgPool,
+    pub db_name: String,
+    pub config: Config,
+    _stop: oneshot::Sender<()>,
+}
+
+/// The Postgres server tests use: `TEST_DATABASE_URL` or the local default, without a database name.
+fn pg_server() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn test_config() -> Config {
+    Config::load_from(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+        AppEnv::Test,
+        std::iter::empty(),
+    )
+    .expect("test config loads")
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    // Captured per test by the harness; shown only for failing tests.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,switchboard=info"))
+        .with_test_writer()
+        .try_init();
+    let db_name = format!("sb_test_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&format!("{}/postgres", pg_server()))
+        .await
+        .expect("connect to postgres");
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(r#"create database "{db_name}""#)))
+        .await
+        .expect("create test database");
+
+    let mut config = test_config();
+    config.server.port = 0;
+    config.database.url = Some(Secret::new(format!("{}/{db_name}", pg_server())));
+    config.database.max_connections = 5;
+    config.redis.key_prefix = format!("sbtest:{}", Uuid::new_v4().simple());
+    tweak(&mut config);
+
+    let app = App::build(config.clone()).await.expect("app builds");
+    let addr = app.local_addr();
+    let db = app.state().db.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+
+        base: format!("http://{addr}"),
+        client: Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+        db,
+        db_name,
+        config,
+        _stop: stop,
+    }
+}
+
+/// A signed-in user of a test app.
+pub struct TestUser {
+    pub id: Uuid,
+    pub email: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client.post(self.url(path)).json(body).send().await.unwrap()
+    }
+
+    pub async fn signup(&self, email: &str, username: &str, password: &str) -> Response {
+        self.post_json(
+            "/api/auth/signup",
+            &json!({ "email": email, "username": username, "password": password }),
+        )
+        .await
+    }
+
+    pub async fn signin(&self, email: &str, password: &str) -> Response {
+        self.post_json("/api/auth/signin", &json!({ "email": email, "password": password }))
+            .await
+    }
+
+    /// Signs up a fresh user and signs in.
+    pub async fn new_user(&self) -> TestUser {
+        let tag = &Uuid::new_v4().simple().to_string()[..12];
+        let email = format!("user-{tag}@example.com");
+        let res = self.signup(&email, &format!("u{tag}"), PASSWORD).await;
+        assert_eq!(res.status(), 201, "signup: {}", res.text().await.unwrap());
+        let res = self.signin(&email, PASSWORD).await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        TestUser {
+            id: body["user"]["id"].as_str().unwrap().parse().unwrap(),
+            email,
+            access_token: body["access_token"].as_str().unwrap().to_owned(),
+            refresh_token: body["refresh_token"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+/// Asserts the error envelope and returns its code.
+pub async fn error_code(res: Response) -> String {
+    let body: Value = res.json().await.expect("error body is JSON");
+    let msg = body["error"]["message"].as_str().expect("error.message");
+    assert!(!msg.is_empty());
+    body["error"]["code"].as_str().expect("error.code").to_owned()
+}
