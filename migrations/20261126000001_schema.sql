@@ -75,7 +75,8 @@ create table chats (
     created_at    timestamptz not null default now(),
     updated_at    timestamptz not null default now()
 );
-create index chats_workspace_updated_idx on chats (workspace_id, updated_at desc, id desc);
+-- chats are listed newest first; ids are uuidv7, so id order is creation order.
+create index chats_workspace_id_idx on chats (workspace_id, id desc);
 
 create table messages (
     id             uuid primary key,
@@ -83,6 +84,8 @@ create table messages (
     seq            bigint not null check (seq > 0),
     role           text not null check (role in ('user', 'assistant', 'system')),
     author_id      uuid references users (id) on delete set null,
+    -- for an answer: the user message it answers.
+    reply_to       uuid references messages (id) on delete set null,
     client_msg_id  text check (length(client_msg_id) between 1 and 128),
     content        text not null default '',
     status         text not null check (status in ('streaming', 'complete', 'cancelled', 'failed')),

@@ -9,6 +9,7 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::net::TcpListener;
 
 use crate::{
+    actors::{ActorStartError, Actors},
     auth::tokens::TokenKeys,
     config::{Config, Secret},
     limits::WindowCounter,
@@ -27,6 +28,7 @@ pub struct AppInner {
     pub counters: WindowCounter,
     pub tokens: TokenKeys,
     pub amqp_url: Secret,
+    pub actors: Actors,
 }
 
 impl std::ops::Deref for AppState {
@@ -46,6 +48,8 @@ pub enum StartError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("actors: {0}")]
+    Actors(#[from] ActorStartError),
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: String,
@@ -112,6 +116,14 @@ impl App {
         telemetry::install_metrics();
         let db = db_pool(&config)?;
         migrate(&db).await?;
+        // Answers left streaming by a previous run (killed mid-answer) end as failed.
+        let interrupted = crate::store::messages::fail_interrupted(&db, None).await?;
+        if !interrupted.is_empty() {
+            tracing::warn!(
+                count = interrupted.len(),
+                "answers interrupted by the last shutdown marked failed"
+            );
+        }
 
         let redis_url = config
             .redis
@@ -129,6 +141,7 @@ impl App {
         let counters = WindowCounter::new(redis.clone(), &config.redis.key_prefix);
         let tokens = TokenKeys::new(&config.auth);
         let amqp_url = config.amqp.url.clone().unwrap_or_else(|| Secret::new(""));
+        let actors = Actors::start(&config, db.clone()).await?;
 
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&addr)
@@ -141,6 +154,7 @@ impl App {
             counters,
             tokens,
             amqp_url,
+            actors,
         }));
         Ok(Self { listener, state })
     }
@@ -183,12 +197,14 @@ impl App {
                 std::future::pending::<()>().await;
             }
         };
-        tokio::select! {
+        let res = tokio::select! {
             res = serve => res,
             () = deadline => {
                 tracing::warn!("grace period over: closing the remaining connections");
                 Ok(())
             }
-        }
+        };
+        self.state.actors.stop().await;
+        res
     }
 }

@@ -117,6 +117,10 @@ pub struct Config {
     #[serde(default)]
     pub smtp: SmtpConfig,
     pub plans: BTreeMap<String, PlanConfig>,
+    pub chat: ChatConfig,
+    pub ws: WsConfig,
+    #[serde(default)]
+    pub simulated: crate::providers::simulated::SimulatedConfig,
 }
 
 fn default_env() -> AppEnv {
@@ -216,6 +220,48 @@ pub struct SmtpConfig {
     pub host: Option<String>,
     pub user: Option<String>,
     pub pass: Option<Secret>,
+}
+
+/// Chat actors: lifetimes, supervision, generation.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatConfig {
+    /// A chat actor with no subscriber and no generation stops after this long.
+    pub idle_timeout_secs: u64,
+    /// A user actor with no connection stops after this long.
+    pub user_idle_timeout_secs: u64,
+    /// Restarts allowed per actor within `restart_window_secs` before it is given up.
+    pub max_restarts: u32,
+    pub restart_window_secs: u64,
+    /// Requests waiting for one chat actor beyond this are refused (`rate_limited`).
+    pub mailbox_limit: usize,
+    /// Stop generating when the socket that asked for an answer goes away.
+    pub cancel_on_disconnect: bool,
+    /// How often a streaming answer's partial text is saved.
+    pub checkpoint_ms: u64,
+    /// Largest message a user may send, in characters.
+    pub max_message_chars: usize,
+    /// Output tokens asked of a model per answer.
+    pub max_output_tokens: u32,
+    /// Earlier turns sent with each prompt.
+    pub history_messages: i64,
+    /// Path of the price table.
+    pub pricing_file: String,
+}
+
+/// WebSocket connections.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WsConfig {
+    /// Largest client frame; larger closes the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// An unauthenticated socket must send `auth` within this, or is closed with 4001.
+    pub auth_timeout_secs: u64,
+    /// Server pings this often; a peer silent for `idle_timeout_secs` is closed.
+    pub ping_interval_secs: u64,
+    pub idle_timeout_secs: u64,
+    /// Frames queued for one socket; a reader that falls further behind is closed with 4008.
+    pub outbound_queue: usize,
+    /// Sockets one user may hold at once.
+    pub max_connections_per_user: usize,
 }
 
 /// Limits and budgets of one plan tier. Money in micro-dollars.
@@ -379,7 +425,45 @@ impl Config {
 
         self.check_providers(&mut p);
         self.check_plans(&mut p);
+        self.check_chat(&mut p);
         p
+    }
+
+    fn check_chat(&self, p: &mut Vec<String>) {
+        let (chat, ws, sim) = (&self.chat, &self.ws, &self.simulated);
+        for (name, value) in [
+            ("ws.max_frame_bytes", ws.max_frame_bytes),
+            ("ws.outbound_queue", ws.outbound_queue),
+            ("ws.max_connections_per_user", ws.max_connections_per_user),
+            ("chat.mailbox_limit", chat.mailbox_limit),
+            ("chat.max_message_chars", chat.max_message_chars),
+        ] {
+            if value == 0 {
+                p.push(format!("{name} must be greater than 0"));
+            }
+        }
+        if ws.ping_interval_secs == 0 || ws.ping_interval_secs >= ws.idle_timeout_secs {
+            p.push("ws.ping_interval_secs must be above 0 and below ws.idle_timeout_secs".into());
+        }
+        if chat.max_output_tokens == 0 {
+            p.push("chat.max_output_tokens must be greater than 0".into());
+        }
+        if !(0.0..=1.0).contains(&sim.failure_rate) {
+            p.push(format!(
+                "simulated.failure_rate must be between 0 and 1 (got {})",
+                sim.failure_rate
+            ));
+        }
+        match crate::providers::pricing::PriceTable::load(Path::new(&chat.pricing_file)) {
+            Ok(table) if !table.models.contains_key("sim-1") => {
+                p.push(format!(
+                    "{}: the simulated model sim-1 has no price",
+                    chat.pricing_file
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => p.push(e.to_string()),
+        }
     }
 
     fn check_providers(&self, p: &mut Vec<String>) {

@@ -14,11 +14,13 @@
 //! - [`error`]: the error-code table behind every REST error and WS error frame.
 //! - [`telemetry`]: tracing logs and the Prometheus recorder.
 
+pub mod actors;
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod limits;
+pub mod providers;
 pub mod store;
 pub mod telemetry;
 pub mod transport;

@@ -1,3 +1,5 @@
-//! How clients reach the system: HTTP (REST, SSE) and, with the actor core, WebSocket.
+//! How clients reach the system: HTTP (REST, SSE) and WebSocket, sharing one protocol.
 
 pub mod http;
+pub mod protocol;
+pub mod ws;

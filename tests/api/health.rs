@@ -7,7 +7,13 @@ use crate::helpers::{spawn_app, spawn_app_with};
 #[tokio::test]
 async fn health_endpoints_answer() {
     let app = spawn_app().await;
-    for path in ["/health", "/api/auth/health", "/api/chats/health", "/api/billing/health", "/api/analytics/health"] {
+    for path in [
+        "/health",
+        "/api/auth/health",
+        "/api/chats/health",
+        "/api/billing/health",
+        "/api/analytics/health",
+    ] {
         let res = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(res.status(), 200, "{path}");
         let body: Value = res.json().await.unwrap();
@@ -42,27 +48,48 @@ async fn not_ready_names_redis_and_rabbitmq_when_unreachable() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unavailable");
     let msg = body["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("redis") && msg.contains("rabbitmq") && !msg.contains("postgres"), "{msg}");
+    assert!(
+        msg.contains("redis") && msg.contains("rabbitmq") && !msg.contains("postgres"),
+        "{msg}"
+    );
     assert_eq!(body["checks"]["postgres"], "up");
     assert_eq!(body["checks"]["redis"], "down");
     assert_eq!(body["checks"]["rabbitmq"], "down");
     // Liveness is unaffected.
-    assert_eq!(app.client.get(app.url("/health")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn not_ready_names_postgres_when_its_database_is_gone() {
     let app = spawn_app().await;
-    let mut admin = PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
+    let mut admin = PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await
+        .unwrap();
     admin
-        .execute(sqlx::AssertSqlSafe(format!(r#"drop database "{}" with (force)"#, app.db_name)))
+        .execute(sqlx::AssertSqlSafe(format!(
+            r#"drop database "{}" with (force)"#,
+            app.db_name
+        )))
         .await
         .unwrap();
     let res = app.client.get(app.url("/ready")).send().await.unwrap();
     assert_eq!(res.status(), 503);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["checks"]["postgres"], "down");
-    assert!(body["error"]["message"].as_str().unwrap().contains("postgres"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("postgres")
+    );
     // A request that needs the database gets a clean error, not a hang or a dropped socket.
     let res = app.signin("a@example.com", "whatever password").await;
     assert!(res.status().is_server_error(), "{}", res.status());
@@ -74,9 +101,24 @@ async fn not_ready_names_postgres_when_its_database_is_gone() {
 async fn metrics_count_requests_by_route_template() {
     let app = spawn_app().await;
     app.client.get(app.url("/health")).send().await.unwrap();
-    app.client.get(app.url("/no/such/route")).send().await.unwrap();
-    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains(r#"http_requests_total{method="GET",route="/health",status="200"}"#), "{text}");
+    app.client
+        .get(app.url("/no/such/route"))
+        .send()
+        .await
+        .unwrap();
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"http_requests_total{method="GET",route="/health",status="200"}"#),
+        "{text}"
+    );
     assert!(text.contains("response_time_seconds_bucket"), "{text}");
     // Unknown paths are counted under one label, never their raw path.
     assert!(!text.contains("/no/such/route"));

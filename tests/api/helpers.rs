@@ -21,12 +21,14 @@ pub struct TestApp {
     pub db: PgPool,
     pub db_name: String,
     pub config: Config,
+    pub state: switchboard::app::AppState,
     _stop: oneshot::Sender<()>,
 }
 
 /// The Postgres server tests use: `TEST_DATABASE_URL` or the local default, without a database name.
 fn pg_server() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 pub fn test_config() -> Config {
@@ -53,7 +55,9 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         .await
         .expect("connect to postgres");
     admin
-        .execute(sqlx::AssertSqlSafe(format!(r#"create database "{db_name}""#)))
+        .execute(sqlx::AssertSqlSafe(format!(
+            r#"create database "{db_name}""#
+        )))
         .await
         .expect("create test database");
 
@@ -67,17 +71,21 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let app = App::build(config.clone()).await.expect("app builds");
     let addr = app.local_addr();
     let db = app.state().db.clone();
+    let state = app.state().clone();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
     TestApp {
-
         base: format!("http://{addr}"),
-        client: Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+        client: Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
         db,
         db_name,
         config,
+        state,
         _stop: stop,
     }
 }
@@ -96,7 +104,12 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
-        self.client.post(self.url(path)).json(body).send().await.unwrap()
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn signup(&self, email: &str, username: &str, password: &str) -> Response {
@@ -108,8 +121,11 @@ impl TestApp {
     }
 
     pub async fn signin(&self, email: &str, password: &str) -> Response {
-        self.post_json("/api/auth/signin", &json!({ "email": email, "password": password }))
-            .await
+        self.post_json(
+            "/api/auth/signin",
+            &json!({ "email": email, "password": password }),
+        )
+        .await
     }
 
     /// Signs up a fresh user and signs in.
@@ -135,5 +151,8 @@ pub async fn error_code(res: Response) -> String {
     let body: Value = res.json().await.expect("error body is JSON");
     let msg = body["error"]["message"].as_str().expect("error.message");
     assert!(!msg.is_empty());
-    body["error"]["code"].as_str().expect("error.code").to_owned()
+    body["error"]["code"]
+        .as_str()
+        .expect("error.code")
+        .to_owned()
 }

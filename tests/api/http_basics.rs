@@ -10,7 +10,12 @@ async fn unknown_route_and_wrong_method_use_the_envelope() {
     let res = app.client.get(app.url("/api/nope")).send().await.unwrap();
     assert_eq!(res.status(), 404);
     assert_eq!(error_code(res).await, "not_found");
-    let res = app.client.delete(app.url("/api/auth/signin")).send().await.unwrap();
+    let res = app
+        .client
+        .delete(app.url("/api/auth/signin"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 405);
     assert!(res.headers().contains_key("allow"));
     assert_eq!(error_code(res).await, "method_not_allowed");
@@ -23,13 +28,20 @@ async fn every_response_carries_a_request_id() {
     let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert!(uuid::Uuid::parse_str(&id).is_ok());
     // A caller's id is kept, so logs join up across services.
-    let res = app.client.get(app.url("/nope")).header("x-request-id", "abc-123").send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/nope"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.headers()["x-request-id"], "abc-123");
 }
 
 #[tokio::test]
 async fn cors_allows_configured_origins_only() {
-    let app = spawn_app_with(|c| c.server.cors_origins = vec!["https://app.example.com".into()]).await;
+    let app =
+        spawn_app_with(|c| c.server.cors_origins = vec!["https://app.example.com".into()]).await;
     let preflight = |origin: &'static str| {
         app.client
             .request(reqwest::Method::OPTIONS, app.url("/api/auth/signin"))
@@ -39,7 +51,10 @@ async fn cors_allows_configured_origins_only() {
             .send()
     };
     let res = preflight("https://app.example.com").await.unwrap();
-    assert_eq!(res.headers()["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
     let res = preflight("https://evil.example.com").await.unwrap();
     assert!(!res.headers().contains_key("access-control-allow-origin"));
 }
@@ -47,9 +62,24 @@ async fn cors_allows_configured_origins_only() {
 #[tokio::test]
 async fn openapi_lists_the_handlers() {
     let app = spawn_app().await;
-    let doc: Value = app.client.get(app.url("/api/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let doc: Value = app
+        .client
+        .get(app.url("/api/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with('3'));
-    for path in ["/api/auth/signup", "/api/auth/signin", "/api/auth/refresh", "/api/auth/me", "/health", "/ready"] {
+    for path in [
+        "/api/auth/signup",
+        "/api/auth/signin",
+        "/api/auth/refresh",
+        "/api/auth/me",
+        "/health",
+        "/ready",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
 }
@@ -61,7 +91,10 @@ async fn body_limit_is_configurable() {
         .client
         .post(app.url("/api/auth/signin"))
         .header("content-type", "application/json")
-        .body(format!(r#"{{"email":"{}","password":"x"}}"#, "a".repeat(200)))
+        .body(format!(
+            r#"{{"email":"{}","password":"x"}}"#,
+            "a".repeat(200)
+        ))
         .send()
         .await
         .unwrap();
@@ -107,9 +140,16 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     });
     tokio::time::sleep(Duration::from_millis(5)).await;
     stop.send(()).unwrap();
-    let res = in_flight.await.unwrap().expect("in-flight request completes");
+    let res = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completes");
     assert_eq!(res.status(), 200);
-    tokio::time::timeout(Duration::from_secs(5), server).await.expect("server stops").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("server stops")
+        .unwrap()
+        .unwrap();
     // After shutdown nothing listens.
     assert!(client.get(format!("{base}/health")).send().await.is_err());
 }

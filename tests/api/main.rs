@@ -2,7 +2,11 @@
 //! own freshly migrated database and its own Redis key prefix.
 
 mod auth;
+mod chat_stream;
+mod chats;
 mod config;
 mod health;
 mod helpers;
 mod http_basics;
+mod ws;
+mod ws_client;

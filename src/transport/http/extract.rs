@@ -4,7 +4,10 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::{
-    extract::{ConnectInfo, FromRequest, FromRequestParts, rejection::JsonRejection},
+    extract::{
+        ConnectInfo, FromRequest, FromRequestParts,
+        rejection::{JsonRejection, PathRejection, QueryRejection},
+    },
     http::{header, request::Parts},
     response::{IntoResponse, Response},
 };
@@ -51,6 +54,34 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// `Query` whose rejection is a 400 in our envelope naming the bad parameter.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        // "Failed to deserialize query string: limit: invalid digit found in string"
+        ApiError::invalid(r.body_text())
+    }
+}
+
+/// `Path` whose rejection is a 400 in our envelope (e.g. a malformed UUID).
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        if r.status().is_client_error() {
+            ApiError::invalid(format!("invalid path parameter: {}", r.body_text()))
+        } else {
+            // A route/extractor mismatch: our bug, not the client's.
+            ApiError::internal(r.body_text())
+        }
+    }
+}
+
 /// The signed-in user, from `Authorization: Bearer <access token>`.
 #[derive(Debug, Clone, Copy)]
 pub struct AuthUser {
@@ -72,7 +103,11 @@ impl FromRequestParts<AppState> for AuthUser {
 }
 
 pub fn bearer_token(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    bearer_from_headers(&parts.headers)
+}
+
+pub fn bearer_from_headers(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
 }

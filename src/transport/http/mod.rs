@@ -3,6 +3,8 @@
 //! and the error envelope).
 
 mod auth;
+mod chat_stream;
+mod chats;
 pub mod extract;
 mod health;
 mod openapi;
@@ -39,7 +41,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(openapi::router())
+        .route("/ws", axum::routing::get(super::ws::upgrade))
         .nest("/api/auth", auth::router())
+        .nest("/api/chats", chats::router().merge(chat_stream::router()))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(
             ServiceBuilder::new()

@@ -1,0 +1,1025 @@
+//! ChatSupervisor → ChatActor per active chat.
+//!
+//! A chat actor is the one place a chat's events are ordered: it commits user
+//! messages (seq from Postgres), acks them, runs one generation at a time (the
+//! rest queue), and publishes every event to the chat's subscribers through the
+//! [`ChatHub`]. Generations run in their own tasks and report back as
+//! [`ChatMsg::Gen`]; handlers await only short Postgres statements.
+//!
+//! Transports must check that the caller may see the chat before calling the
+//! registry: the actor trusts its callers.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use dashmap::DashMap;
+use futures::{FutureExt, StreamExt};
+use ractor::{
+    Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent, rpc::CallResult,
+};
+use sqlx::PgPool;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use uuid::Uuid;
+
+use super::{
+    RestartLimiter,
+    hub::{ChatHub, ConnId, Outbound, Subscriber},
+    persistence::{UsageEvent, UsageMsg},
+    provider::ProviderRegistry,
+};
+use crate::{
+    config::ChatConfig,
+    error::ErrorCode,
+    providers::{
+        ChatRequest, PromptMessage, ProviderError, StreamEvent, Usage, estimate_tokens,
+        pricing::{PriceTable, micros_to_usd},
+    },
+    store::{
+        self,
+        messages::{self, Message, Outcome},
+    },
+    transport::protocol::ServerFrame,
+};
+
+/// Most messages replayed on one subscribe; older history is paged over REST.
+const REPLAY_LIMIT: i64 = 1000;
+/// How long a caller waits for a chat actor to answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ChatError {
+    #[error("chat not found")]
+    NotFound,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("chat is busy, try again shortly")]
+    Busy,
+    #[error("no answer in progress with that id")]
+    NoSuchGeneration,
+    #[error("storage unavailable: the message was not saved, retry")]
+    Unavailable,
+    #[error("subscriber too slow for the replay")]
+    SlowConsumer,
+}
+
+impl ChatError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::NotFound | Self::NoSuchGeneration => ErrorCode::NotFound,
+            Self::Invalid(_) => ErrorCode::InvalidRequest,
+            Self::Busy => ErrorCode::RateLimited,
+            Self::Unavailable => ErrorCode::Unavailable,
+            Self::SlowConsumer => ErrorCode::SlowConsumer,
+        }
+    }
+}
+
+impl From<ChatError> for crate::error::ApiError {
+    fn from(e: ChatError) -> Self {
+        let mut err = Self::new(e.code(), e.to_string());
+        if e == ChatError::Busy {
+            err.retry_after = Some(Duration::from_secs(1));
+        }
+        err
+    }
+}
+
+/// The answer to `send`: where the user's message landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub client_msg_id: String,
+    pub message_id: Uuid,
+    pub seq: i64,
+    /// The `client_msg_id` had been seen: nothing new was stored or generated.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub author: Uuid,
+    pub plan: String,
+    pub client_msg_id: String,
+    pub content: String,
+    pub model: Option<String>,
+    /// The connection that asked, for cancel-on-disconnect.
+    pub origin: Option<ConnId>,
+}
+
+pub enum ChatMsg {
+    Subscribe {
+        sub: Subscriber,
+        since_seq: Option<i64>,
+        reply: RpcReplyPort<Result<(), ChatError>>,
+    },
+    Unsubscribe {
+        conn: ConnId,
+        /// Cancel the running answer if this connection asked for it.
+        cancel_if_origin: bool,
+    },
+    Send {
+        req: SendRequest,
+        reply: RpcReplyPort<Result<Ack, ChatError>>,
+    },
+    Cancel {
+        message_id: Uuid,
+        reply: RpcReplyPort<Result<(), ChatError>>,
+    },
+    /// From a generation task.
+    Gen {
+        gen_id: u64,
+        event: GenEvent,
+    },
+    Tick,
+}
+
+#[derive(Debug)]
+pub enum GenEvent {
+    Tokens(Vec<String>),
+    Usage(Usage),
+    Finished(String),
+    Failed(ProviderError),
+    Cancelled,
+}
+
+/// What every chat actor shares.
+pub struct ChatDeps {
+    pub db: PgPool,
+    pub hub: ChatHub,
+    pub providers: ProviderRegistry,
+    pub usage: ActorRef<UsageMsg>,
+    pub pricing: Arc<PriceTable>,
+    pub config: ChatConfig,
+    pub free_tier: Vec<String>,
+    pub paid_tier: Vec<String>,
+}
+
+pub struct ChatActor;
+
+pub struct ChatArgs {
+    chat_id: Uuid,
+    deps: Arc<ChatDeps>,
+    pending: Arc<AtomicUsize>,
+}
+
+struct Queued {
+    user_message: Message,
+    req: SendRequest,
+}
+
+struct Generation {
+    id: u64,
+    message: Message,
+    author: Uuid,
+    origin: Option<ConnId>,
+    provider: String,
+    model: String,
+    text: String,
+    deltas: u32,
+    output_tokens: u32,
+    prompt_tokens: u32,
+    usage: Option<Usage>,
+    cancel: CancellationToken,
+    saved_len: usize,
+}
+
+pub struct ChatState {
+    chat_id: Uuid,
+    workspace_id: Uuid,
+    deps: Arc<ChatDeps>,
+    pending: Arc<AtomicUsize>,
+    queue: VecDeque<Queued>,
+    current: Option<Generation>,
+    next_gen: u64,
+    last_active: Instant,
+    /// Parent of every generation's token: dropping the state (stop, kill,
+    /// panic) cancels whatever is still generating.
+    generations: CancellationToken,
+    _cancel_on_drop: DropGuard,
+}
+
+impl ChatState {
+    fn publish(&self, frame: &ServerFrame) {
+        let event_id = frame.event_id(|id| {
+            self.current
+                .as_ref()
+                .filter(|g| g.message.id == id)
+                .map(|g| g.message.seq)
+        });
+        self.deps
+            .hub
+            .publish(self.chat_id, &Outbound::new(frame, event_id));
+    }
+
+    fn message_frame(&self, message: Message) -> ServerFrame {
+        ServerFrame::Message {
+            chat_id: self.chat_id,
+            seq: message.seq,
+            message,
+            deltas_included: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct StartFailure(ChatError);
+
+impl Actor for ChatActor {
+    type Msg = ChatMsg;
+    type State = ChatState;
+    type Arguments = ChatArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<ChatMsg>,
+        args: ChatArgs,
+    ) -> Result<ChatState, ActorProcessingErr> {
+        let row: Option<(Uuid,)> = sqlx::query_as("select workspace_id from chats where id = $1")
+            .bind(args.chat_id)
+            .fetch_optional(&args.deps.db)
+            .await
+            .map_err(|_| StartFailure(ChatError::Unavailable))?;
+        let Some((workspace_id,)) = row else {
+            return Err(StartFailure(ChatError::NotFound).into());
+        };
+        let generations = CancellationToken::new();
+        let state = ChatState {
+            chat_id: args.chat_id,
+            workspace_id,
+            pending: args.pending,
+            queue: VecDeque::new(),
+            current: None,
+            next_gen: 0,
+            last_active: Instant::now(),
+            _cancel_on_drop: generations.clone().drop_guard(),
+            generations,
+            deps: args.deps,
+        };
+        // Answers a previous incarnation left streaming (crash, kill) end as
+        // failed, with the text saved so far; subscribers are told.
+        let interrupted = messages::fail_interrupted(&state.deps.db, Some(state.chat_id))
+            .await
+            .map_err(|_| StartFailure(ChatError::Unavailable))?;
+        for m in interrupted {
+            tracing::warn!(chat_id = %state.chat_id, message_id = %m.id, "answer interrupted by a restart: marked failed");
+            let id = m.id;
+            state.publish(&state.message_frame(m));
+            state.publish(&ServerFrame::Error {
+                code: ErrorCode::ProviderUnavailable,
+                message: "the answer was interrupted; send again to retry".into(),
+                retry_after: None,
+                chat_id: Some(state.chat_id),
+                message_id: Some(id),
+            });
+        }
+        me.send_interval(
+            Duration::from_millis(state.deps.config.checkpoint_ms.max(50)),
+            || ChatMsg::Tick,
+        );
+        super::live("chat", 1.0);
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<ChatMsg>,
+        s: &mut ChatState,
+    ) -> Result<(), ActorProcessingErr> {
+        if s.current.is_some() {
+            metrics::gauge!("switchboard_streams_active").decrement(1.0);
+        }
+        super::live("chat", -1.0);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<ChatMsg>,
+        msg: ChatMsg,
+        s: &mut ChatState,
+    ) -> Result<(), ActorProcessingErr> {
+        super::handled("chat");
+        match msg {
+            ChatMsg::Subscribe {
+                sub,
+                since_seq,
+                reply,
+            } => {
+                s.dequeued();
+                s.last_active = Instant::now();
+                let _ = reply.send(subscribe(s, sub, since_seq).await);
+            }
+            ChatMsg::Unsubscribe {
+                conn,
+                cancel_if_origin,
+            } => {
+                s.deps.hub.remove(s.chat_id, conn);
+                if let Some(g) = &s.current
+                    && cancel_if_origin
+                    && g.origin == Some(conn)
+                {
+                    g.cancel.cancel();
+                }
+            }
+            ChatMsg::Send { req, reply } => {
+                s.dequeued();
+                s.last_active = Instant::now();
+                match accept(s, req).await {
+                    Ok(Accepted::New(q)) => {
+                        let _ = reply.send(Ok(Ack {
+                            client_msg_id: q.req.client_msg_id.clone(),
+                            message_id: q.user_message.id,
+                            seq: q.user_message.seq,
+                            duplicate: false,
+                        }));
+                        s.publish(&s.message_frame(q.user_message.clone()));
+                        s.queue.push_back(*q);
+                        start_next(&me, s).await;
+                    }
+                    Ok(Accepted::Duplicate(ack)) => {
+                        let _ = reply.send(Ok(ack));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            ChatMsg::Cancel { message_id, reply } => {
+                let r = match &s.current {
+                    Some(g) if g.message.id == message_id => {
+                        g.cancel.cancel();
+                        Ok(())
+                    }
+                    _ => Err(ChatError::NoSuchGeneration),
+                };
+                let _ = reply.send(r);
+            }
+            ChatMsg::Gen { gen_id, event } => {
+                if s.current.as_ref().is_some_and(|g| g.id == gen_id) {
+                    s.last_active = Instant::now();
+                    on_generation_event(&me, s, event).await;
+                }
+            }
+            ChatMsg::Tick => {
+                checkpoint(s);
+                let idle = Duration::from_secs(s.deps.config.idle_timeout_secs);
+                if s.current.is_none()
+                    && s.queue.is_empty()
+                    && s.pending.load(Ordering::Relaxed) == 0
+                    && s.deps.hub.subscriber_count(s.chat_id) == 0
+                    && s.last_active.elapsed() >= idle
+                {
+                    me.stop(Some("idle".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ChatState {
+    fn dequeued(&self) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("switchboard_actor_queue_depth", "kind" => "chat").decrement(1.0);
+    }
+}
+
+async fn subscribe(
+    s: &mut ChatState,
+    sub: Subscriber,
+    since_seq: Option<i64>,
+) -> Result<(), ChatError> {
+    // Replay and registration happen in one handler: nothing is published in
+    // between, so the client sees no gap and no duplicate.
+    if let Some(since) = since_seq {
+        let missed = messages::list_after(&s.deps.db, s.chat_id, since.max(0), REPLAY_LIMIT)
+            .await
+            .map_err(|_| ChatError::Unavailable)?;
+        for m in missed {
+            let frame = snapshot(s, m);
+            if !sub.push(Outbound::new(&frame, frame.event_id(|_| None))) {
+                return Err(ChatError::SlowConsumer);
+            }
+        }
+    } else if let Some(g) = &s.current {
+        // Joining mid-answer without a seq: the answer so far, then its deltas.
+        let frame = snapshot(s, g.message.clone());
+        if !sub.push(Outbound::new(&frame, frame.event_id(|_| None))) {
+            return Err(ChatError::SlowConsumer);
+        }
+    }
+    s.deps.hub.add(s.chat_id, sub);
+    Ok(())
+}
+
+/// A message as it stands now: the running answer carries its text so far and
+/// how many deltas that covers.
+fn snapshot(s: &ChatState, mut m: Message) -> ServerFrame {
+    let mut deltas_included = None;
+    if let Some(g) = s.current.as_ref().filter(|g| g.message.id == m.id) {
+        m.content.clone_from(&g.text);
+        deltas_included = Some(g.deltas);
+    }
+    ServerFrame::Message {
+        chat_id: s.chat_id,
+        seq: m.seq,
+        message: m,
+        deltas_included,
+    }
+}
+
+enum Accepted {
+    New(Box<Queued>),
+    /// The `client_msg_id` was seen before: the same ack, nothing new.
+    Duplicate(Ack),
+}
+
+/// Validates and stores a user message.
+async fn accept(s: &mut ChatState, req: SendRequest) -> Result<Accepted, ChatError> {
+    let cfg = &s.deps.config;
+    if req.client_msg_id.is_empty() || req.client_msg_id.len() > 128 {
+        return Err(ChatError::Invalid(
+            "client_msg_id: must be 1 to 128 characters".into(),
+        ));
+    }
+    if req.content.trim().is_empty() {
+        return Err(ChatError::Invalid("content: must not be empty".into()));
+    }
+    if req.content.chars().count() > cfg.max_message_chars {
+        return Err(ChatError::Invalid(format!(
+            "content: longer than {} characters",
+            cfg.max_message_chars
+        )));
+    }
+    if let Some(model) = &req.model
+        && !s.deps.pricing.models.contains_key(model)
+    {
+        return Err(ChatError::Invalid(format!(
+            "model: unknown model {model:?}"
+        )));
+    }
+    match messages::insert_user(
+        &s.deps.db,
+        s.chat_id,
+        req.author,
+        &req.client_msg_id,
+        &req.content,
+    )
+    .await
+    {
+        Ok(user_message) => Ok(Accepted::New(Box::new(Queued { user_message, req }))),
+        Err(e) if store::is_unique_violation(&e, "messages_chat_id_client_msg_id_key") => {
+            let existing = messages::by_client_msg_id(&s.deps.db, s.chat_id, &req.client_msg_id)
+                .await
+                .map_err(|_| ChatError::Unavailable)?
+                .ok_or(ChatError::Unavailable)?;
+            Ok(Accepted::Duplicate(Ack {
+                client_msg_id: req.client_msg_id,
+                message_id: existing.id,
+                seq: existing.seq,
+                duplicate: true,
+            }))
+        }
+        Err(e) if matches!(&e, sqlx::Error::Database(db) if db.is_foreign_key_violation()) => {
+            Err(ChatError::NotFound)
+        }
+        Err(e) => {
+            tracing::error!(chat_id = %s.chat_id, error = %e, "cannot store user message");
+            Err(ChatError::Unavailable)
+        }
+    }
+}
+
+/// Starts the next queued answer if none is running.
+async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
+    while s.current.is_none() {
+        let Some(q) = s.queue.pop_front() else { return };
+        let tier = if q.req.plan == "free" {
+            &s.deps.free_tier
+        } else {
+            &s.deps.paid_tier
+        };
+        let running = s.deps.providers.names();
+        let Some(provider) = tier.iter().find(|p| running.contains(p)).cloned() else {
+            fail_before_start(s, &q, "no provider is available");
+            continue;
+        };
+        let model = q.req.model.clone().unwrap_or_else(|| "sim-1".to_owned());
+        let history =
+            messages::prompt_history(&s.deps.db, s.chat_id, s.deps.config.history_messages).await;
+        let assistant =
+            messages::insert_assistant(&s.deps.db, s.chat_id, q.user_message.id, &provider, &model)
+                .await;
+        let (history, assistant) = match (history, assistant) {
+            (Ok(h), Ok(a)) => (h, a),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(chat_id = %s.chat_id, error = %e, "cannot open answer");
+                fail_before_start(s, &q, "storage unavailable; send again to retry");
+                continue;
+            }
+        };
+        let prompt: Vec<PromptMessage> = history
+            .into_iter()
+            .map(|(role, content)| PromptMessage { role, content })
+            .collect();
+        let prompt_tokens = prompt.iter().map(|m| estimate_tokens(&m.content)).sum();
+        let request = ChatRequest {
+            model: model.clone(),
+            messages: prompt,
+            max_tokens: s.deps.config.max_output_tokens,
+        };
+        s.next_gen += 1;
+        let cancel = s.generations.child_token();
+        let gen_id = s.next_gen;
+        s.publish(&s.message_frame(assistant.clone()));
+        s.current = Some(Generation {
+            id: gen_id,
+            message: assistant,
+            author: q.req.author,
+            origin: q.req.origin,
+            provider: provider.clone(),
+            model,
+            text: String::new(),
+            deltas: 0,
+            output_tokens: 0,
+            prompt_tokens,
+            usage: None,
+            cancel: cancel.clone(),
+            saved_len: 0,
+        });
+        metrics::gauge!("switchboard_streams_active").increment(1.0);
+        tokio::spawn(generate(
+            me.clone(),
+            gen_id,
+            s.deps.providers.clone(),
+            provider,
+            request,
+            cancel,
+        ));
+    }
+}
+
+fn fail_before_start(s: &ChatState, q: &Queued, why: &str) {
+    s.publish(&ServerFrame::Error {
+        code: ErrorCode::ProviderUnavailable,
+        message: why.into(),
+        retry_after: None,
+        chat_id: Some(s.chat_id),
+        message_id: Some(q.user_message.id),
+    });
+}
+
+/// Runs one answer: leases the provider, streams, and reports back. Tokens
+/// already waiting are sent together, so a fast provider costs fewer frames.
+async fn generate(
+    chat: ActorRef<ChatMsg>,
+    gen_id: u64,
+    providers: ProviderRegistry,
+    provider: String,
+    request: ChatRequest,
+    cancel: CancellationToken,
+) {
+    let report = |event| chat.cast(ChatMsg::Gen { gen_id, event }).is_ok();
+    let lease = tokio::select! {
+        () = cancel.cancelled() => { report(GenEvent::Cancelled); return; }
+        l = providers.lease(&provider) => l,
+    };
+    let lease = match lease {
+        Ok(l) => l,
+        Err(e) => {
+            report(GenEvent::Failed(e));
+            return;
+        }
+    };
+    let mut stream = lease.provider.stream(request);
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = cancel.cancelled() => { report(GenEvent::Cancelled); return; }
+            ev = stream.next() => ev,
+        };
+        let mut ready = vec![first];
+        while ready.len() < 64 && matches!(ready.last(), Some(Some(Ok(StreamEvent::Token(_))))) {
+            match stream.next().now_or_never() {
+                Some(ev) => ready.push(ev),
+                None => break,
+            }
+        }
+        let mut tokens = Vec::new();
+        for ev in ready {
+            let terminal = match ev {
+                Some(Ok(StreamEvent::Token(t))) => {
+                    tokens.push(t);
+                    continue;
+                }
+                Some(Ok(StreamEvent::Usage(u))) => GenEvent::Usage(u),
+                Some(Ok(StreamEvent::Finish(r))) => GenEvent::Finished(r),
+                Some(Err(e)) => GenEvent::Failed(e),
+                None => GenEvent::Failed(ProviderError::Disconnected),
+            };
+            if !tokens.is_empty() && !report(GenEvent::Tokens(std::mem::take(&mut tokens))) {
+                return;
+            }
+            let done = !matches!(terminal, GenEvent::Usage(_));
+            if !report(terminal) || done {
+                return;
+            }
+        }
+        if !tokens.is_empty() && !report(GenEvent::Tokens(tokens)) {
+            return;
+        }
+    }
+}
+
+async fn on_generation_event(me: &ActorRef<ChatMsg>, s: &mut ChatState, event: GenEvent) {
+    let Some(g) = s.current.as_mut() else { return };
+    match event {
+        GenEvent::Tokens(tokens) => {
+            let n = tokens.len() as u32;
+            let text = tokens.concat();
+            g.text.push_str(&text);
+            g.output_tokens += n;
+            let frame = ServerFrame::Delta {
+                chat_id: s.chat_id,
+                message_id: g.message.id,
+                index: g.deltas,
+                text,
+            };
+            g.deltas += 1;
+            metrics::counter!("switchboard_tokens_streamed_total").increment(u64::from(n));
+            s.publish(&frame);
+        }
+        GenEvent::Usage(u) => g.usage = Some(u),
+        GenEvent::Finished(reason) => finish(me, s, "complete", &reason, None).await,
+        GenEvent::Cancelled => finish(me, s, "cancelled", "cancelled", None).await,
+        GenEvent::Failed(e) => finish(me, s, "failed", "error", Some(e)).await,
+    }
+}
+
+/// Ends the running answer: stores it, bills what was produced, tells subscribers, starts the next.
+async fn finish(
+    me: &ActorRef<ChatMsg>,
+    s: &mut ChatState,
+    status: &str,
+    reason: &str,
+    error: Option<ProviderError>,
+) {
+    let Some(g) = s.current.take() else { return };
+    metrics::gauge!("switchboard_streams_active").decrement(1.0);
+    // The provider's count when it gave one; otherwise what we counted.
+    let usage = g.usage.unwrap_or(Usage {
+        input_tokens: g.prompt_tokens,
+        output_tokens: g.output_tokens,
+    });
+    let cost = s
+        .deps
+        .pricing
+        .cost_micros(&g.model, usage)
+        .unwrap_or_else(|| {
+            tracing::warn!(model = %g.model, "no price for model: billed at 0");
+            0
+        });
+    let outcome = Outcome {
+        status,
+        content: &g.text,
+        finish_reason: reason,
+        input_tokens: i32::try_from(usage.input_tokens).unwrap_or(i32::MAX),
+        output_tokens: i32::try_from(usage.output_tokens).unwrap_or(i32::MAX),
+        cost_micros: cost,
+    };
+    let mut stored = None;
+    for attempt in 0..3u64 {
+        match messages::finalize(&s.deps.db, g.message.id, &outcome).await {
+            Ok(m) => {
+                stored = Some(m);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(message_id = %g.message.id, attempt, error = %e, "cannot finalize answer");
+                tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+            }
+        }
+    }
+    if usage.input_tokens > 0 || usage.output_tokens > 0 {
+        let _ = s.deps.usage.cast(UsageMsg::Record(UsageEvent {
+            workspace_id: s.workspace_id,
+            user_id: Some(g.author),
+            api_key_id: None,
+            chat_id: Some(s.chat_id),
+            message_id: Some(g.message.id),
+            provider: g.provider.clone(),
+            model: g.model.clone(),
+            input_tokens: outcome.input_tokens,
+            output_tokens: outcome.output_tokens,
+            cost_micros: cost,
+        }));
+    }
+    tracing::info!(chat_id = %s.chat_id, message_id = %g.message.id, provider = %g.provider, model = %g.model,
+        status, input_tokens = usage.input_tokens, output_tokens = usage.output_tokens, cost_micros = cost, "answer finished");
+    metrics::counter!("switchboard_answers_total", "status" => status.to_owned(), "provider" => g.provider.clone())
+        .increment(1);
+
+    // `done` is published while `current` is gone, so give it the seq explicitly.
+    let done_or_error = match &error {
+        None => ServerFrame::Done {
+            chat_id: s.chat_id,
+            message_id: g.message.id,
+            usage,
+            cost_micros: cost,
+            cost_usd: micros_to_usd(cost),
+            provider: g.provider.clone(),
+            model: g.model.clone(),
+            finish_reason: reason.to_owned(),
+        },
+        Some(e) => ServerFrame::Error {
+            code: ErrorCode::ProviderUnavailable,
+            message: format!("the answer failed: {e}"),
+            retry_after: None,
+            chat_id: Some(s.chat_id),
+            message_id: Some(g.message.id),
+        },
+    };
+    if error.is_some()
+        && let Some(m) = stored
+    {
+        s.publish(&s.message_frame(m));
+    }
+    let event_id = Some(format!("{}:done", g.message.seq));
+    s.deps
+        .hub
+        .publish(s.chat_id, &Outbound::new(&done_or_error, event_id));
+    start_next(me, s).await;
+}
+
+/// Saves the running answer's text if it grew since the last save; off the actor.
+fn checkpoint(s: &mut ChatState) {
+    if let Some(g) = s.current.as_mut()
+        && g.text.len() != g.saved_len
+    {
+        g.saved_len = g.text.len();
+        let (db, id, text) = (s.deps.db.clone(), g.message.id, g.text.clone());
+        tokio::spawn(async move {
+            if let Err(e) = messages::checkpoint(&db, id, &text).await {
+                tracing::warn!(message_id = %id, error = %e, "checkpoint failed");
+            }
+        });
+    }
+}
+
+#[derive(Clone)]
+pub struct ChatHandle {
+    actor: ActorRef<ChatMsg>,
+    pending: Arc<AtomicUsize>,
+}
+
+pub enum ChatSupervisorMsg {
+    GetOrSpawn {
+        chat_id: Uuid,
+        reply: RpcReplyPort<Result<ChatHandle, ChatError>>,
+    },
+}
+
+/// Finds a chat's actor, starting it through the supervisor on first use, so
+/// there is never more than one per chat even under concurrent first use.
+#[derive(Clone)]
+pub struct ChatRegistry {
+    actors: Arc<DashMap<Uuid, ChatHandle>>,
+    supervisor: Arc<OnceLock<ActorRef<ChatSupervisorMsg>>>,
+    mailbox_limit: usize,
+}
+
+impl ChatRegistry {
+    pub fn new(mailbox_limit: usize) -> Self {
+        Self {
+            actors: Arc::default(),
+            supervisor: Arc::default(),
+            mailbox_limit,
+        }
+    }
+
+    pub(super) fn set_supervisor(&self, sup: ActorRef<ChatSupervisorMsg>) {
+        let _ = self.supervisor.set(sup);
+    }
+
+    async fn get_or_spawn(&self, chat_id: Uuid) -> Result<ChatHandle, ChatError> {
+        if let Some(h) = self.actors.get(&chat_id) {
+            return Ok(h.clone());
+        }
+        let sup = self.supervisor.get().ok_or(ChatError::Unavailable)?;
+        match sup
+            .call(
+                |reply| ChatSupervisorMsg::GetOrSpawn { chat_id, reply },
+                Some(CALL_TIMEOUT),
+            )
+            .await
+        {
+            Ok(CallResult::Success(r)) => r,
+            _ => Err(ChatError::Unavailable),
+        }
+    }
+
+    /// Calls the chat's actor through its bounded queue. An actor that stopped
+    /// for idleness between lookup and call is replaced once.
+    async fn call<T: Send + 'static>(
+        &self,
+        chat_id: Uuid,
+        build: impl Fn(RpcReplyPort<Result<T, ChatError>>) -> ChatMsg,
+    ) -> Result<T, ChatError> {
+        for _ in 0..2 {
+            let h = self.get_or_spawn(chat_id).await?;
+            if h.pending.fetch_add(1, Ordering::Relaxed) >= self.mailbox_limit {
+                h.pending.fetch_sub(1, Ordering::Relaxed);
+                return Err(ChatError::Busy);
+            }
+            metrics::gauge!("switchboard_actor_queue_depth", "kind" => "chat").increment(1.0);
+            match h.actor.call(&build, Some(CALL_TIMEOUT)).await {
+                Ok(CallResult::Success(r)) => return r,
+                Ok(CallResult::Timeout) => return Err(ChatError::Busy),
+                Ok(CallResult::SenderError) | Err(_) => {
+                    h.pending.fetch_sub(1, Ordering::Relaxed);
+                    metrics::gauge!("switchboard_actor_queue_depth", "kind" => "chat")
+                        .decrement(1.0);
+                    self.actors
+                        .remove_if(&chat_id, |_, cur| cur.actor.get_id() == h.actor.get_id());
+                }
+            }
+        }
+        Err(ChatError::Unavailable)
+    }
+
+    pub async fn send(&self, chat_id: Uuid, req: SendRequest) -> Result<Ack, ChatError> {
+        self.call(chat_id, |reply| ChatMsg::Send {
+            req: req.clone(),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn subscribe(
+        &self,
+        chat_id: Uuid,
+        sub: Subscriber,
+        since_seq: Option<i64>,
+    ) -> Result<(), ChatError> {
+        self.call(chat_id, |reply| ChatMsg::Subscribe {
+            sub: sub.clone(),
+            since_seq,
+            reply,
+        })
+        .await
+    }
+
+    pub fn unsubscribe(&self, chat_id: Uuid, conn: ConnId, cancel_if_origin: bool, hub: &ChatHub) {
+        hub.remove(chat_id, conn);
+        if let Some(h) = self.actors.get(&chat_id) {
+            let _ = h.actor.cast(ChatMsg::Unsubscribe {
+                conn,
+                cancel_if_origin,
+            });
+        }
+    }
+
+    pub async fn cancel(&self, chat_id: Uuid, message_id: Uuid) -> Result<(), ChatError> {
+        // Only a live actor can have a running answer; don't start one to say no.
+        let Some(h) = self.actors.get(&chat_id).map(|h| h.clone()) else {
+            return Err(ChatError::NoSuchGeneration);
+        };
+        match h
+            .actor
+            .call(
+                |reply| ChatMsg::Cancel { message_id, reply },
+                Some(CALL_TIMEOUT),
+            )
+            .await
+        {
+            Ok(CallResult::Success(r)) => r,
+            _ => Err(ChatError::NoSuchGeneration),
+        }
+    }
+
+    /// The live actor of a chat, if any (operations and tests).
+    pub fn actor(&self, chat_id: Uuid) -> Option<ActorRef<ChatMsg>> {
+        self.actors.get(&chat_id).map(|h| h.actor.clone())
+    }
+
+    /// Stops a chat's actor (the chat was deleted).
+    pub fn stop(&self, chat_id: Uuid) {
+        if let Some((_, h)) = self.actors.remove(&chat_id) {
+            h.actor.stop(Some("deleted".into()));
+        }
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.actors.len()
+    }
+}
+
+pub struct ChatSupervisor;
+
+pub struct ChatSupervisorState {
+    registry: ChatRegistry,
+    deps: Arc<ChatDeps>,
+    restarts: RestartLimiter,
+}
+
+impl Actor for ChatSupervisor {
+    type Msg = ChatSupervisorMsg;
+    type State = ChatSupervisorState;
+    type Arguments = (ChatRegistry, Arc<ChatDeps>, RestartLimiter);
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        (registry, deps, restarts): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(ChatSupervisorState {
+            registry,
+            deps,
+            restarts,
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        s: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let ChatSupervisorMsg::GetOrSpawn { chat_id, reply } = msg;
+        let _ = reply.send(spawn_chat(&me, s, chat_id).await);
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        s: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, crash) = match evt {
+            SupervisionEvent::ActorFailed(cell, e) => (cell, Some(e.to_string())),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                let crash = (reason.as_deref() == Some("killed")).then(|| "killed".to_owned());
+                (cell, crash)
+            }
+            _ => return Ok(()),
+        };
+        let Some(chat_id) = s
+            .registry
+            .actors
+            .iter()
+            .find(|e| e.value().actor.get_id() == cell.get_id())
+            .map(|e| *e.key())
+        else {
+            return Ok(());
+        };
+        s.registry.actors.remove(&chat_id);
+        let Some(reason) = crash else { return Ok(()) };
+        if !s.restarts.allow(&chat_id.to_string()) {
+            tracing::error!(%chat_id, %reason, "chat actor keeps failing: given up until next use");
+            return Ok(());
+        }
+        tracing::warn!(%chat_id, %reason, "chat actor died: restarting from Postgres");
+        metrics::counter!("switchboard_actor_restarts_total", "kind" => "chat").increment(1);
+        if let Err(e) = spawn_chat(&me, s, chat_id).await {
+            tracing::error!(%chat_id, error = %e, "chat actor restart failed");
+        }
+        Ok(())
+    }
+}
+
+async fn spawn_chat(
+    me: &ActorRef<ChatSupervisorMsg>,
+    s: &ChatSupervisorState,
+    chat_id: Uuid,
+) -> Result<ChatHandle, ChatError> {
+    if let Some(h) = s.registry.actors.get(&chat_id) {
+        return Ok(h.clone());
+    }
+    let pending = Arc::new(AtomicUsize::new(0));
+    let args = ChatArgs {
+        chat_id,
+        deps: s.deps.clone(),
+        pending: pending.clone(),
+    };
+    match Actor::spawn_linked(None, ChatActor, args, me.get_cell()).await {
+        Ok((actor, _)) => {
+            let h = ChatHandle { actor, pending };
+            s.registry.actors.insert(chat_id, h.clone());
+            Ok(h)
+        }
+        Err(ractor::SpawnErr::StartupFailed(e)) => Err(e
+            .downcast_ref::<StartFailure>()
+            .map_or(ChatError::Unavailable, |f| f.0.clone())),
+        Err(e) => {
+            tracing::error!(%chat_id, error = %e, "cannot start chat actor");
+            Err(ChatError::Unavailable)
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Chats, and the workspace membership that decides who may see them.
+//!
+//! Every read and write that takes a `user_id` checks membership of the chat's
+//! workspace in the same statement, so "no such chat" and "not yours" are the
+//! same `None`/`false` to the caller.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+pub struct Chat {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub title: String,
+    /// The last message sequence number handed out in this chat (0 when empty).
+    pub last_seq: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The workspace a chat goes in when the caller names none: the user's owned
+/// workspaces first, then the oldest membership.
+pub async fn default_workspace(db: &PgPool, user_id: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select workspace_id from workspace_members where user_id = $1
+         order by (role = 'owner') desc, created_at, workspace_id
+         limit 1",
+    )
+    .bind(user_id)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn is_member(
+    db: &PgPool,
+    user_id: Uuid,
+    workspace_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "select exists (select 1 from workspace_members where user_id = $1 and workspace_id = $2)",
+    )
+    .bind(user_id)
+    .bind(workspace_id)
+    .fetch_one(db)
+    .await
+}
+
+pub async fn create(
+    db: &PgPool,
+    workspace_id: Uuid,
+    created_by: Uuid,
+    title: &str,
+) -> Result<Chat, sqlx::Error> {
+    sqlx::query_as(
+        "insert into chats (id, workspace_id, created_by, title) values ($1, $2, $3, $4)
+         returning id, workspace_id, title, last_seq, created_at, updated_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(workspace_id)
+    .bind(created_by)
+    .bind(title)
+    .fetch_one(db)
+    .await
+}
+
+/// Chats in every workspace the user belongs to, newest first (ids are UUIDv7,
+/// so `id desc` is creation order), strictly older than `before` when given.
+pub async fn list_for_user(
+    db: &PgPool,
+    user_id: Uuid,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Chat>, sqlx::Error> {
+    sqlx::query_as(
+        "select c.id, c.workspace_id, c.title, c.last_seq, c.created_at, c.updated_at
+         from chats c
+         join workspace_members m on m.workspace_id = c.workspace_id and m.user_id = $1
+         where ($2::uuid is null or c.id < $2)
+         order by c.id desc
+         limit $3",
+    )
+    .bind(user_id)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// The chat, if it exists and the user is a member of its workspace.
+pub async fn get_for_user(
+    db: &PgPool,
+    user_id: Uuid,
+    chat_id: Uuid,
+) -> Result<Option<Chat>, sqlx::Error> {
+    sqlx::query_as(
+        "select c.id, c.workspace_id, c.title, c.last_seq, c.created_at, c.updated_at
+         from chats c
+         where c.id = $2
+           and exists (select 1 from workspace_members m
+                       where m.workspace_id = c.workspace_id and m.user_id = $1)",
+    )
+    .bind(user_id)
+    .bind(chat_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Renames the chat and bumps `updated_at`; `None` when it does not exist or is not the user's.
+pub async fn rename(
+    db: &PgPool,
+    user_id: Uuid,
+    chat_id: Uuid,
+    title: &str,
+) -> Result<Option<Chat>, sqlx::Error> {
+    sqlx::query_as(
+        "update chats c set title = $3, updated_at = now()
+         where c.id = $2
+           and exists (select 1 from workspace_members m
+                       where m.workspace_id = c.workspace_id and m.user_id = $1)
+         returning c.id, c.workspace_id, c.title, c.last_seq, c.created_at, c.updated_at",
+    )
+    .bind(user_id)
+    .bind(chat_id)
+    .bind(title)
+    .fetch_optional(db)
+    .await
+}
+
+/// Deletes the chat (its messages go with it); `false` when it does not exist or is not the user's.
+pub async fn delete(db: &PgPool, user_id: Uuid, chat_id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "delete from chats c
+         where c.id = $2
+           and exists (select 1 from workspace_members m
+                       where m.workspace_id = c.workspace_id and m.user_id = $1)",
+    )
+    .bind(user_id)
+    .bind(chat_id)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}

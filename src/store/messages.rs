@@ -1,0 +1,225 @@
+//! Messages of a chat, in `seq` order.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+pub struct Message {
+    pub id: Uuid,
+    pub chat_id: Uuid,
+    /// Position in the chat, from 1, without gaps in the order handed out.
+    pub seq: i64,
+    /// `user`, `assistant` or `system`.
+    pub role: String,
+    pub author_id: Option<Uuid>,
+    /// For an answer: the user message it answers.
+    pub reply_to: Option<Uuid>,
+    pub client_msg_id: Option<String>,
+    pub content: String,
+    /// `streaming`, `complete`, `cancelled` or `failed`.
+    pub status: String,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub finish_reason: Option<String>,
+    pub input_tokens: Option<i32>,
+    pub output_tokens: Option<i32>,
+    pub cost_micros: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// Up to `limit` messages of the chat with `seq > after_seq`, in `seq` order.
+pub async fn list_after(
+    db: &PgPool,
+    chat_id: Uuid,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<Message>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, chat_id, seq, role, author_id, reply_to, client_msg_id, content, status, provider, model,
+                finish_reason, input_tokens, output_tokens, cost_micros, created_at, completed_at
+         from messages
+         where chat_id = $1 and seq > $2
+         order by seq
+         limit $3",
+    )
+    .bind(chat_id)
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// The columns of [`Message`], for `returning` clauses.
+macro_rules! message_columns {
+    () => {
+        "id, chat_id, seq, role, author_id, reply_to, client_msg_id, content, status, provider, model,
+         finish_reason, input_tokens, output_tokens, cost_micros, created_at, completed_at"
+    };
+}
+
+/// Stores a user's message under the chat's next seq, in one statement: the
+/// seq is taken from `chats.last_seq` under its row lock, so seqs have no gaps
+/// even across nodes. A repeated `client_msg_id` fails with a unique violation
+/// of `messages_chat_id_client_msg_id_key` and takes no seq.
+pub async fn insert_user(
+    db: &PgPool,
+    chat_id: Uuid,
+    author_id: Uuid,
+    client_msg_id: &str,
+    content: &str,
+) -> Result<Message, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "with next as (update chats set last_seq = last_seq + 1, updated_at = now() where id = $1 returning last_seq)
+         insert into messages (id, chat_id, seq, role, author_id, client_msg_id, content, status, completed_at)
+         select $2, $1, next.last_seq, 'user', $3, $4, $5, 'complete', now() from next
+         returning ",
+        message_columns!()
+    ))
+    .bind(chat_id)
+    .bind(Uuid::now_v7())
+    .bind(author_id)
+    .bind(client_msg_id)
+    .bind(content)
+    .fetch_one(db)
+    .await
+}
+
+pub async fn by_client_msg_id(
+    db: &PgPool,
+    chat_id: Uuid,
+    client_msg_id: &str,
+) -> Result<Option<Message>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "select ",
+        message_columns!(),
+        " from messages where chat_id = $1 and client_msg_id = $2"
+    ))
+    .bind(chat_id)
+    .bind(client_msg_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Opens an assistant answer as `streaming` under the chat's next seq.
+pub async fn insert_assistant(
+    db: &PgPool,
+    chat_id: Uuid,
+    reply_to: Uuid,
+    provider: &str,
+    model: &str,
+) -> Result<Message, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "with next as (update chats set last_seq = last_seq + 1, updated_at = now() where id = $1 returning last_seq)
+         insert into messages (id, chat_id, seq, role, reply_to, content, status, provider, model)
+         select $2, $1, next.last_seq, 'assistant', $3, '', 'streaming', $4, $5 from next
+         returning ",
+        message_columns!()
+    ))
+    .bind(chat_id)
+    .bind(Uuid::now_v7())
+    .bind(reply_to)
+    .bind(provider)
+    .bind(model)
+    .fetch_one(db)
+    .await
+}
+
+/// Saves the partial text of an answer still streaming, so a crash loses at most one interval.
+pub async fn checkpoint(db: &PgPool, id: Uuid, content: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("update messages set content = $2 where id = $1 and status = 'streaming'")
+        .bind(id)
+        .bind(content)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// How an answer ended, for [`finalize`].
+pub struct Outcome<'a> {
+    pub status: &'a str,
+    pub content: &'a str,
+    pub finish_reason: &'a str,
+    pub input_tokens: i32,
+    pub output_tokens: i32,
+    pub cost_micros: i64,
+}
+
+pub async fn finalize(db: &PgPool, id: Uuid, o: &Outcome<'_>) -> Result<Message, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "update messages set status = $2, content = $3, finish_reason = $4, input_tokens = $5,
+                output_tokens = $6, cost_micros = $7, completed_at = now()
+         where id = $1 returning ",
+        message_columns!()
+    ))
+    .bind(id)
+    .bind(o.status)
+    .bind(o.content)
+    .bind(o.finish_reason)
+    .bind(o.input_tokens)
+    .bind(o.output_tokens)
+    .bind(o.cost_micros)
+    .fetch_one(db)
+    .await
+}
+
+/// Marks answers left `streaming` by a crash as `failed`, keeping their saved text.
+/// With `chat_id` only that chat's; without, every chat's (server start).
+pub async fn fail_interrupted(
+    db: &PgPool,
+    chat_id: Option<Uuid>,
+) -> Result<Vec<Message>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "update messages set status = 'failed', finish_reason = 'interrupted', completed_at = now()
+         where status = 'streaming' and ($1::uuid is null or chat_id = $1) returning ",
+        message_columns!()
+    ))
+    .bind(chat_id)
+    .fetch_all(db)
+    .await
+}
+
+/// The last `limit` turns worth sending to a model, oldest first: user
+/// messages and complete answers (failed or cancelled answers are left out).
+pub async fn prompt_history(
+    db: &PgPool,
+    chat_id: Uuid,
+    limit: i64,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let mut rows: Vec<(String, String)> = sqlx::query_as(
+        "select role, content from messages
+         where chat_id = $1 and (role = 'user' or status = 'complete')
+         order by seq desc limit $2",
+    )
+    .bind(chat_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.reverse();
+    Ok(rows)
+}
+
+pub async fn by_id(db: &PgPool, id: Uuid) -> Result<Option<Message>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "select ",
+        message_columns!(),
+        " from messages where id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// The answer to a user message, if one was started.
+pub async fn reply_to(db: &PgPool, user_message_id: Uuid) -> Result<Option<Message>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "select ",
+        message_columns!(),
+        " from messages where reply_to = $1 order by seq desc limit 1"
+    ))
+    .bind(user_message_id)
+    .fetch_optional(db)
+    .await
+}

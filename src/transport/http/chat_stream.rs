@@ -1,0 +1,306 @@
+//! Sending over REST and following a chat over SSE.
+//!
+//! `POST /api/chats/{id}/messages` answers with the finished assistant message
+//! as JSON, or, with `Accept: text/event-stream`, streams the chat's events (the
+//! WebSocket's frames) until the answer is done. `GET /api/chats/{id}/events`
+//! follows a chat over SSE, resuming after `Last-Event-ID`. A REST client that
+//! goes away cancels the answer it asked for.
+
+use std::{collections::VecDeque, convert::Infallible, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+    routing::{get, post},
+};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::extract::{ApiJson, ApiPath, ApiQuery, AuthUser};
+use crate::{
+    actors::{
+        chat::SendRequest,
+        hub::{ConnId, Outbound, Subscriber},
+    },
+    app::AppState,
+    error::{ApiError, ApiResult, ErrorCode},
+    store::{self, messages::Message},
+    transport::protocol::{ServerFrame, parse_last_event_id},
+};
+
+/// Longest a JSON (non-streaming) send waits for its answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/{id}/messages", post(send_message))
+        .route("/{id}/events", get(follow_events))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct SendMessage {
+    pub content: String,
+    /// Makes the send idempotent: a repeat gets the same message and answer. Generated when absent.
+    pub client_msg_id: Option<String>,
+    pub model: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct FollowQuery {
+    /// Replay messages after this seq, then go live (`Last-Event-ID` wins when both are given).
+    pub since_seq: Option<i64>,
+}
+
+/// Unsubscribes when the response (or its stream) is dropped, cancelling the
+/// answer this request asked for if it is still running.
+struct Subscription {
+    state: AppState,
+    chat_id: Uuid,
+    conn: ConnId,
+    rx: mpsc::Receiver<Outbound>,
+    overflow: CancellationToken,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let actors = &self.state.actors;
+        actors
+            .chats
+            .unsubscribe(self.chat_id, self.conn, true, &actors.hub);
+    }
+}
+
+async fn subscribe(
+    state: &AppState,
+    user_id: Uuid,
+    chat_id: Uuid,
+    since_seq: Option<i64>,
+) -> ApiResult<Subscription> {
+    let conn = state.actors.hub.new_conn_id();
+    let (tx, rx) = mpsc::channel(state.config.ws.outbound_queue);
+    let overflow = CancellationToken::new();
+    let sub = Subscriber {
+        conn,
+        user_id,
+        tx,
+        overflow: overflow.clone(),
+    };
+    state
+        .actors
+        .chats
+        .subscribe(chat_id, sub, since_seq)
+        .await?;
+    Ok(Subscription {
+        state: state.clone(),
+        chat_id,
+        conn,
+        rx,
+        overflow,
+    })
+}
+
+/// Follows one answer through the chat's events: learns the assistant message
+/// that replies to our user message, and sees when it ends.
+struct AnswerWatch {
+    user_message_id: Uuid,
+    assistant_id: Option<Uuid>,
+}
+
+impl AnswerWatch {
+    /// True when `out` ends the answer (its `done`, or an error about it).
+    fn observe(&mut self, out: &Outbound) -> bool {
+        if self.assistant_id.is_none() && out.kind == "message" {
+            let v: serde_json::Value = serde_json::from_str(&out.json).unwrap_or_default();
+            if v["message"]["reply_to"].as_str() == Some(&self.user_message_id.to_string()) {
+                self.assistant_id = v["message"]["id"].as_str().and_then(|s| s.parse().ok());
+            }
+        }
+        out.ends.is_some()
+            && (out.ends == self.assistant_id || out.ends == Some(self.user_message_id))
+    }
+}
+
+fn wants_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"))
+}
+
+fn sse_event(out: &Outbound) -> Event {
+    let ev = Event::default().event(out.kind).data(out.json.as_ref());
+    match &out.event_id {
+        Some(id) => ev.id(id.as_ref()),
+        None => ev,
+    }
+}
+
+#[utoipa::path(post, path = "/api/chats/{id}/messages", tag = "chats", request_body = SendMessage,
+    params(("id" = Uuid, Path, description = "chat id")), security(("bearer" = [])),
+    responses((status = 200, body = Message, description = "the finished answer; with `Accept: text/event-stream` an SSE stream of ack, message, delta and done events"),
+              (status = 400, description = "bad content, client_msg_id or model"), (status = 404, description = "no such chat"),
+              (status = 502, description = "the answer failed")))]
+pub async fn send_message(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(chat_id): ApiPath<Uuid>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<SendMessage>,
+) -> ApiResult<Response> {
+    let chat = store::chats::get_for_user(&state.db, user.id, chat_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("chat"))?;
+    let plan = store::workspaces::plan(&state.db, chat.workspace_id).await?;
+    let mut sub = subscribe(&state, user.id, chat_id, None).await?;
+    let req = SendRequest {
+        author: user.id,
+        plan,
+        client_msg_id: body
+            .client_msg_id
+            .unwrap_or_else(|| Uuid::new_v4().to_string()),
+        content: body.content,
+        model: body.model,
+        origin: Some(sub.conn),
+    };
+    let ack = state.actors.chats.send(chat_id, req).await?;
+    let mut watch = AnswerWatch {
+        user_message_id: ack.message_id,
+        assistant_id: None,
+    };
+    if ack.duplicate {
+        // A repeat: the answer may be finished, or already streaming.
+        match store::messages::reply_to(&state.db, ack.message_id).await? {
+            Some(m) if m.status != "streaming" && !wants_sse(&headers) => return answer(m),
+            Some(m) => watch.assistant_id = Some(m.id),
+            None => {}
+        }
+    }
+
+    if wants_sse(&headers) {
+        let ack_frame = ServerFrame::Ack {
+            client_msg_id: ack.client_msg_id,
+            message_id: ack.message_id,
+            seq: ack.seq,
+        };
+        let first = sse_event(&Outbound::new(&ack_frame, Some(ack.seq.to_string())));
+        let stream = futures::stream::unfold(
+            (sub, watch, VecDeque::from([first]), false),
+            |(mut sub, mut watch, mut pre, mut ended)| async move {
+                if let Some(ev) = pre.pop_front() {
+                    return Some((Ok::<_, Infallible>(ev), (sub, watch, pre, ended)));
+                }
+                if ended {
+                    return None;
+                }
+                let out = tokio::select! {
+                    o = sub.rx.recv() => o?,
+                    () = sub.overflow.cancelled() => {
+                        let f = ServerFrame::error(ErrorCode::SlowConsumer, "reading too slowly");
+                        return Some((Ok(sse_event(&Outbound::new(&f, None))), (sub, watch, pre, true)));
+                    }
+                };
+                ended = watch.observe(&out);
+                Some((Ok(sse_event(&out)), (sub, watch, pre, ended)))
+            },
+        );
+        return Ok(Sse::new(stream)
+            .keep_alive(KeepAlive::default())
+            .into_response());
+    }
+
+    let wait = async {
+        loop {
+            let out = tokio::select! {
+                o = sub.rx.recv() => o,
+                () = sub.overflow.cancelled() => None,
+            };
+            let Some(out) = out else {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the chat stopped answering; retry",
+                ));
+            };
+            if watch.observe(&out) {
+                return Ok(());
+            }
+        }
+    };
+    tokio::time::timeout(ANSWER_TIMEOUT, wait)
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::ProviderUnavailable, "the answer took too long"))??;
+    let id = watch.assistant_id.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::ProviderUnavailable,
+            "no provider could answer; send again to retry",
+        )
+    })?;
+    let message = store::messages::by_id(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::internal("finished answer not found"))?;
+    answer(message)
+}
+
+fn answer(m: Message) -> ApiResult<Response> {
+    if m.status == "failed" {
+        return Err(ApiError::new(
+            ErrorCode::ProviderUnavailable,
+            "the answer failed; the partial answer is saved as failed",
+        ));
+    }
+    Ok((StatusCode::OK, Json(m)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/chats/{id}/events", tag = "chats",
+    params(("id" = Uuid, Path, description = "chat id"), FollowQuery), security(("bearer" = [])),
+    responses((status = 200, description = "SSE: the chat's events (message, delta, done, error), each with an id to resume from via Last-Event-ID"),
+              (status = 404, description = "no such chat")))]
+pub async fn follow_events(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(chat_id): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<FollowQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    store::chats::get_for_user(&state.db, user.id, chat_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("chat"))?;
+    let since = match headers
+        .get("last-event-id")
+        .map(|v| v.to_str().ok().and_then(parse_last_event_id))
+    {
+        Some(Some(seq)) => Some(seq.max(0)),
+        Some(None) => {
+            return Err(ApiError::invalid(
+                "Last-Event-ID: not an event id of this API",
+            ));
+        }
+        None if q.since_seq.is_some_and(|s| s < 0) => {
+            return Err(ApiError::invalid("since_seq: must not be negative"));
+        }
+        None => q.since_seq,
+    };
+    let sub = subscribe(&state, user.id, chat_id, since).await?;
+    let stream = futures::stream::unfold((sub, false), |(mut sub, ended)| async move {
+        if ended {
+            return None;
+        }
+        tokio::select! {
+            o = sub.rx.recv() => o.map(|out| (Ok::<_, Infallible>(sse_event(&out)), (sub, false))),
+            () = sub.overflow.cancelled() => {
+                let f = ServerFrame::error(ErrorCode::SlowConsumer, "reading too slowly");
+                Some((Ok(sse_event(&Outbound::new(&f, None))), (sub, true)))
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}

@@ -1,0 +1,463 @@
+//! `GET /ws`: the WebSocket protocol of docs/PROTOCOL.md.
+//!
+//! One task per socket reads frames and calls the actors; a writer task drains
+//! the socket's bounded outbound queue, which the chat hub also feeds. Direct
+//! answers (ack, pong, errors) go through the same queue, so a socket sees one
+//! order. Close codes: 1009 frame too large, 4001 authentication failed,
+//! 4002 heartbeat timeout, 4008 slow consumer, 1008 too many connections.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{
+        State, WebSocketUpgrade,
+        ws::{CloseFrame, Message as WsMessage, WebSocket},
+    },
+    http::{HeaderMap, header},
+    response::{IntoResponse, Response},
+};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    actors::{
+        chat::{ChatError, SendRequest},
+        hub::{ConnId, Outbound, Subscriber},
+    },
+    app::AppState,
+    error::{ApiError, ErrorCode},
+    store,
+    transport::protocol::{ClientFrame, ServerFrame},
+};
+
+pub const CLOSE_TOO_BIG: u16 = 1009;
+pub const CLOSE_POLICY: u16 = 1008;
+pub const CLOSE_UNAUTHORIZED: u16 = 4001;
+pub const CLOSE_HEARTBEAT: u16 = 4002;
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Chats one socket may follow at once.
+const MAX_SUBSCRIPTIONS: usize = 256;
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
+        && !state.config.server.cors_origins.iter().any(|o| o == origin)
+    {
+        return ApiError::new(ErrorCode::Forbidden, "origin not allowed").into_response();
+    }
+    // A bearer header authenticates at upgrade; without one the first frame must be `auth`.
+    let user = match super::http::extract::bearer_from_headers(&headers) {
+        Some(token) => match state.tokens.verify_access(token) {
+            Ok(claims) => Some(claims.sub),
+            Err(_) => return ApiError::unauthorized("invalid or expired token").into_response(),
+        },
+        None => None,
+    };
+    let limit = state.config.ws.max_frame_bytes;
+    // Our own check closes with 1009 and a reason; the codec's bound (twice as
+    // large) only stops a peer from making us buffer without limit.
+    ws.max_message_size(limit * 2)
+        .max_frame_size(limit * 2)
+        .on_upgrade(move |socket| connection(state, socket, user))
+}
+
+fn close(code: u16, reason: &str) -> WsMessage {
+    WsMessage::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+fn text(frame: &ServerFrame) -> WsMessage {
+    WsMessage::Text(serde_json::to_string(frame).unwrap_or_default().into())
+}
+
+/// Waits for an `auth` frame within the deadline.
+async fn authenticate(state: &AppState, socket: &mut WebSocket) -> Result<Uuid, &'static str> {
+    let deadline = Duration::from_secs(state.config.ws.auth_timeout_secs);
+    let first = tokio::time::timeout(deadline, async {
+        loop {
+            match socket.recv().await {
+                Some(Ok(WsMessage::Text(t))) => return Some(t),
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .map_err(|_| "authentication timed out")?
+    .ok_or("authenticate first")?;
+    if first.len() > state.config.ws.max_frame_bytes {
+        return Err("authenticate first");
+    }
+    match serde_json::from_str::<ClientFrame>(&first) {
+        Ok(ClientFrame::Auth { token }) => state
+            .tokens
+            .verify_access(&token)
+            .map(|c| c.sub)
+            .map_err(|_| "invalid or expired token"),
+        _ => Err("authenticate first"),
+    }
+}
+
+async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) {
+    let user_id = match user {
+        Some(u) => u,
+        None => match authenticate(&state, &mut socket).await {
+            Ok(u) => u,
+            Err(why) => {
+                let _ = socket
+                    .send(text(&ServerFrame::error(ErrorCode::Unauthorized, why)))
+                    .await;
+                let _ = socket.send(close(CLOSE_UNAUTHORIZED, why)).await;
+                return;
+            }
+        },
+    };
+    let actors = &state.actors;
+    let conn = actors.hub.new_conn_id();
+    let plan = match actors.users.connect(user_id, conn).await {
+        Ok(plan) => plan,
+        Err(e) => {
+            let _ = socket
+                .send(text(&ServerFrame::error(
+                    ErrorCode::RateLimited,
+                    e.to_string(),
+                )))
+                .await;
+            let _ = socket
+                .send(close(CLOSE_POLICY, "too many connections"))
+                .await;
+            return;
+        }
+    };
+    metrics::gauge!("switchboard_ws_connections").increment(1.0);
+
+    let (tx, rx) = mpsc::channel::<Outbound>(state.config.ws.outbound_queue);
+    let (close_tx, close_rx) = mpsc::channel::<(u16, &'static str)>(1);
+    let overflow = CancellationToken::new();
+    let started = Instant::now();
+    let last_seen = Arc::new(AtomicU64::new(0));
+    let (sink, mut stream) = socket.split();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        close_rx,
+        overflow.clone(),
+        WriterTiming {
+            ping_every: Duration::from_secs(state.config.ws.ping_interval_secs.max(1)),
+            idle: Duration::from_secs(state.config.ws.idle_timeout_secs.max(1)),
+            started,
+            last_seen: last_seen.clone(),
+        },
+    ));
+
+    let mut session = Session {
+        state: state.clone(),
+        user_id,
+        plan,
+        conn,
+        tx,
+        overflow,
+        subscribed: HashSet::new(),
+        allowed: HashSet::new(),
+    };
+    let limit = state.config.ws.max_frame_bytes;
+    loop {
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            () = session.overflow.cancelled() => break,
+        };
+        last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        match msg {
+            Some(Ok(WsMessage::Text(t))) => {
+                metrics::counter!("switchboard_ws_frames_total", "direction" => "in").increment(1);
+                if t.len() > limit {
+                    let _ = close_tx.try_send((CLOSE_TOO_BIG, "frame too large"));
+                    break;
+                }
+                session.on_text(&t).await;
+            }
+            Some(Ok(WsMessage::Binary(_))) => {
+                session.reply(&ServerFrame::error(
+                    ErrorCode::InvalidRequest,
+                    "binary frames are not supported; send JSON text",
+                ));
+            }
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+            Some(Ok(WsMessage::Close(_))) | None => break,
+            Some(Err(e)) => {
+                // The codec refuses frames past its bound; say why before going.
+                let msg = e.to_string();
+                if msg.contains("too long")
+                    || msg.contains("Space limit")
+                    || msg.contains("too big")
+                {
+                    let _ = close_tx.try_send((CLOSE_TOO_BIG, "frame too large"));
+                }
+                break;
+            }
+        }
+    }
+
+    // Unsubscribe first so nothing more is queued, then let the writer finish.
+    for chat_id in session.subscribed.drain() {
+        actors.chats.unsubscribe(
+            chat_id,
+            conn,
+            state.config.chat.cancel_on_disconnect,
+            &actors.hub,
+        );
+    }
+    actors.users.disconnect(user_id, conn);
+    drop(session);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    metrics::gauge!("switchboard_ws_connections").decrement(1.0);
+}
+
+struct WriterTiming {
+    ping_every: Duration,
+    idle: Duration,
+    started: Instant,
+    last_seen: Arc<AtomicU64>,
+}
+
+async fn write_loop(
+    mut sink: futures::stream::SplitSink<WebSocket, WsMessage>,
+    mut rx: mpsc::Receiver<Outbound>,
+    mut close_rx: mpsc::Receiver<(u16, &'static str)>,
+    overflow: CancellationToken,
+    t: WriterTiming,
+) {
+    let mut ping = tokio::time::interval(t.ping_every);
+    ping.tick().await;
+    loop {
+        // Biased: a close decided by the reader wins over frames still queued.
+        tokio::select! {
+            biased;
+            Some((code, reason)) = close_rx.recv() => {
+                let _ = sink.send(close(code, reason)).await;
+                return;
+            }
+            () = overflow.cancelled() => {
+                let err = ServerFrame::error(ErrorCode::SlowConsumer, "outbound queue full: reading too slowly");
+                let _ = sink.send(text(&err)).await;
+                let _ = sink.send(close(CLOSE_SLOW_CONSUMER, "slow consumer")).await;
+                return;
+            }
+            out = rx.recv() => match out {
+                Some(out) => {
+                    if sink.send(WsMessage::Text(out.json.as_ref().into())).await.is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    let _ = sink.close().await;
+                    return;
+                }
+            },
+            _ = ping.tick() => {
+                let seen = Duration::from_millis(t.last_seen.load(Ordering::Relaxed));
+                if t.started.elapsed().saturating_sub(seen) > t.idle {
+                    let _ = sink.send(close(CLOSE_HEARTBEAT, "heartbeat timeout")).await;
+                    return;
+                }
+                if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One authenticated socket's view: what it follows and may see.
+struct Session {
+    state: AppState,
+    user_id: Uuid,
+    plan: String,
+    conn: ConnId,
+    tx: mpsc::Sender<Outbound>,
+    overflow: CancellationToken,
+    subscribed: HashSet<Uuid>,
+    /// Chats already checked for membership on this socket.
+    allowed: HashSet<Uuid>,
+}
+
+impl Session {
+    fn reply(&self, frame: &ServerFrame) {
+        self.subscriber().push(Outbound::new(frame, None));
+    }
+
+    fn subscriber(&self) -> Subscriber {
+        Subscriber {
+            conn: self.conn,
+            user_id: self.user_id,
+            tx: self.tx.clone(),
+            overflow: self.overflow.clone(),
+        }
+    }
+
+    fn error(&self, code: ErrorCode, message: impl Into<String>) {
+        self.reply(&ServerFrame::error(code, message));
+    }
+
+    fn chat_error(&self, e: &ChatError) {
+        let mut frame = ServerFrame::error(e.code(), e.to_string());
+        if let (ChatError::Busy, ServerFrame::Error { retry_after, .. }) = (e, &mut frame) {
+            *retry_after = Some(1);
+        }
+        self.reply(&frame);
+    }
+
+    /// Whether the user may see the chat; answers `not_found` itself when not.
+    async fn may_see(&mut self, chat_id: Uuid) -> bool {
+        if self.allowed.contains(&chat_id) {
+            return true;
+        }
+        match store::chats::get_for_user(&self.state.db, self.user_id, chat_id).await {
+            Ok(Some(_)) => {
+                if self.allowed.len() < 4 * MAX_SUBSCRIPTIONS {
+                    self.allowed.insert(chat_id);
+                }
+                true
+            }
+            Ok(None) => {
+                self.error(ErrorCode::NotFound, "chat not found");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "membership check failed");
+                self.error(ErrorCode::Unavailable, "storage unavailable, retry");
+                false
+            }
+        }
+    }
+
+    async fn on_text(&mut self, raw: &str) {
+        let frame = match serde_json::from_str::<ClientFrame>(raw) {
+            Ok(f) => f,
+            Err(e) => {
+                let mut why = e.to_string();
+                why.truncate(200);
+                self.error(ErrorCode::InvalidRequest, format!("bad frame: {why}"));
+                return;
+            }
+        };
+        match frame {
+            ClientFrame::Ping => self.reply(&ServerFrame::Pong),
+            ClientFrame::Auth { .. } => {
+                self.error(ErrorCode::InvalidRequest, "already authenticated")
+            }
+            ClientFrame::Subscribe { chat_id, since_seq } => {
+                self.subscribe(chat_id, since_seq).await
+            }
+            ClientFrame::Unsubscribe { chat_id } => {
+                if self.subscribed.remove(&chat_id) {
+                    let actors = &self.state.actors;
+                    actors
+                        .chats
+                        .unsubscribe(chat_id, self.conn, false, &actors.hub);
+                }
+            }
+            ClientFrame::Send {
+                chat_id,
+                client_msg_id,
+                content,
+                model,
+            } => {
+                if !self.may_see(chat_id).await {
+                    return;
+                }
+                // The sender follows the chat it writes to, so it sees the answer.
+                if !self.subscribed.contains(&chat_id) && !self.subscribe_live(chat_id, None).await
+                {
+                    return;
+                }
+                let req = SendRequest {
+                    author: self.user_id,
+                    plan: self.plan.clone(),
+                    client_msg_id,
+                    content,
+                    model,
+                    origin: Some(self.conn),
+                };
+                match self.state.actors.chats.send(chat_id, req).await {
+                    Ok(ack) => self.reply(&ServerFrame::Ack {
+                        client_msg_id: ack.client_msg_id,
+                        message_id: ack.message_id,
+                        seq: ack.seq,
+                    }),
+                    Err(e) => self.chat_error(&e),
+                }
+            }
+            ClientFrame::Cancel {
+                chat_id,
+                message_id,
+            } => {
+                if !self.may_see(chat_id).await {
+                    return;
+                }
+                if let Err(e) = self.state.actors.chats.cancel(chat_id, message_id).await {
+                    self.chat_error(&e);
+                }
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, chat_id: Uuid, since_seq: Option<i64>) {
+        if since_seq.is_some_and(|s| s < 0) {
+            self.error(ErrorCode::InvalidRequest, "since_seq: must not be negative");
+            return;
+        }
+        if !self.may_see(chat_id).await {
+            return;
+        }
+        if self.subscribed.contains(&chat_id) {
+            // Re-subscribing replays again from the given seq.
+            let actors = &self.state.actors;
+            actors
+                .chats
+                .unsubscribe(chat_id, self.conn, false, &actors.hub);
+            self.subscribed.remove(&chat_id);
+        }
+        self.subscribe_live(chat_id, since_seq).await;
+    }
+
+    async fn subscribe_live(&mut self, chat_id: Uuid, since_seq: Option<i64>) -> bool {
+        if self.subscribed.len() >= MAX_SUBSCRIPTIONS {
+            self.error(
+                ErrorCode::InvalidRequest,
+                format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"),
+            );
+            return false;
+        }
+        match self
+            .state
+            .actors
+            .chats
+            .subscribe(chat_id, self.subscriber(), since_seq)
+            .await
+        {
+            Ok(()) => {
+                self.subscribed.insert(chat_id);
+                true
+            }
+            Err(e) => {
+                self.chat_error(&e);
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,708 @@
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchboard::providers::simulated::reply_tokens;
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+use uuid::Uuid;
+
+use crate::{
+    helpers::{TestApp, spawn_app, spawn_app_with},
+    ws_client::WsClient,
+};
+
+/// The simulated answer to `prompt` under the test config (20 tokens).
+fn expected(prompt: &str) -> String {
+    reply_tokens(prompt, 20).concat()
+}
+
+async fn history(app: &TestApp, token: &str, chat_id: Uuid) -> Vec<Value> {
+    let res = app
+        .client
+        .get(app.url(&format!("/api/chats/{chat_id}/messages")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json::<Value>().await.unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Adds `user` to the workspace of `chat_id` so they can share it.
+async fn share_chat(app: &TestApp, chat_id: Uuid, user: Uuid) {
+    sqlx::query(
+        "insert into workspace_members (workspace_id, user_id, role) select workspace_id, $2, 'member' from chats where id = $1",
+    )
+    .bind(chat_id)
+    .bind(user)
+    .execute(&app.db)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn send_streams_ordered_deltas_and_history_matches() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    let chat = app.create_chat(&user.access_token).await;
+    let mut ws = app.ws(&user.access_token).await;
+    ws.send(json!({"type": "subscribe", "chat_id": chat})).await;
+    ws.send_message(chat, "m1", "hello there").await;
+    let a = ws.answer().await;
+
+    assert_eq!(a.ack["client_msg_id"], "m1");
+    assert_eq!(a.ack["seq"], 1);
+    for (i, d) in a.deltas.iter().enumerate() {
+        assert_eq!(d["index"], i as u64, "deltas in order");
+        assert_eq!(d["message_id"], a.assistant_id.to_string());
+    }
+    assert_eq!(a.text, expected("hello there"));
+    assert_eq!(a.end["type"], "done");
+    assert_eq!(a.end["finish_reason"], "stop");
+    assert_eq!(a.end["provider"], "simulated");
+    assert_eq!(a.end["model"], "sim-1");
+    assert_eq!(a.end["usage"]["output_tokens"], 20);
+    // sim-1: $0.10 / $0.40 per million tokens, rounded up per direction.
+    let input = a.end["usage"]["input_tokens"].as_u64().unwrap();
+    let cost = (input * 100_000).div_ceil(1_000_000) + (20u64 * 400_000).div_ceil(1_000_000);
+    assert_eq!(a.end["cost_micros"], cost);
+    assert_eq!(a.end["cost_usd"], format!("0.{cost:06}"));
+
+    let msgs = history(&app, &user.access_token, chat).await;
+    assert_eq!(msgs.len(), 2);
+    assert_eq!(msgs[0]["role"], "user");
+    assert_eq!(msgs[0]["content"], "hello there");
+    assert_eq!(msgs[1]["role"], "assistant");
+    assert_eq!(msgs[1]["status"], "complete");
+    assert_eq!(
+        msgs[1]["content"], a.text,
+        "REST history equals what was streamed"
+    );
+    assert_eq!(msgs[1]["seq"], 2);
+    assert_eq!(msgs[1]["cost_micros"], cost);
+    assert_eq!(msgs[1]["reply_to"], msgs[0]["id"]);
+
+    // Usage lands in usage_events through the batching writer.
+    let mut n = 0i64;
+    for _ in 0..50 {
+        (n,) = sqlx::query_as("select count(*) from usage_events where message_id = $1")
+            .bind(a.assistant_id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        if n > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(n, 1);
+    let (cost_row,): (i64,) =
+        sqlx::query_as("select cost_micros from usage_events where message_id = $1")
+            .bind(a.assistant_id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(cost_row as u64, cost);
+
+    // The socket stays usable.
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.next_of("pong").await["type"], "pong");
+}
+
+#[tokio::test]
+async fn auth_frame_works_without_a_header() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    let chat = app.create_chat(&user.access_token).await;
+    let mut ws = app.ws_anonymous().await;
+    ws.send(json!({"type": "auth", "token": user.access_token}))
+        .await;
+    ws.send_message(chat, "a1", "hi").await;
+    let a = ws.answer().await;
+    assert_eq!(a.text, expected("hi"));
+}
+
+#[tokio::test]
+async fn two_users_on_one_chat_see_the_same_ordered_events() {
+    let app = spawn_app().await;
+    let alice = app.new_user().await;
+    let bob = app.new_user().await;
+    let chat = app.create_chat(&alice.access_token).await;
+    share_chat(&app, chat, bob.id).await;
+    let mut a1 = app.ws(&alice.access_token).await;
+    let mut a2 = app.ws(&alice.access_token).await; // a second socket of the same user
+    let mut b = app.ws(&bob.access_token).await;
+    for ws in [&mut a1, &mut a2, &mut b] {
+        ws.send(json!({"type": "subscribe", "chat_id": chat})).await;
+    }
+    // Subscriptions are acknowledged implicitly; a ping round-trip makes sure they are registered.
+    for ws in [&mut a1, &mut a2, &mut b] {
+        ws.send(json!({"type": "ping"})).await;
+        ws.next_of("pong").await;
+    }
+    a1.send_message(chat, "x1", "shared question").await;
+    let sent = a1.answer().await;
+    let without_ack = |frames: &[Value]| -> Vec<Value> {
+        frames
+            .iter()
+            .filter(|f| f["type"] != "ack")
+            .cloned()
+            .collect()
+    };
+    let seen_by_sender = without_ack(&sent.frames);
+    for ws in [&mut a2, &mut b] {
+        let other = ws.answer().await;
+        assert_eq!(without_ack(&other.frames), seen_by_sender);
+    }
+}
+
+#[tokio::test]
+async fn subscribe_since_seq_replays_then_goes_live_without_gaps() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    let chat = app.create_chat(&user.access_token).await;
+    let mut ws = app.ws(&user.access_token).await;
+    ws.send_message(chat, "r1", "first").await;
+    ws.answer().await;
+    drop(ws);
+
+    // While away, another socket holds a conversation.
+    let mut other = app.ws(&user.access_token).await;
+    other.send_message(chat, "r2", "second").await;
+    other.answer().await;
+
+    let mut back = app.ws(&user.access_token).await;
+    back.send(json!({"type": "subscribe", "chat_id": chat, "since_seq": 2}))
+        .await;
+    let replay: Vec<Value> = vec![back.next().await, back.next().await];
+    let seqs: Vec<i64> = replay.iter().map(|f| f["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, vec![3, 4]);
+    assert_eq!(replay[1]["message"]["content"], expected("second"));
+    // Then live: the next send continues at seq 5, with nothing replayed twice.
+    back.send_message(chat, "r3", "third").await;
+    let a = back.answer().await;
+    assert_eq!(a.ack["seq"], 5);
+    let seqs: Vec<i64> = a
+        .frames
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![5, 6]);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_answer_finds_it_whole_on_return() {
+    let app = spawn_app_with(|c| {
+        c.simulated.token_delay_ms = 30;
+    })
+    .await;
+    let user = app.new_user().await;
+    let chat = app.create_chat(&user.access_token).await;
+    let mut ws = app.ws(&user.access_token).await;
+    ws.send_message(chat, "d1", "long one").await;
+    ws.next_of("delta").await;
+    drop(ws); // gone mid-answer; generation continues by default
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut back = app.ws(&user.access_token).await;
+    back.send(json!({"type": "subscribe", "chat_id": chat, "since_seq": 0}))
+        .await;
+    let user_msg = back.next().await;
+    let answer = back.next().await;
+    assert_eq!(user_msg["seq"], 1);
+    assert_eq!(answer["message"]["status"], "complete");
+    assert_eq!(answer["message"]["content"], expected("long one"));
+}
+
+#[tokio::test]
+async fn joining_mid_answer_gets_the_text_so_far_then_the_rest() {
+    let app = spawn_app_with(|c| c.simulated.token_delay_ms = 30).await;
+    let user = app.new_user().await;
+    let chat = app.create_chat(&user.access_token).await;
+    let mut first = app.ws(&user.access_token).await;
+    first.send_message(chat, "j1", "join me").await;
+    for _ in 0..3 {
+        first.next_of("delta").await;
+    }
+    let mut late = app.ws(&user.access_token).await;
+    late.send(json!({"type": "subscribe", "chat_id": chat, "since_seq": 1}))
+        .await;
+    let snap = late.next().await;
+    assert_eq!(snap["type"], "message");
+    assert_eq!(snap["message"]["status"], "streaming");
+    let included = snap["deltas_included"].as_u64().unwrap();
+    let mut text = snap["message"]["content"].as_str().unwrap().to_owned();
+    loop {
+        let f = late.next().await;
+        match f["type"].as_str().unwrap() {
+            "delta" => {
+                assert!(f["index"].as_u64().unwrap() >= included, "no delta twice");
+                text.push_str(f["text"].as_str().unwrap());
+            }
+            "done" => break,
+            _ => {}
+        }
+    }
+    assert_eq!(text, expected("join me"), "no gap, no duplicate");
+}
+
+#[tokio::test]
+async fn duplicate_client_msg_id_gets_the_same_ack_and_no_second_answer() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    let chat = app.create_chat(&user.access_token).await;
+    let mut ws = app.ws(&user.access_token).await;
+    ws.send_message(chat, "same", "once").await;
+    let first = ws.answer().await;
+    ws.send_message(chat, "same", "once").await;
+    let again = ws.next_of("ack").await;
+    assert_eq!(again, first.ack);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let msgs = history(&app, &user.access_token, chat).await;
+    assert_eq!(msgs.len(), 2, "one user message and one answer: {msgs:?}");
+}
+
+#[tokio::test]
+async fn cancel_stops_the_answer_and_keeps_the_partial_text() {
+    let app = spawn_app_with(|c| {
+        c.simulated.token_delay_ms = 40;
+        c.simulated.reply_tokens = 200;
+    })
+    .await;
+    let user = app.new_user().await;
+    let chat = app.create_chat(&user.access_token).await;
+    let mut ws = app.ws(&user.access_token).await;
+    ws.send_message(chat, "c1", "stop me").await;
+    let assistant = loop {
+        let f = ws.next().await;
+        if f["type"] == "message" && f["message"]["role"] == "assistant" {
+            break f["message"]["id"].as_str().unwrap().to_owned();
+        }
+    };
+    let mut text = String::new();
+    for _ in 0..3 {
+        text.push_str(ws.next_of("delta").await["text"].as_str().unwrap());
+    }
+    ws.send(json!({"type": "cancel", "chat_id": chat, "message_id": assistant}))
+        .await;
+    let mut done = Value::Null;
+    while done.is_null() {
+        let f = ws.next().await;
+        match f["type"].as_str().unwrap() {
+            "delta" => text.push_str(f["text"].as_str().unwrap()),
+            "done" => done = f,
+            other => panic!("unexpected {other}: {f}"),
+        }
+    }
+    assert_eq!(done["finish_reason"], "cancelled");
+    let produced = done["usage"]["output_tokens"].as_u64().unwrap();
+    assert!(produced > 0 && produced < 200, "{produced}");
+    let msgs = history(&app, &user.access_token, chat).await;
+    assert_eq!(msgs[1]["status"], "cancelled");
+    assert_eq!(msgs[1]["content"], text);
+    assert_eq!(
+        msgs[1]["output_tokens"], produced,
+        "billed for what was produced"
+    );
+    // Cancelling again: nothing is running.
+    ws.send(json!({"type": "cancel", "chat_id": chat, "message_id": assistant}))
+        .await;
+    assert_eq!(ws.next_of("error").await["code"], "not_found");
+}
+
+#[tokio::test]
+async fn a_killed_chat_actor_restarts_and_loses_nothing_acknowledged() {
+    let app = spawn_app_with(|c| {
+        c.simulated.token_delay_ms = 30;
+        c.simulated.reply_tokens = 100;
+        c.chat.checkpoint_ms = 50;
+    })
+    .await;
+    let user = app.new_user().await;
+    let chat = app.create_chat(&user.access_token).await;
+    let mut ws = app.ws(&user.access_token).await;
+    ws.send_message(chat, "k1", "kill me").await;
+    let ack = ws.next_of("ack").await;
+    for _ in 0..5 {
+        ws.next_of("delta").await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await; // a checkpoint has run
+    app.state
+        .actors
+        .chats
+        .actor(chat)
+        .expect("live chat actor")
+        .kill();
+
+    // The subscriber is told: the answer is now failed, with the text saved so far.
+    let update = ws.next_of("message").await;
+    assert_eq!(update["message"]["status"], "failed");
+    assert!(!update["message"]["content"].as_str().unwrap().is_empty());
+    let err = ws.next_of("error").await;
+    assert_eq!(err["code"], "provider_unavailable");
+
+    let msgs = history(&app, &user.access_token, chat).await;
+    assert_eq!(
+        msgs[0]["id"], ack["message_id"],
+        "the acknowledged message survived"
+    );
+    assert_eq!(msgs[0]["content"], "kill me");
+    assert_eq!(msgs[1]["status"], "failed");
+
+    // The restarted actor serves the chat as before.
+    ws.send_message(chat, "k2", "again").await;
+    let a = ws.answer().await;
+    assert_eq!(a.ack["seq"], 3);
+    assert_eq!(a.end["type"], "done");
+    let text = a.text;
+    assert_eq!(text, reply_tokens("again", 100).concat());
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    let other = app.new_user().await;
+    let theirs = app.create_chat(&other.access_token).await;
+    let mine = app.create_chat(&user.access_token).await;
+    let mut ws = app.ws(&user.access_token).await;
+    let cases: Vec<(Message, &str)> = vec![
+        (Message::Text("not json".into()), "invalid_request"),
+        (Message::Text("{}".into()), "invalid_request"),
+        (Message::Text(r#"{"type":"fly"}"#.into()), "invalid_request"),
+        (Message::Text(r#"{"type":"send","chat_id":"nope"}"#.into()), "invalid_request"),
+        (Message::Text(r#"[1,2,3]"#.into()), "invalid_request"),
+        (Message::Binary(vec![1, 2, 3].into()), "invalid_request"),
+        (Message::Text(json!({"type":"auth","token":"x"}).to_string().into()), "invalid_request"),
+        (Message::Text(json!({"type":"subscribe","chat_id": Uuid::now_v7()}).to_string().into()), "not_found"),
+        (Message::Text(json!({"type":"subscribe","chat_id": theirs}).to_string().into()), "not_found"),
+        (Message::Text(json!({"type":"send","chat_id": theirs,"client_msg_id":"z","content":"hi"}).to_string().into()), "not_found"),
+        (Message::Text(json!({"type":"cancel","chat_id": theirs,"message_id": Uuid::now_v7()}).to_string().into()), "not_found"),
+        (Message::Text(json!({"type":"subscribe","chat_id": mine,"since_seq": -1}).to_string().into()), "invalid_request"),
+        (Message::Text(json!({"type":"send","chat_id": mine,"client_msg_id":"","content":"hi"}).to_string().into()), "invalid_request"),
+        (Message::Text(json!({"type":"send","chat_id": mine,"client_msg_id":"e","content":"   "}).to_string().into()), "invalid_request"),
+        (Message::Text(json!({"type":"send","chat_id": mine,"client_msg_id":"f","content":"x".repeat(40_000)}).to_string().into()), "invalid_request"),
+        (Message::Text(json!({"type":"send","chat_id": mine,"client_msg_id":"g","content":"hi","model":"gpt-99"}).to_string().into()), "invalid_request"),
+    ];
+    for (frame, code) in cases {
+        let shown = format!("{frame:?}");
+        ws.send_raw(frame).await;
+        let f = ws.next_of("error").await;
+        assert_eq!(f["code"], code, "{shown:.120}");
+        assert!(!f["message"].as_str().unwrap().is_empty());
+    }
+    // Nothing was stored in the other user's chat.
+    let (n,): (i64,) = sqlx::query_as("select count(*) from messages where chat_id = $1")
+        .bind(theirs)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.next_of("pong").await["type"], "pong");
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_1009() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    let mut ws = app.ws(&user.access_token).await;
+    ws.send(json!({"type": "ping", "pad": "x".repeat(70_000)}))
+        .await;
+    assert_eq!(ws.close_code().await, Some(1009));
+    // Far beyond the limit the codec refuses it; still 1009 or a dropped socket, never a crash.
+    let mut ws = app.ws(&user.access_token).await;
+    let _ = futures::SinkExt::send(&mut ws.ws, Message::Text("x".repeat(300_000).into())).await;
+    let code = ws.close_code().await;
+    assert!(code.is_none() || code == Some(1009), "{code:?}");
+    // The server is fine.
+    assert_eq!(
+        app.client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn failed_auth_closes_with_4001() {
+    let app = spawn_app_with(|c| c.ws.auth_timeout_secs = 1).await;
+    let user = app.new_user().await;
+    // A bad token in the auth frame.
+    let mut ws = app.ws_anonymous().await;
+    ws.send(json!({"type": "auth", "token": "garbage"})).await;
+    assert_eq!(ws.next().await["code"], "unauthorized");
+    assert_eq!(ws.close_code().await, Some(4001));
+    // Anything but auth first.
+    let mut ws = app.ws_anonymous().await;
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.close_code().await, Some(4001));
+    // Silence past the deadline.
+    let mut ws = app.ws_anonymous().await;
+    assert_eq!(ws.close_code().await, Some(4001));
+    // A bad bearer header is refused at the upgrade.
+    let mut req = app.ws_url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", "Bearer nope".parse().unwrap());
+    let err = tokio_tungstenite::connect_async(req).await.unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+    // And a good one still works.
+    let mut ok = app.ws(&user.access_token).await;
+    ok.send(json!({"type": "ping"})).await;
+    assert_eq!(ok.next().await["type"], "pong");
+}
+
+#[tokio::test]
+async fn origin_not_on_the_list_is_refused() {
+    let app =
+        spawn_app_with(|c| c.server.cors_origins = vec!["https://app.example.com".into()]).await;
+    let user = app.new_user().await;
+    let connect = |origin: &'static str| {
+        let mut req = app.ws_url().into_client_request().unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", user.access_token).parse().unwrap(),
+        );
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+    };
+    let err = connect("https://evil.example.com").await.unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+    assert!(connect("https://app.example.com").await.is_ok());
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_closed_by_the_heartbeat() {
+    let app = spawn_app_with(|c| {
+        c.ws.ping_interval_secs = 1;
+        c.ws.idle_timeout_secs = 2;
+    })
+    .await;
+    let user = app.new_user().await;
+    let mut ws = app.ws(&user.access_token).await;
+    // Not reading means not answering pings.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(ws.close_code().await, Some(4002));
+}
+
+#[tokio::test]
+async fn a_reader_too_slow_for_its_queue_is_closed_with_4008() {
+    let app = spawn_app_with(|c| c.ws.outbound_queue = 4).await;
+    let user = app.new_user().await;
+    let chat = app.create_chat(&user.access_token).await;
+    // A long history to replay: more frames than the queue holds.
+    for seq in 1..=20i64 {
+        sqlx::query(
+            "insert into messages (id, chat_id, seq, role, content, status) values ($1, $2, $3, 'user', $4, 'complete')",
+        )
+        .bind(Uuid::now_v7())
+        .bind(chat)
+        .bind(seq)
+        .bind("y".repeat(1000))
+        .execute(&app.db)
+        .await
+        .unwrap();
+    }
+    sqlx::query("update chats set last_seq = 20 where id = $1")
+        .bind(chat)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let mut ws = app.ws(&user.access_token).await;
+    ws.send(json!({"type": "subscribe", "chat_id": chat, "since_seq": 0}))
+        .await;
+    assert_eq!(ws.close_code().await, Some(4008));
+}
+
+#[tokio::test]
+async fn many_concurrent_chats_each_keep_their_order() {
+    let app = spawn_app_with(|c| {
+        c.database.max_connections = 20;
+        c.simulated.ttft_ms = 5;
+        c.simulated.token_delay_ms = 2;
+        c.simulated.reply_tokens = 10;
+    })
+    .await;
+    const USERS: usize = 20;
+    const CHATS_EACH: usize = 10;
+    let mut tasks = Vec::new();
+    for u in 0..USERS {
+        let user = app.new_user().await;
+        let mut chats = Vec::new();
+        for _ in 0..CHATS_EACH {
+            chats.push(app.create_chat(&user.access_token).await);
+        }
+        let mut ws: WsClient = app.ws(&user.access_token).await;
+        tasks.push(tokio::spawn(async move {
+            for (i, chat) in chats.iter().enumerate() {
+                ws.send_message(*chat, &format!("u{u}c{i}"), &format!("question {u} {i}"))
+                    .await;
+            }
+            // Per chat: deltas numbered 0.. in order, then done; every chat finishes.
+            let mut next_index = std::collections::HashMap::new();
+            let mut done = 0;
+            while done < CHATS_EACH {
+                let f = ws.next().await;
+                match f["type"].as_str().unwrap() {
+                    "delta" => {
+                        let idx = next_index
+                            .entry(f["chat_id"].as_str().unwrap().to_owned())
+                            .or_insert(0u64);
+                        assert_eq!(f["index"].as_u64().unwrap(), *idx, "order within a chat");
+                        *idx += 1;
+                    }
+                    "done" => done += 1,
+                    "error" => panic!("error frame: {f}"),
+                    _ => {}
+                }
+            }
+            chats
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("user task"));
+    }
+    assert_eq!(all.len(), USERS * CHATS_EACH);
+    let (complete,): (i64,) = sqlx::query_as(
+        "select count(*) from messages where role = 'assistant' and status = 'complete'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(complete as usize, USERS * CHATS_EACH);
+}
+
+#[tokio::test]
+async fn idle_chat_actors_stop_and_come_back_on_use() {
+    let app = spawn_app_with(|c| c.chat.idle_timeout_secs = 1).await;
+    let user = app.new_user().await;
+    let chat = app.create_chat(&user.access_token).await;
+    let mut ws = app.ws(&user.access_token).await;
+    ws.send_message(chat, "i1", "hello").await;
+    ws.answer().await;
+    ws.send(json!({"type": "unsubscribe", "chat_id": chat}))
+        .await;
+    let mut stopped = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if app.state.actors.chats.actor(chat).is_none() {
+            stopped = true;
+            break;
+        }
+    }
+    assert!(stopped, "an idle chat actor stops");
+    ws.send_message(chat, "i2", "back").await;
+    let a = ws.answer().await;
+    assert_eq!(
+        a.ack["seq"], 3,
+        "the new actor continues the chat's seq from Postgres"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_looping_chat_actor_is_given_up() {
+    let app = spawn_app_with(|c| c.chat.max_restarts = 2).await;
+    let user = app.new_user().await;
+    let chat = app.create_chat(&user.access_token).await;
+    let mut ws = app.ws(&user.access_token).await;
+    ws.send(json!({"type": "subscribe", "chat_id": chat})).await;
+    ws.send(json!({"type": "ping"})).await;
+    ws.next_of("pong").await;
+    let mut restarts = 0;
+    for _ in 0..3 {
+        let actor = app
+            .state
+            .actors
+            .chats
+            .actor(chat)
+            .expect("a live actor to kill");
+        let old = actor.get_id();
+        actor.kill();
+        let mut replaced = None;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            match app.state.actors.chats.actor(chat) {
+                Some(a) if a.get_id() != old => {
+                    replaced = Some(a);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if replaced.is_none() {
+            break;
+        }
+        restarts += 1;
+    }
+    assert_eq!(restarts, 2, "restarted up to the limit, then given up");
+    assert!(app.state.actors.chats.actor(chat).is_none());
+    // Next use starts it afresh.
+    ws.send_message(chat, "after", "still works").await;
+    assert_eq!(ws.answer().await.end["type"], "done");
+}
+
+#[tokio::test]
+async fn postgres_down_means_a_clear_error_and_no_ack() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    let chat = app.create_chat(&user.access_token).await;
+    let mut ws = app.ws(&user.access_token).await;
+    ws.send(json!({"type": "subscribe", "chat_id": chat})).await;
+    ws.send(json!({"type": "ping"})).await;
+    ws.next_of("pong").await;
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    )
+    .await
+    .unwrap();
+    sqlx::Executor::execute(
+        &mut admin,
+        sqlx::AssertSqlSafe(format!(r#"drop database "{}" with (force)"#, app.db_name)),
+    )
+    .await
+    .unwrap();
+    ws.send_message(chat, "lost", "is this saved?").await;
+    let f = ws.next().await;
+    assert_eq!(f["type"], "error", "no ack for what was not saved: {f}");
+    assert_eq!(f["code"], "unavailable");
+    assert!(f["message"].as_str().unwrap().contains("not saved"));
+}
+
+#[tokio::test]
+async fn answers_left_streaming_by_a_dead_server_are_failed_at_start() {
+    let first = spawn_app().await;
+    let user = first.new_user().await;
+    let chat = first.create_chat(&user.access_token).await;
+    // What a server killed mid-answer leaves behind.
+    sqlx::query("update chats set last_seq = 1 where id = $1")
+        .bind(chat)
+        .execute(&first.db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into messages (id, chat_id, seq, role, content, status, provider, model)
+         values ($1, $2, 1, 'assistant', 'half an ans', 'streaming', 'simulated', 'sim-1')",
+    )
+    .bind(Uuid::now_v7())
+    .bind(chat)
+    .execute(&first.db)
+    .await
+    .unwrap();
+    let url = first.config.database.url.clone();
+    let _second = spawn_app_with(move |c| c.database.url = url).await;
+    let (status, content): (String, String) =
+        sqlx::query_as("select status, content from messages where chat_id = $1")
+            .bind(chat)
+            .fetch_one(&first.db)
+            .await
+            .unwrap();
+    assert_eq!(status, "failed");
+    assert_eq!(content, "half an ans", "the partial answer is kept");
+}
