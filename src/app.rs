@@ -141,7 +141,7 @@ impl App {
         let counters = WindowCounter::new(redis.clone(), &config.redis.key_prefix);
         let tokens = TokenKeys::new(&config.auth);
         let amqp_url = config.amqp.url.clone().unwrap_or_else(|| Secret::new(""));
-        let actors = Actors::start(&config, db.clone()).await?;
+        let actors = Actors::start(&config, db.clone(), redis.clone(), counters.clone()).await?;
 
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&addr)

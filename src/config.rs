@@ -30,6 +30,7 @@ pub const ENV_MAP: &[(&str, &str)] = &[
     ("ANTHROPIC_BASE_URL", "providers.anthropic_base_url"),
     ("CLOUDFLARE_API_TOKEN", "providers.cloudflare_api_token"),
     ("CLOUDFLARE_ACCOUNT_ID", "providers.cloudflare_account_id"),
+    ("CLOUDFLARE_BASE_URL", "providers.cloudflare_base_url"),
     ("EMBEDDING_PROVIDER", "providers.embedding"),
     ("LLM_PROVIDER_FREE_TIER", "providers.free_tier"),
     ("LLM_PROVIDER_PAID_TIER", "providers.paid_tier"),
@@ -119,6 +120,11 @@ pub struct Config {
     pub plans: BTreeMap<String, PlanConfig>,
     pub chat: ChatConfig,
     pub ws: WsConfig,
+    pub routing: RoutingConfig,
+    /// Route aliases: name → ordered `provider:model` candidates.
+    #[serde(default)]
+    pub routes: BTreeMap<String, Vec<String>>,
+    pub alerts: AlertsConfig,
     #[serde(default)]
     pub simulated: crate::providers::simulated::SimulatedConfig,
 }
@@ -192,9 +198,29 @@ pub struct ProvidersConfig {
     pub anthropic_base_url: Option<String>,
     pub cloudflare_api_token: Option<Secret>,
     pub cloudflare_account_id: Option<String>,
+    /// Base URL of the Cloudflare API (tests point it at a mock).
+    pub cloudflare_base_url: Option<String>,
+    /// Default model per provider, used when a request names none.
+    pub models: BTreeMap<String, String>,
+    /// Per-provider limits; `default` applies to providers without their own.
+    pub limits: BTreeMap<String, ProviderLimitsConfig>,
 }
 
 impl ProvidersConfig {
+    pub fn limits_for(&self, name: &str) -> ProviderLimitsConfig {
+        self.limits
+            .get(name)
+            .or_else(|| self.limits.get("default"))
+            .copied()
+            .unwrap_or(ProviderLimitsConfig {
+                concurrency: 64,
+                rpm: 0,
+                tpm: 0,
+                breaker_failures: 5,
+                breaker_cooldown_secs: 30,
+            })
+    }
+
     pub fn free_tier_list(&self) -> Vec<String> {
         csv(&self.free_tier)
     }
@@ -220,6 +246,49 @@ pub struct SmtpConfig {
     pub host: Option<String>,
     pub user: Option<String>,
     pub pass: Option<Secret>,
+}
+
+/// How requests are routed and how providers are protected.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RoutingConfig {
+    /// Order a tier's providers by price (cheapest first) instead of as listed.
+    pub prefer_cheapest: bool,
+    /// Paid prompts above this many tokens use the `complex` route, when one is defined.
+    pub complex_prompt_tokens: u32,
+    /// Time allowed for a provider's first token before retrying or falling back.
+    pub ttft_timeout_ms: u64,
+    /// Retries on one provider before its first token (connect errors, timeouts, 5xx).
+    pub max_retries: u32,
+    /// Base of the jittered exponential backoff between those retries.
+    pub retry_base_ms: u64,
+    /// Held reservations expire after this, so a crash never holds budget forever.
+    pub reservation_ttl_secs: u64,
+    /// Identifies this node's reservations, to release them when it restarts.
+    pub node_id: Option<String>,
+}
+
+/// The operator's deployment-wide cost thresholds (alerts at 50/80/100 %).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AlertsConfig {
+    pub global_daily_micros: i64,
+    /// Compared with this month's spend projected to the whole month.
+    pub global_monthly_micros: i64,
+}
+
+/// Limits of one provider (`[providers.limits.<name>]`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct ProviderLimitsConfig {
+    pub concurrency: usize,
+    /// Requests per minute, 0 for no limit.
+    #[serde(default)]
+    pub rpm: u32,
+    /// Tokens per minute, 0 for no limit.
+    #[serde(default)]
+    pub tpm: u32,
+    /// Consecutive failures that open the circuit.
+    pub breaker_failures: u32,
+    /// How long it stays open before one probe is let through.
+    pub breaker_cooldown_secs: u64,
 }
 
 /// Chat actors: lifetimes, supervision, generation.
@@ -269,8 +338,23 @@ pub struct WsConfig {
 pub struct PlanConfig {
     pub messages_per_minute: u32,
     pub tokens_per_minute: u32,
+    /// Workspace budgets.
     pub daily_budget_micros: i64,
     pub monthly_budget_micros: i64,
+    /// Each member's own budgets; the workspace's when absent.
+    pub user_daily_budget_micros: Option<i64>,
+    pub user_monthly_budget_micros: Option<i64>,
+}
+
+impl PlanConfig {
+    pub fn user_daily(&self) -> i64 {
+        self.user_daily_budget_micros
+            .unwrap_or(self.daily_budget_micros)
+    }
+    pub fn user_monthly(&self) -> i64 {
+        self.user_monthly_budget_micros
+            .unwrap_or(self.monthly_budget_micros)
+    }
 }
 
 /// Parses an environment value the way figment's `Env` does (numbers, booleans, arrays).
@@ -404,6 +488,7 @@ impl Config {
         for (name, url) in [
             ("OPENAI_BASE_URL", &self.providers.openai_base_url),
             ("ANTHROPIC_BASE_URL", &self.providers.anthropic_base_url),
+            ("CLOUDFLARE_BASE_URL", &self.providers.cloudflare_base_url),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &self.telemetry.otlp_endpoint),
         ] {
             if let Some(url) = url {
@@ -455,13 +540,21 @@ impl Config {
             ));
         }
         match crate::providers::pricing::PriceTable::load(Path::new(&chat.pricing_file)) {
-            Ok(table) if !table.models.contains_key("sim-1") => {
-                p.push(format!(
-                    "{}: the simulated model sim-1 has no price",
-                    chat.pricing_file
-                ));
+            Ok(table) => {
+                let routed = self.routes.values().flat_map(|chain| {
+                    chain.iter().filter_map(|c| {
+                        crate::providers::router::Router::parse_candidate(c).map(|c| c.model)
+                    })
+                });
+                for model in self.providers.models.values().cloned().chain(routed) {
+                    if !table.models.contains_key(&model) {
+                        p.push(format!(
+                            "{}: model {model:?} has no price",
+                            chat.pricing_file
+                        ));
+                    }
+                }
             }
-            Ok(_) => {}
             Err(e) => p.push(e.to_string()),
         }
     }
@@ -494,6 +587,27 @@ impl Config {
                         CHAT_PROVIDERS.join(", ")
                     )),
                 }
+            }
+        }
+        for (name, chain) in &self.routes {
+            if chain.is_empty() {
+                p.push(format!("routes.{name} is empty"));
+            }
+            for entry in chain {
+                match crate::providers::router::Router::parse_candidate(entry) {
+                    None => p.push(format!("routes.{name}: {entry:?} is not provider:model")),
+                    Some(c) if !CHAT_PROVIDERS.contains(&c.provider.as_str()) => {
+                        p.push(format!("routes.{name}: unknown provider {:?}", c.provider))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        for name in CHAT_PROVIDERS {
+            if !pc.models.contains_key(*name) {
+                p.push(format!(
+                    "providers.models.{name} (the default model) is missing"
+                ));
             }
         }
         if !EMBEDDING_PROVIDERS.contains(&pc.embedding.as_str()) {

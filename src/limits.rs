@@ -17,12 +17,12 @@ use std::{
 use dashmap::DashMap;
 use redis::{Script, aio::ConnectionManager};
 
-/// INCR each key, start its window on first use, and answer (count, ttl) pairs.
+/// INCRBY each key, start its window on first use, and answer (count, ttl) pairs.
 const INCR_SCRIPT: &str = r"
 local out = {}
 for i, key in ipairs(KEYS) do
-  local n = redis.call('INCR', key)
-  if n == 1 then redis.call('EXPIRE', key, ARGV[1]) end
+  local n = redis.call('INCRBY', key, ARGV[2])
+  if n == tonumber(ARGV[2]) then redis.call('EXPIRE', key, ARGV[1]) end
   local ttl = redis.call('TTL', key)
   if ttl < 0 then redis.call('EXPIRE', key, ARGV[1]); ttl = tonumber(ARGV[1]) end
   out[#out + 1] = n
@@ -70,6 +70,16 @@ impl WindowCounter {
         self.degraded.load(Ordering::Relaxed)
     }
 
+    /// Another user of this Redis connection saw it fail.
+    pub fn mark_degraded(&self, cause: &redis::RedisError) {
+        self.set_degraded(true, Some(cause));
+    }
+
+    /// Another user of this Redis connection saw it answer.
+    pub fn mark_healthy(&self) {
+        self.set_degraded(false, None);
+    }
+
     fn set_degraded(&self, now: bool, cause: Option<&redis::RedisError>) {
         if self.degraded.swap(now, Ordering::Relaxed) != now {
             if now {
@@ -83,11 +93,21 @@ impl WindowCounter {
 
     /// Adds one to each key in a single atomic step and returns the new counts.
     pub async fn incr(&self, keys: &[String], window: Duration) -> Vec<WindowCount> {
+        self.incr_by(keys, 1, window).await
+    }
+
+    /// Adds `amount` to each key in a single atomic step and returns the new counts.
+    pub async fn incr_by(
+        &self,
+        keys: &[String],
+        amount: u64,
+        window: Duration,
+    ) -> Vec<WindowCount> {
         let mut inv = self.script.prepare_invoke();
         for k in keys {
             inv.key(self.key(k));
         }
-        inv.arg(window.as_secs().max(1));
+        inv.arg(window.as_secs().max(1)).arg(amount);
         let mut conn = self.redis.clone();
         match inv.invoke_async::<Vec<i64>>(&mut conn).await {
             Ok(raw) if raw.len() == keys.len() * 2 => {
@@ -101,11 +121,11 @@ impl WindowCounter {
             }
             Ok(_) => {
                 tracing::error!("redis counter script answered with the wrong shape");
-                self.incr_local(keys, window)
+                self.incr_local(keys, amount, window)
             }
             Err(e) => {
                 self.set_degraded(true, Some(&e));
-                self.incr_local(keys, window)
+                self.incr_local(keys, amount, window)
             }
         }
     }
@@ -147,7 +167,7 @@ impl WindowCounter {
         }
     }
 
-    fn incr_local(&self, keys: &[String], window: Duration) -> Vec<WindowCount> {
+    fn incr_local(&self, keys: &[String], amount: u64, window: Duration) -> Vec<WindowCount> {
         let now = Instant::now();
         if self.local.len() > LOCAL_KEYS_MAX {
             self.local.retain(|_, e| now.duration_since(e.1) < e.2);
@@ -158,7 +178,7 @@ impl WindowCounter {
                 if now.duration_since(e.1) >= e.2 {
                     *e = (0, now, window);
                 }
-                e.0 += 1;
+                e.0 += amount;
                 WindowCount {
                     count: e.0,
                     resets_in: e.2.saturating_sub(now.duration_since(e.1)),

@@ -31,18 +31,21 @@ use super::{
     RestartLimiter,
     hub::{ChatHub, ConnId, Outbound, Subscriber},
     persistence::{UsageEvent, UsageMsg},
-    provider::ProviderRegistry,
+    provider::{Outcome, ProviderRegistry},
 };
 use crate::{
-    config::ChatConfig,
+    admission::{Admission, AdmitError, Payer},
+    budget::Reservation,
+    config::{ChatConfig, RoutingConfig},
     error::ErrorCode,
     providers::{
         ChatRequest, PromptMessage, ProviderError, StreamEvent, Usage, estimate_tokens,
         pricing::{PriceTable, micros_to_usd},
+        router::{Candidate, RouteError, Router, worst_case_micros},
     },
     store::{
         self,
-        messages::{self, Message, Outcome},
+        messages::{self, Message},
     },
     transport::protocol::ServerFrame,
 };
@@ -66,6 +69,12 @@ pub enum ChatError {
     Unavailable,
     #[error("subscriber too slow for the replay")]
     SlowConsumer,
+    #[error("rate limit reached, retry later")]
+    RateLimited(Duration),
+    #[error("{0}")]
+    BudgetExceeded(String, Duration),
+    #[error("no provider is available for this request")]
+    NoProvider,
 }
 
 impl ChatError {
@@ -76,6 +85,28 @@ impl ChatError {
             Self::Busy => ErrorCode::RateLimited,
             Self::Unavailable => ErrorCode::Unavailable,
             Self::SlowConsumer => ErrorCode::SlowConsumer,
+            Self::RateLimited(_) => ErrorCode::RateLimited,
+            Self::BudgetExceeded(..) => ErrorCode::BudgetExceeded,
+            Self::NoProvider => ErrorCode::ProviderUnavailable,
+        }
+    }
+
+    /// When a retry can succeed, for `Retry-After` and `retry_after`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Busy => Some(Duration::from_secs(1)),
+            Self::RateLimited(d) | Self::BudgetExceeded(_, d) => Some(*d),
+            _ => None,
+        }
+    }
+}
+
+impl From<AdmitError> for ChatError {
+    fn from(e: AdmitError) -> Self {
+        match e {
+            AdmitError::RateLimited { retry_after } => Self::RateLimited(retry_after),
+            AdmitError::BudgetExceeded(why, after) => Self::BudgetExceeded(why, after),
+            AdmitError::Unavailable => Self::Unavailable,
         }
     }
 }
@@ -83,9 +114,7 @@ impl ChatError {
 impl From<ChatError> for crate::error::ApiError {
     fn from(e: ChatError) -> Self {
         let mut err = Self::new(e.code(), e.to_string());
-        if e == ChatError::Busy {
-            err.retry_after = Some(Duration::from_secs(1));
-        }
+        err.retry_after = e.retry_after();
         err
     }
 }
@@ -140,6 +169,12 @@ pub enum ChatMsg {
 
 #[derive(Debug)]
 pub enum GenEvent {
+    /// A provider produced its first token; earlier candidates failed for `fallback_from`.
+    Started {
+        provider: String,
+        model: String,
+        fallback_from: Vec<(String, ProviderError)>,
+    },
     Tokens(Vec<String>),
     Usage(Usage),
     Finished(String),
@@ -155,8 +190,9 @@ pub struct ChatDeps {
     pub usage: ActorRef<UsageMsg>,
     pub pricing: Arc<PriceTable>,
     pub config: ChatConfig,
-    pub free_tier: Vec<String>,
-    pub paid_tier: Vec<String>,
+    pub router: Router,
+    pub routing: RoutingConfig,
+    pub admission: Admission,
 }
 
 pub struct ChatActor;
@@ -170,6 +206,9 @@ pub struct ChatArgs {
 struct Queued {
     user_message: Message,
     req: SendRequest,
+    payer: Payer,
+    reservation: Reservation,
+    candidates: Vec<Candidate>,
 }
 
 struct Generation {
@@ -186,6 +225,10 @@ struct Generation {
     usage: Option<Usage>,
     cancel: CancellationToken,
     saved_len: usize,
+    payer: Payer,
+    reservation: Option<Reservation>,
+    /// Served by a later candidate after earlier ones failed.
+    fell_back: bool,
 }
 
 pub struct ChatState {
@@ -440,7 +483,7 @@ enum Accepted {
     Duplicate(Ack),
 }
 
-/// Validates and stores a user message.
+/// Validates, checks limits and budget, and stores a user message.
 async fn accept(s: &mut ChatState, req: SendRequest) -> Result<Accepted, ChatError> {
     let cfg = &s.deps.config;
     if req.client_msg_id.is_empty() || req.client_msg_id.len() > 128 {
@@ -457,42 +500,88 @@ async fn accept(s: &mut ChatState, req: SendRequest) -> Result<Accepted, ChatErr
             cfg.max_message_chars
         )));
     }
-    if let Some(model) = &req.model
-        && !s.deps.pricing.models.contains_key(model)
+    // A resend answers the first ack before any limit is counted.
+    let db = &s.deps.db;
+    if let Some(m) = messages::by_client_msg_id(db, s.chat_id, &req.client_msg_id)
+        .await
+        .map_err(|e| storage_error(s.chat_id, &e))?
     {
-        return Err(ChatError::Invalid(format!(
-            "model: unknown model {model:?}"
-        )));
+        return Ok(Accepted::Duplicate(duplicate_ack(req.client_msg_id, &m)));
     }
-    match messages::insert_user(
-        &s.deps.db,
-        s.chat_id,
-        req.author,
-        &req.client_msg_id,
-        &req.content,
-    )
-    .await
-    {
-        Ok(user_message) => Ok(Accepted::New(Box::new(Queued { user_message, req }))),
-        Err(e) if store::is_unique_violation(&e, "messages_chat_id_client_msg_id_key") => {
-            let existing = messages::by_client_msg_id(&s.deps.db, s.chat_id, &req.client_msg_id)
-                .await
-                .map_err(|_| ChatError::Unavailable)?
-                .ok_or(ChatError::Unavailable)?;
-            Ok(Accepted::Duplicate(Ack {
-                client_msg_id: req.client_msg_id,
-                message_id: existing.id,
-                seq: existing.seq,
-                duplicate: true,
-            }))
-        }
-        Err(e) if matches!(&e, sqlx::Error::Database(db) if db.is_foreign_key_violation()) => {
-            Err(ChatError::NotFound)
-        }
+    let history = messages::prompt_history(db, s.chat_id, cfg.history_messages)
+        .await
+        .map_err(|e| storage_error(s.chat_id, &e))?;
+    let prompt_tokens = history.iter().map(|(_, c)| estimate_tokens(c)).sum::<u32>()
+        + estimate_tokens(&req.content);
+    let providers = &s.deps.providers;
+    let candidates = s
+        .deps
+        .router
+        .candidates(
+            &req.plan,
+            prompt_tokens,
+            req.model.as_deref(),
+            &s.deps.pricing,
+            &|p| providers.contains(p),
+        )
+        .map_err(|e| match e {
+            RouteError::UnknownModel(_) => ChatError::Invalid(e.to_string()),
+            RouteError::NoProvider => ChatError::NoProvider,
+        })?;
+    let worst = worst_case_micros(
+        &s.deps.pricing,
+        &candidates,
+        prompt_tokens,
+        cfg.max_output_tokens,
+    );
+    let payer = Payer {
+        workspace_id: s.workspace_id,
+        user_id: Some(req.author),
+        api_key: None,
+        plan: req.plan.clone(),
+    };
+    let reservation = s.deps.admission.admit(&payer, worst).await?;
+    match messages::insert_user(db, s.chat_id, req.author, &req.client_msg_id, &req.content).await {
+        Ok(user_message) => Ok(Accepted::New(Box::new(Queued {
+            user_message,
+            req,
+            payer,
+            reservation,
+            candidates,
+        }))),
         Err(e) => {
+            s.deps.admission.settle(&payer, reservation, 0, 0).await;
+            if store::is_unique_violation(&e, "messages_chat_id_client_msg_id_key") {
+                // Another node stored the same message first.
+                let existing = messages::by_client_msg_id(db, s.chat_id, &req.client_msg_id)
+                    .await
+                    .map_err(|_| ChatError::Unavailable)?
+                    .ok_or(ChatError::Unavailable)?;
+                return Ok(Accepted::Duplicate(duplicate_ack(
+                    req.client_msg_id,
+                    &existing,
+                )));
+            }
+            if matches!(&e, sqlx::Error::Database(d) if d.is_foreign_key_violation()) {
+                return Err(ChatError::NotFound);
+            }
             tracing::error!(chat_id = %s.chat_id, error = %e, "cannot store user message");
             Err(ChatError::Unavailable)
         }
+    }
+}
+
+fn storage_error(chat_id: Uuid, e: &sqlx::Error) -> ChatError {
+    tracing::error!(%chat_id, error = %e, "chat storage failed");
+    ChatError::Unavailable
+}
+
+fn duplicate_ack(client_msg_id: String, m: &Message) -> Ack {
+    Ack {
+        client_msg_id,
+        message_id: m.id,
+        seq: m.seq,
+        duplicate: true,
     }
 }
 
@@ -500,27 +589,22 @@ async fn accept(s: &mut ChatState, req: SendRequest) -> Result<Accepted, ChatErr
 async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
     while s.current.is_none() {
         let Some(q) = s.queue.pop_front() else { return };
-        let tier = if q.req.plan == "free" {
-            &s.deps.free_tier
-        } else {
-            &s.deps.paid_tier
-        };
-        let running = s.deps.providers.names();
-        let Some(provider) = tier.iter().find(|p| running.contains(p)).cloned() else {
-            fail_before_start(s, &q, "no provider is available");
-            continue;
-        };
-        let model = q.req.model.clone().unwrap_or_else(|| "sim-1".to_owned());
+        let first = q.candidates[0].clone();
         let history =
             messages::prompt_history(&s.deps.db, s.chat_id, s.deps.config.history_messages).await;
-        let assistant =
-            messages::insert_assistant(&s.deps.db, s.chat_id, q.user_message.id, &provider, &model)
-                .await;
+        let assistant = messages::insert_assistant(
+            &s.deps.db,
+            s.chat_id,
+            q.user_message.id,
+            &first.provider,
+            &first.model,
+        )
+        .await;
         let (history, assistant) = match (history, assistant) {
             (Ok(h), Ok(a)) => (h, a),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::error!(chat_id = %s.chat_id, error = %e, "cannot open answer");
-                fail_before_start(s, &q, "storage unavailable; send again to retry");
+                fail_before_start(s, q, "storage unavailable; send again to retry").await;
                 continue;
             }
         };
@@ -530,9 +614,10 @@ async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
             .collect();
         let prompt_tokens = prompt.iter().map(|m| estimate_tokens(&m.content)).sum();
         let request = ChatRequest {
-            model: model.clone(),
+            model: first.model.clone(),
             messages: prompt,
             max_tokens: s.deps.config.max_output_tokens,
+            ..ChatRequest::default()
         };
         s.next_gen += 1;
         let cancel = s.generations.child_token();
@@ -543,8 +628,8 @@ async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
             message: assistant,
             author: q.req.author,
             origin: q.req.origin,
-            provider: provider.clone(),
-            model,
+            provider: first.provider.clone(),
+            model: first.model.clone(),
             text: String::new(),
             deltas: 0,
             output_tokens: 0,
@@ -552,20 +637,31 @@ async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
             usage: None,
             cancel: cancel.clone(),
             saved_len: 0,
+            payer: q.payer,
+            reservation: Some(q.reservation),
+            fell_back: false,
         });
         metrics::gauge!("switchboard_streams_active").increment(1.0);
+        let plan = Attempts {
+            candidates: q.candidates,
+            ttft: Duration::from_millis(s.deps.routing.ttft_timeout_ms),
+            retries: s.deps.routing.max_retries,
+            retry_base: Duration::from_millis(s.deps.routing.retry_base_ms),
+            est_tokens: prompt_tokens + s.deps.config.max_output_tokens,
+        };
         tokio::spawn(generate(
             me.clone(),
             gen_id,
             s.deps.providers.clone(),
-            provider,
+            plan,
             request,
             cancel,
         ));
     }
 }
 
-fn fail_before_start(s: &ChatState, q: &Queued, why: &str) {
+async fn fail_before_start(s: &ChatState, q: Queued, why: &str) {
+    s.deps.admission.settle(&q.payer, q.reservation, 0, 0).await;
     s.publish(&ServerFrame::Error {
         code: ErrorCode::ProviderUnavailable,
         message: why.into(),
@@ -575,36 +671,122 @@ fn fail_before_start(s: &ChatState, q: &Queued, why: &str) {
     });
 }
 
-/// Runs one answer: leases the provider, streams, and reports back. Tokens
-/// already waiting are sent together, so a fast provider costs fewer frames.
+/// How to try the candidates of one answer.
+struct Attempts {
+    candidates: Vec<Candidate>,
+    ttft: Duration,
+    retries: u32,
+    retry_base: Duration,
+    est_tokens: u32,
+}
+
+/// Runs one answer: tries each candidate in order (retrying a provider with
+/// jittered backoff, and falling back to the next, only until a first token
+/// arrives), then streams and reports back. Once a token has reached the
+/// client nothing switches: a failure ends the answer as failed. Tokens already
+/// waiting are sent together, so a fast provider costs fewer frames.
 async fn generate(
     chat: ActorRef<ChatMsg>,
     gen_id: u64,
     providers: ProviderRegistry,
-    provider: String,
+    plan: Attempts,
     request: ChatRequest,
     cancel: CancellationToken,
 ) {
     let report = |event| chat.cast(ChatMsg::Gen { gen_id, event }).is_ok();
-    let lease = tokio::select! {
-        () = cancel.cancelled() => { report(GenEvent::Cancelled); return; }
-        l = providers.lease(&provider) => l,
-    };
-    let lease = match lease {
-        Ok(l) => l,
-        Err(e) => {
-            report(GenEvent::Failed(e));
-            return;
+    let mut failures: Vec<(String, ProviderError)> = Vec::new();
+    let mut started = None;
+    'candidates: for cand in &plan.candidates {
+        for attempt in 0..=plan.retries {
+            if attempt > 0 {
+                // Exponential with full jitter: base * 2^(n-1) * [0.5, 1.5).
+                let jitter = 0.5 + rand::random::<f64>();
+                let wait = plan
+                    .retry_base
+                    .mul_f64(f64::from(1u32 << (attempt - 1).min(10)) * jitter);
+                tokio::select! {
+                    () = cancel.cancelled() => { report(GenEvent::Cancelled); return; }
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+            let lease = tokio::select! {
+                () = cancel.cancelled() => { report(GenEvent::Cancelled); return; }
+                l = providers.lease(&cand.provider, plan.est_tokens) => l,
+            };
+            let lease = match lease {
+                Ok(l) => l,
+                Err(e) => {
+                    failures.push((cand.provider.clone(), e));
+                    continue 'candidates;
+                }
+            };
+            let mut stream = lease.provider.stream(ChatRequest {
+                model: cand.model.clone(),
+                ..request.clone()
+            });
+            let first = tokio::select! {
+                () = cancel.cancelled() => {
+                    lease.report(Outcome::Neutral { tokens: 0 });
+                    report(GenEvent::Cancelled);
+                    return;
+                }
+                r = tokio::time::timeout(plan.ttft, stream.next()) => r,
+            };
+            let err = match first {
+                Ok(Some(Ok(ev))) => {
+                    started = Some((cand.clone(), lease, stream, ev));
+                    break 'candidates;
+                }
+                Ok(Some(Err(e))) => e,
+                Ok(None) => ProviderError::Disconnected,
+                Err(_) => ProviderError::Timeout,
+            };
+            lease.report(if matches!(err, ProviderError::RateLimited { .. }) {
+                Outcome::Neutral { tokens: 0 }
+            } else {
+                Outcome::Failure
+            });
+            tracing::warn!(provider = %cand.provider, model = %cand.model, attempt, error = %err, "provider failed before the first token");
+            let retry = err.is_retryable() && attempt < plan.retries;
+            failures.push((cand.provider.clone(), err));
+            if !retry {
+                break;
+            }
         }
+    }
+    let Some((cand, lease, mut stream, first)) = started else {
+        let last = failures
+            .pop()
+            .map_or(ProviderError::CircuitOpen, |(_, e)| e);
+        report(GenEvent::Failed(last));
+        return;
     };
-    let mut stream = lease.provider.stream(request);
+    for (from, why) in &failures {
+        metrics::counter!("switchboard_provider_fallbacks_total", "from" => from.clone(), "reason" => why.reason()).increment(1);
+    }
+    if !report(GenEvent::Started {
+        provider: cand.provider.clone(),
+        model: cand.model.clone(),
+        fallback_from: failures,
+    }) {
+        return;
+    }
+    let mut produced = 0u32;
+    let mut pending = Some(Some(Ok(first)));
     loop {
-        let first = tokio::select! {
-            biased;
-            () = cancel.cancelled() => { report(GenEvent::Cancelled); return; }
-            ev = stream.next() => ev,
+        let head = match pending.take() {
+            Some(ev) => ev,
+            None => tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    lease.report(Outcome::Neutral { tokens: produced });
+                    report(GenEvent::Cancelled);
+                    return;
+                }
+                ev = stream.next() => ev,
+            },
         };
-        let mut ready = vec![first];
+        let mut ready = vec![head];
         while ready.len() < 64 && matches!(ready.last(), Some(Some(Ok(StreamEvent::Token(_))))) {
             match stream.next().now_or_never() {
                 Some(ev) => ready.push(ev),
@@ -623,14 +805,22 @@ async fn generate(
                 Some(Err(e)) => GenEvent::Failed(e),
                 None => GenEvent::Failed(ProviderError::Disconnected),
             };
+            produced += tokens.len() as u32;
             if !tokens.is_empty() && !report(GenEvent::Tokens(std::mem::take(&mut tokens))) {
                 return;
             }
             let done = !matches!(terminal, GenEvent::Usage(_));
+            if done {
+                lease.report(match &terminal {
+                    GenEvent::Failed(_) => Outcome::Failure,
+                    _ => Outcome::Success { tokens: produced },
+                });
+            }
             if !report(terminal) || done {
                 return;
             }
         }
+        produced += tokens.len() as u32;
         if !tokens.is_empty() && !report(GenEvent::Tokens(tokens)) {
             return;
         }
@@ -656,6 +846,24 @@ async fn on_generation_event(me: &ActorRef<ChatMsg>, s: &mut ChatState, event: G
             s.publish(&frame);
         }
         GenEvent::Usage(u) => g.usage = Some(u),
+        GenEvent::Started {
+            provider,
+            model,
+            fallback_from,
+        } => {
+            if fallback_from.is_empty() {
+                tracing::info!(chat_id = %s.chat_id, "Using provider: {provider} (model {model})");
+            } else {
+                let why: Vec<String> = fallback_from
+                    .iter()
+                    .map(|(p, e)| format!("{p}: {e}"))
+                    .collect();
+                tracing::warn!(chat_id = %s.chat_id, fell_back_from = ?why, "Using provider: {provider} (model {model}) after fallback");
+            }
+            g.provider = provider;
+            g.model = model;
+            g.fell_back = !fallback_from.is_empty();
+        }
         GenEvent::Finished(reason) => finish(me, s, "complete", &reason, None).await,
         GenEvent::Cancelled => finish(me, s, "cancelled", "cancelled", None).await,
         GenEvent::Failed(e) => finish(me, s, "failed", "error", Some(e)).await,
@@ -672,11 +880,16 @@ async fn finish(
 ) {
     let Some(g) = s.current.take() else { return };
     metrics::gauge!("switchboard_streams_active").decrement(1.0);
-    // The provider's count when it gave one; otherwise what we counted.
-    let usage = g.usage.unwrap_or(Usage {
-        input_tokens: g.prompt_tokens,
-        output_tokens: g.output_tokens,
-    });
+    // The provider's count when it gave one; otherwise what we counted. An
+    // answer that never produced a token is not billed.
+    let usage = match g.usage {
+        Some(u) => u,
+        None if g.output_tokens == 0 => Usage::default(),
+        None => Usage {
+            input_tokens: g.prompt_tokens,
+            output_tokens: g.output_tokens,
+        },
+    };
     let cost = s
         .deps
         .pricing
@@ -685,8 +898,10 @@ async fn finish(
             tracing::warn!(model = %g.model, "no price for model: billed at 0");
             0
         });
-    let outcome = Outcome {
+    let outcome = messages::Outcome {
         status,
+        provider: &g.provider,
+        model: &g.model,
         content: &g.text,
         finish_reason: reason,
         input_tokens: i32::try_from(usage.input_tokens).unwrap_or(i32::MAX),
@@ -720,8 +935,17 @@ async fn finish(
             cost_micros: cost,
         }));
     }
+    if let Some(res) = g.reservation {
+        let tokens = usage.input_tokens + usage.output_tokens;
+        s.deps.admission.settle(&g.payer, res, cost, tokens).await;
+    }
     tracing::info!(chat_id = %s.chat_id, message_id = %g.message.id, provider = %g.provider, model = %g.model,
         status, input_tokens = usage.input_tokens, output_tokens = usage.output_tokens, cost_micros = cost, "answer finished");
+    if g.fell_back {
+        tracing::info!(provider = %g.provider, cost_micros = cost, "fallback cost");
+        metrics::counter!("switchboard_fallback_cost_micros_total", "provider" => g.provider.clone())
+            .increment(cost.max(0) as u64);
+    }
     metrics::counter!("switchboard_answers_total", "status" => status.to_owned(), "provider" => g.provider.clone())
         .increment(1);
 
@@ -740,7 +964,10 @@ async fn finish(
         Some(e) => ServerFrame::Error {
             code: ErrorCode::ProviderUnavailable,
             message: format!("the answer failed: {e}"),
-            retry_after: None,
+            retry_after: match e {
+                ProviderError::RateLimited { retry_after_secs } => *retry_after_secs,
+                _ => None,
+            },
             chat_id: Some(s.chat_id),
             message_id: Some(g.message.id),
         },

@@ -29,8 +29,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use sqlx::PgPool;
 
 use crate::{
+    admission::Admission,
+    budget::{BudgetLedger, LedgerConfig},
     config::Config,
-    providers::{ChatProvider, pricing::PriceTable, simulated::SimulatedProvider},
+    limits::WindowCounter,
+    providers::{self, pricing::PriceTable, router::Router},
 };
 
 pub(crate) fn live(kind: &'static str, delta: f64) {
@@ -82,6 +85,8 @@ pub struct Actors {
     pub providers: provider::ProviderRegistry,
     pub usage: ActorRef<persistence::UsageMsg>,
     pub hub: hub::ChatHub,
+    pub admission: Admission,
+    pub pricing: Arc<PriceTable>,
     root: ActorRef<()>,
 }
 
@@ -95,7 +100,12 @@ pub enum ActorStartError {
 
 impl Actors {
     /// Starts the whole tree.
-    pub async fn start(config: &Config, db: PgPool) -> Result<Self, ActorStartError> {
+    pub async fn start(
+        config: &Config,
+        db: PgPool,
+        redis: redis::aio::ConnectionManager,
+        counters: WindowCounter,
+    ) -> Result<Self, ActorStartError> {
         let pricing = Arc::new(PriceTable::load(std::path::Path::new(
             &config.chat.pricing_file,
         ))?);
@@ -108,10 +118,22 @@ impl Actors {
         };
 
         let providers = provider::ProviderRegistry::default();
-        let configured: Vec<(Arc<dyn ChatProvider>, usize)> = vec![(
-            Arc::new(SimulatedProvider::new(config.simulated.clone())),
-            10_000,
-        )];
+        let configured: Vec<provider::ProviderSpec> = providers::configured(config)
+            .into_iter()
+            .map(|p| {
+                let l = config.providers.limits_for(p.name());
+                provider::ProviderSpec {
+                    provider: p,
+                    limits: provider::ProviderLimits {
+                        concurrency: l.concurrency,
+                        rpm: l.rpm,
+                        tpm: l.tpm,
+                        breaker_failures: l.breaker_failures,
+                        breaker_cooldown: Duration::from_secs(l.breaker_cooldown_secs),
+                    },
+                }
+            })
+            .collect();
         Actor::spawn_linked(
             None,
             provider::ProviderSupervisor,
@@ -140,16 +162,63 @@ impl Actors {
         .await?;
         users.set_supervisor(user_sup);
 
+        let node_id = config
+            .routing
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", hostname(), config.server.port));
+        let ledger = BudgetLedger::new(
+            redis,
+            db.clone(),
+            counters.clone(),
+            LedgerConfig {
+                prefix: config.redis.key_prefix.clone(),
+                node_id,
+                reservation_ttl: Duration::from_secs(config.routing.reservation_ttl_secs),
+                global_daily_micros: config.alerts.global_daily_micros,
+                global_monthly_micros: config.alerts.global_monthly_micros,
+            },
+        );
+        let released = ledger.release_node_reservations().await;
+        if released > 0 {
+            tracing::info!(
+                released,
+                "released budget reservations left by this node's last run"
+            );
+        }
+        let admission = Admission::new(counters, ledger, config.plans.clone(), db.clone());
+        let router = Router {
+            routes: config
+                .routes
+                .iter()
+                .map(|(name, chain)| {
+                    (
+                        name.clone(),
+                        chain
+                            .iter()
+                            .filter_map(|c| Router::parse_candidate(c))
+                            .collect(),
+                    )
+                })
+                .collect(),
+            free_tier: config.providers.free_tier_list(),
+            paid_tier: config.providers.paid_tier_list(),
+            default_models: config.providers.models.clone().into_iter().collect(),
+            prefer_cheapest: config.routing.prefer_cheapest,
+            complex_prompt_tokens: config.routing.complex_prompt_tokens,
+        };
+
         let hub = hub::ChatHub::default();
         let deps = Arc::new(chat::ChatDeps {
             db,
             hub: hub.clone(),
             providers: providers.clone(),
             usage: usage.clone(),
-            pricing,
+            pricing: pricing.clone(),
             config: config.chat.clone(),
-            free_tier: config.providers.free_tier_list(),
-            paid_tier: config.providers.paid_tier_list(),
+            router,
+            routing: config.routing.clone(),
+            admission: admission.clone(),
         });
         let chats = chat::ChatRegistry::new(config.chat.mailbox_limit);
         let (chat_sup, _) = Actor::spawn_linked(
@@ -167,6 +236,8 @@ impl Actors {
             providers,
             usage,
             hub,
+            admission,
+            pricing,
             root,
         })
     }
@@ -182,6 +253,15 @@ impl Actors {
             .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
             .await;
     }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned())
 }
 
 /// The root: owns the supervisors; a supervisor's death is logged, never fatal to the process.

@@ -3,8 +3,13 @@
 //! A provider turns a [`ChatRequest`] into a stream of [`StreamEvent`]s. It does
 //! no retries, limits or routing: those belong to the provider actor and router.
 
+pub mod anthropic;
+pub mod cloudflare;
+pub mod openai;
 pub mod pricing;
+pub mod router;
 pub mod simulated;
+pub mod tokenizer;
 
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
@@ -16,11 +21,15 @@ pub struct PromptMessage {
     pub content: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ChatRequest {
+    /// The provider's own model name.
     pub model: String,
     pub messages: Vec<PromptMessage>,
     pub max_tokens: u32,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub stop: Vec<String>,
 }
 
 /// Tokens in and out of one generation.
@@ -58,6 +67,33 @@ pub enum ProviderError {
     Malformed(String),
     #[error("stream ended before the answer was complete")]
     Disconnected,
+    /// Refused locally: the provider's circuit breaker is open.
+    #[error("circuit open: the provider failed repeatedly")]
+    CircuitOpen,
+}
+
+impl ProviderError {
+    /// Worth another try on the same provider (before any token reached the client).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect(_) | Self::Timeout | Self::Upstream { status: 500.. }
+        )
+    }
+
+    /// A short, stable label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect",
+            Self::Timeout => "timeout",
+            Self::Unauthorized => "unauthorized",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Upstream { .. } => "upstream_error",
+            Self::Malformed(_) => "malformed",
+            Self::Disconnected => "disconnected",
+            Self::CircuitOpen => "circuit_open",
+        }
+    }
 }
 
 pub type EventStream = BoxStream<'static, Result<StreamEvent, ProviderError>>;
@@ -72,9 +108,291 @@ pub trait ChatProvider: Send + Sync + 'static {
     fn stream(&self, request: ChatRequest) -> EventStream;
 }
 
+/// The chat providers the settings enable: the simulated one always, and each
+/// real one whose credentials are set.
+pub fn configured(config: &crate::config::Config) -> Vec<std::sync::Arc<dyn ChatProvider>> {
+    let pc = &config.providers;
+    let model = |name: &str| pc.models.get(name).cloned().unwrap_or_default();
+    let mut out: Vec<std::sync::Arc<dyn ChatProvider>> = vec![std::sync::Arc::new(
+        simulated::SimulatedProvider::new(config.simulated.clone()),
+    )];
+    if pc.openai_api_key.is_some() || pc.openai_base_url.is_some() {
+        out.push(std::sync::Arc::new(openai::OpenAiProvider::new(
+            pc.openai_base_url.clone(),
+            pc.openai_api_key.clone(),
+            model("openai"),
+        )));
+    }
+    if let Some(key) = &pc.anthropic_api_key {
+        out.push(std::sync::Arc::new(anthropic::AnthropicProvider::new(
+            pc.anthropic_base_url.clone(),
+            key.clone(),
+            model("anthropic"),
+        )));
+    }
+    if let (Some(token), Some(account)) = (&pc.cloudflare_api_token, &pc.cloudflare_account_id) {
+        out.push(std::sync::Arc::new(cloudflare::CloudflareProvider::new(
+            pc.cloudflare_base_url.clone(),
+            account.clone(),
+            token.clone(),
+            model("cloudflare"),
+        )));
+    }
+    out
+}
+
 /// A rough token count (about four characters a token), for prompts whose
 /// provider reports no usage.
 pub fn estimate_tokens(text: &str) -> u32 {
     let chars = text.chars().count() as u32;
     chars.div_ceil(4).max(u32::from(!text.is_empty()))
+}
+
+/// What the HTTP providers share: one request → one server-sent event stream,
+/// with the error contract of [`ChatProvider::stream`] applied once.
+pub(crate) mod http {
+    use std::{collections::VecDeque, time::Duration};
+
+    use eventsource_stream::{Event, EventStreamError, Eventsource};
+    use futures::{StreamExt, stream::BoxStream};
+    use reqwest::{
+        RequestBuilder, StatusCode,
+        header::{CONTENT_TYPE, HeaderMap},
+    };
+
+    use super::{EventStream, ProviderError, StreamEvent};
+    use crate::config::Secret;
+
+    /// Connecting (TCP and TLS) may take this long.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Silence on an open response longer than this is a [`ProviderError::Timeout`].
+    pub const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+    /// The client each provider starts with (`with_http_client` replaces it).
+    pub fn default_client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new())
+    }
+
+    /// `base` without the trailing slashes, so `{base}/path` never doubles one.
+    pub fn trim_base(base: &str) -> String {
+        base.trim_end_matches('/').to_owned()
+    }
+
+    /// One provider's reading of its event stream.
+    pub trait SseDecoder: Send + 'static {
+        /// Handles one event, pushing what it yields onto `out`. `Ok(true)` means
+        /// the provider's end marker was seen: the stream ends once `out` drains.
+        fn event(
+            &mut self,
+            event: Event,
+            out: &mut VecDeque<StreamEvent>,
+        ) -> Result<bool, ProviderError>;
+    }
+
+    type Events = BoxStream<'static, Result<Event, EventStreamError<reqwest::Error>>>;
+
+    struct Sse<D> {
+        provider: &'static str,
+        /// Blanked out of logged error bodies, should a server echo it.
+        key: Option<Secret>,
+        request: Option<RequestBuilder>,
+        events: Option<Events>,
+        decoder: D,
+        out: VecDeque<StreamEvent>,
+        finished: bool,
+    }
+
+    impl<D> Sse<D> {
+        /// Ends the stream with `error`, dropping the connection.
+        fn fail(
+            mut self,
+            error: ProviderError,
+        ) -> Option<(Result<StreamEvent, ProviderError>, Self)> {
+            self.finished = true;
+            self.events = None;
+            self.out.clear();
+            Some((Err(error), self))
+        }
+    }
+
+    /// Sends `request` when the stream is first polled and decodes the answer.
+    ///
+    /// The first item is the error if the request fails or the status is not
+    /// 2xx; a body that ends before the decoder saw the end marker ends with
+    /// [`ProviderError::Disconnected`]. Nothing follows an error. Dropping the
+    /// stream drops the response, which closes the connection; after the end
+    /// marker the rest of the body is read in the background instead, so the
+    /// connection can go back to the pool.
+    pub fn sse_stream<D: SseDecoder>(
+        provider: &'static str,
+        request: RequestBuilder,
+        key: Option<&Secret>,
+        decoder: D,
+    ) -> EventStream {
+        let state = Sse {
+            provider,
+            key: key.cloned(),
+            request: Some(request),
+            events: None,
+            decoder,
+            out: VecDeque::new(),
+            finished: false,
+        };
+        futures::stream::unfold(state, |mut s| async move {
+            if let Some(event) = s.out.pop_front() {
+                return Some((Ok(event), s));
+            }
+            if s.finished {
+                return None;
+            }
+            if let Some(request) = s.request.take() {
+                let response = match request.send().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(provider = s.provider, error = %chain(&e), "provider request failed");
+                        return s.fail(send_error(&e));
+                    }
+                };
+                let status = response.status();
+                if !status.is_success() {
+                    let error = status_error(status, response.headers());
+                    log_error_body(s.provider, status, response, s.key.as_ref()).await;
+                    return s.fail(error);
+                }
+                if let Some(kind) = response.headers().get(CONTENT_TYPE)
+                    && kind.to_str().is_ok_and(|k| k.starts_with("application/json"))
+                {
+                    // A server that ignored `stream: true`.
+                    return s.fail(ProviderError::Malformed(
+                        "expected an event stream, got application/json".into(),
+                    ));
+                }
+                s.events = Some(response.bytes_stream().eventsource().boxed());
+            }
+            loop {
+                let next = s.events.as_mut()?.next().await;
+                match next {
+                    None => return s.fail(ProviderError::Disconnected),
+                    Some(Err(e)) => return s.fail(body_error(e)),
+                    Some(Ok(event)) => {
+                        let done = match s.decoder.event(event, &mut s.out) {
+                            Ok(done) => done,
+                            Err(e) => return s.fail(e),
+                        };
+                        if done {
+                            s.finished = true;
+                            if let Some(rest) = s.events.take() {
+                                tokio::spawn(drain(rest));
+                            }
+                        }
+                        if let Some(event) = s.out.pop_front() {
+                            return Some((Ok(event), s));
+                        }
+                        if done {
+                            return None;
+                        }
+                    }
+                }
+            }
+        })
+        .fuse() // a poll after the end is `None`, not a panic
+        .boxed()
+    }
+
+    /// The error for a non-2xx response.
+    pub fn status_error(status: StatusCode, headers: &HeaderMap) -> ProviderError {
+        match status.as_u16() {
+            401 | 403 => ProviderError::Unauthorized,
+            429 => ProviderError::RateLimited {
+                retry_after_secs: retry_after(headers),
+            },
+            code => ProviderError::Upstream { status: code },
+        }
+    }
+
+    /// `Retry-After` in whole seconds (rounded up); `retry-after-ms` as a fallback.
+    /// An HTTP-date is not understood and gives `None`.
+    pub fn retry_after(headers: &HeaderMap) -> Option<u64> {
+        let header = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<f64>().ok();
+        let secs =
+            header("retry-after").or_else(|| header("retry-after-ms").map(|ms| ms / 1000.0))?;
+        (secs.is_finite() && secs >= 0.0).then(|| secs.ceil() as u64)
+    }
+
+    /// The error for a request that got no response.
+    pub fn send_error(e: &reqwest::Error) -> ProviderError {
+        if e.is_timeout() {
+            ProviderError::Timeout
+        } else {
+            ProviderError::Connect(chain(e))
+        }
+    }
+
+    fn body_error(e: EventStreamError<reqwest::Error>) -> ProviderError {
+        match e {
+            EventStreamError::Transport(e) if e.is_timeout() => ProviderError::Timeout,
+            EventStreamError::Transport(_) => ProviderError::Disconnected,
+            EventStreamError::Utf8(e) => ProviderError::Malformed(format!("invalid UTF-8: {e}")),
+            EventStreamError::Parser(e) => {
+                ProviderError::Malformed(format!("invalid event stream: {e}"))
+            }
+        }
+    }
+
+    /// An error and its causes on one line.
+    fn chain(e: &reqwest::Error) -> String {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+
+    /// Reads what follows the end marker (usually just the body's end), for a
+    /// second or so, so the connection can be reused.
+    async fn drain(mut rest: Events) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(_)) = rest.next().await {}
+        })
+        .await;
+    }
+
+    /// Logs the start of an error body, which names what the provider disliked.
+    async fn log_error_body(
+        provider: &'static str,
+        status: StatusCode,
+        response: reqwest::Response,
+        key: Option<&Secret>,
+    ) {
+        let body = tokio::time::timeout(Duration::from_secs(2), response.text())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let mut body: String = body.chars().take(500).collect();
+        if let Some(key) = key.map(Secret::expose).filter(|k| !k.is_empty()) {
+            body = body.replace(key, "[redacted]");
+        }
+        tracing::warn!(
+            provider,
+            status = status.as_u16(),
+            body,
+            "provider returned an error status"
+        );
+    }
+
+    /// `data` as JSON, or [`ProviderError::Malformed`].
+    pub fn parse_json(data: &str) -> Result<serde_json::Value, ProviderError> {
+        serde_json::from_str(data).map_err(|e| {
+            let start: String = data.chars().take(80).collect();
+            ProviderError::Malformed(format!("{e} in {start:?}"))
+        })
+    }
 }

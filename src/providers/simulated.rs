@@ -197,6 +197,7 @@ mod tests {
                 content: prompt.into(),
             }],
             max_tokens,
+            ..ChatRequest::default()
         }
     }
 

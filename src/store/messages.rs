@@ -140,6 +140,9 @@ pub async fn checkpoint(db: &PgPool, id: Uuid, content: &str) -> Result<(), sqlx
 /// How an answer ended, for [`finalize`].
 pub struct Outcome<'a> {
     pub status: &'a str,
+    /// Who really served it (after any fallback).
+    pub provider: &'a str,
+    pub model: &'a str,
     pub content: &'a str,
     pub finish_reason: &'a str,
     pub input_tokens: i32,
@@ -150,7 +153,7 @@ pub struct Outcome<'a> {
 pub async fn finalize(db: &PgPool, id: Uuid, o: &Outcome<'_>) -> Result<Message, sqlx::Error> {
     sqlx::query_as(concat!(
         "update messages set status = $2, content = $3, finish_reason = $4, input_tokens = $5,
-                output_tokens = $6, cost_micros = $7, completed_at = now()
+                output_tokens = $6, cost_micros = $7, provider = $8, model = $9, completed_at = now()
          where id = $1 returning ",
         message_columns!()
     ))
@@ -161,6 +164,8 @@ pub async fn finalize(db: &PgPool, id: Uuid, o: &Outcome<'_>) -> Result<Message,
     .bind(o.input_tokens)
     .bind(o.output_tokens)
     .bind(o.cost_micros)
+    .bind(o.provider)
+    .bind(o.model)
     .fetch_one(db)
     .await
 }

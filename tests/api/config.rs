@@ -329,3 +329,25 @@ fn chat_and_socket_settings_are_checked() {
     assert_problem(&p, "ws.ping_interval_secs");
     assert_problem(&p, "no-such-file.toml");
 }
+
+#[test]
+fn routes_and_default_models_must_be_priced() {
+    let c = load(
+        AppEnv::Production,
+        &[
+            GOOD_PROD,
+            &[
+                ("SWITCHBOARD_PROVIDERS__MODELS__OPENAI", "gpt-unpriced"),
+                (
+                    "SWITCHBOARD_ROUTES__SMART",
+                    "[\"anthropic:claude-nope\", \"nonsense\"]",
+                ),
+            ],
+        ]
+        .concat(),
+    );
+    let p = c.problems();
+    assert_problem(&p, "model \"gpt-unpriced\" has no price");
+    assert_problem(&p, "model \"claude-nope\" has no price");
+    assert_problem(&p, "routes.smart: \"nonsense\" is not provider:model");
+}

@@ -8,5 +8,8 @@ mod config;
 mod health;
 mod helpers;
 mod http_basics;
+mod mock_llm;
+mod providers;
+mod routing;
 mod ws;
 mod ws_client;

@@ -2,6 +2,7 @@
 //! layers every request passes (request id, tracing, metrics, CORS, body limit,
 //! and the error envelope).
 
+mod analytics;
 mod auth;
 mod chat_stream;
 mod chats;
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .route("/ws", axum::routing::get(super::ws::upgrade))
         .nest("/api/auth", auth::router())
+        .nest("/api/analytics", analytics::router())
         .nest("/api/chats", chats::router().merge(chat_stream::router()))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(

@@ -6,7 +6,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{auth, chat_stream, chats, health};
+use super::{analytics, auth, chat_stream, chats, health};
 use crate::app::AppState;
 
 #[derive(OpenApi)]
@@ -14,11 +14,13 @@ use crate::app::AppState;
     info(title = "Switchboard", description = "Real-time AI chat server"),
     paths(health::health, health::ready, auth::signup, auth::signin, auth::refresh, auth::signout, auth::me,
           chats::create_chat, chats::list_chats, chats::get_chat, chats::rename_chat, chats::delete_chat,
-          chats::list_messages, chat_stream::send_message, chat_stream::follow_events),
+          chats::list_messages, chat_stream::send_message, chat_stream::follow_events,
+          analytics::usage, analytics::costs_daily),
     components(schemas(auth::SignupRequest, auth::SigninRequest, auth::RefreshRequest, auth::TokenResponse,
                        crate::store::users::User, health::Health,
                        chats::CreateChatRequest, chats::RenameChatRequest, chats::ChatList, chats::MessageList,
-                       crate::store::chats::Chat, crate::store::messages::Message, chat_stream::SendMessage)),
+                       crate::store::chats::Chat, crate::store::messages::Message, chat_stream::SendMessage,
+                       analytics::UsageView, analytics::BudgetStanding, analytics::DailyCost)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

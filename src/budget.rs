@@ -1,0 +1,674 @@
+//! Cost budgets: reserve the worst case before a generation, settle the real
+//! cost after, across every scope (workspace, user, API key) at once.
+//!
+//! Counters live in Redis so every node sees one spend: per scope and period
+//! ("bucket") a `spent` counter and a sorted set of live reservations whose
+//! score is their expiry. One Lua script checks every bucket and reserves in
+//! all of them, or none, so concurrent requests cannot overspend by more than
+//! one reservation's error. Reservations expire on their own (a crash never
+//! holds one forever) and a restarting node releases its own at once.
+//!
+//! Postgres `usage_events` is the durable truth: a missing `spent` counter is
+//! rebuilt from it. With Redis down the ledger keeps the same books per node
+//! and says so (logs, `switchboard_redis_degraded`, `/ready`).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use redis::{Script, aio::ConnectionManager};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::limits::WindowCounter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScopeKind {
+    Workspace,
+    User,
+    ApiKey,
+}
+
+impl ScopeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Workspace => "workspace",
+            Self::User => "user",
+            Self::ApiKey => "api_key",
+        }
+    }
+    fn column(self) -> &'static str {
+        match self {
+            Self::Workspace => "workspace_id",
+            Self::User => "user_id",
+            Self::ApiKey => "api_key_id",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Period {
+    Daily,
+    Monthly,
+}
+
+impl Period {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Daily => "daily",
+            Self::Monthly => "monthly",
+        }
+    }
+
+    /// Start and end (exclusive) of the period containing `now`, UTC.
+    pub fn bounds(self, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+        let day = now.date_naive();
+        let (start, end) = match self {
+            Self::Daily => (day, day.succ_opt().unwrap_or(day)),
+            Self::Monthly => {
+                let first = NaiveDate::from_ymd_opt(day.year(), day.month(), 1).unwrap_or(day);
+                let next = if day.month() == 12 {
+                    NaiveDate::from_ymd_opt(day.year() + 1, 1, 1)
+                } else {
+                    NaiveDate::from_ymd_opt(day.year(), day.month() + 1, 1)
+                }
+                .unwrap_or(day);
+                (first, next)
+            }
+        };
+        let at = |d: NaiveDate| Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).unwrap_or_default());
+        (at(start), at(end))
+    }
+
+    fn tag(self, now: DateTime<Utc>) -> String {
+        match self {
+            Self::Daily => now.format("d%Y%m%d").to_string(),
+            Self::Monthly => now.format("m%Y%m").to_string(),
+        }
+    }
+}
+
+/// One budget to hold a generation to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    pub kind: ScopeKind,
+    pub id: Uuid,
+    pub period: Period,
+    pub limit_micros: i64,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum BudgetError {
+    #[error("{} {} budget exhausted", .kind.as_str(), .period.as_str())]
+    Exceeded {
+        kind: ScopeKind,
+        period: Period,
+        /// Until the period resets.
+        retry_after: Duration,
+    },
+    #[error("budget store unavailable")]
+    Unavailable,
+}
+
+/// A held worst-case amount; settle it (or drop it into `release`) exactly once.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    id: String,
+    buckets: Vec<Bucket>,
+    pub amount: i64,
+    /// Kept locally because Redis was down when it was made.
+    local: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Bucket {
+    key: String,
+    limit: Limit,
+    ends: DateTime<Utc>,
+}
+
+/// A budget reaching a threshold (50, 80, 100 %), reported once per period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    pub scope: String,
+    pub scope_id: Option<Uuid>,
+    pub period: Period,
+    pub threshold_pct: u8,
+    pub spent_micros: i64,
+    pub limit_micros: i64,
+}
+
+const RESERVE_SCRIPT: &str = r"
+local now = tonumber(ARGV[1])
+local member = ARGV[2]
+local amount = tonumber(ARGV[3])
+local n = #KEYS / 2
+for i = 1, n do
+  local res_key = KEYS[2 * i]
+  redis.call('ZREMRANGEBYSCORE', res_key, '-inf', now)
+  local spent = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '-1')
+  if spent < 0 then return {-2, i} end
+  local reserved = 0
+  for _, m in ipairs(redis.call('ZRANGE', res_key, 0, -1)) do
+    reserved = reserved + tonumber(string.match(m, '([^|]+)$'))
+  end
+  if spent + reserved + amount > tonumber(ARGV[3 + 2 * i - 1]) then return {-1, i} end
+end
+for i = 1, n do
+  redis.call('ZADD', KEYS[2 * i], tonumber(ARGV[4 + 2 * n]), member)
+  redis.call('EXPIRE', KEYS[2 * i], tonumber(ARGV[3 + 2 * i]))
+end
+return {0, 0}
+";
+
+const SETTLE_SCRIPT: &str = r"
+local out = {}
+for i = 1, #KEYS / 2 do
+  redis.call('ZREM', KEYS[2 * i], ARGV[1])
+  local spent = -1
+  if redis.call('EXISTS', KEYS[2 * i - 1]) == 1 then
+    spent = redis.call('INCRBY', KEYS[2 * i - 1], ARGV[2])
+  end
+  out[#out + 1] = spent
+end
+return out
+";
+
+#[derive(Default)]
+struct LocalBook {
+    spent: HashMap<String, i64>,
+    /// bucket → reservation id → (amount, expiry ms)
+    reserved: HashMap<String, HashMap<String, (i64, u64)>>,
+}
+
+#[derive(Clone)]
+pub struct BudgetLedger {
+    redis: ConnectionManager,
+    db: PgPool,
+    prefix: Arc<str>,
+    node_id: Arc<str>,
+    ttl: Duration,
+    reserve: Arc<Script>,
+    settle: Arc<Script>,
+    counters: WindowCounter,
+    local: Arc<Mutex<LocalBook>>,
+    global_daily_micros: i64,
+    global_monthly_micros: i64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+pub struct LedgerConfig {
+    pub prefix: String,
+    pub node_id: String,
+    pub reservation_ttl: Duration,
+    pub global_daily_micros: i64,
+    pub global_monthly_micros: i64,
+}
+
+impl BudgetLedger {
+    pub fn new(
+        redis: ConnectionManager,
+        db: PgPool,
+        counters: WindowCounter,
+        cfg: LedgerConfig,
+    ) -> Self {
+        Self {
+            redis,
+            db,
+            prefix: cfg.prefix.into(),
+            node_id: cfg.node_id.into(),
+            ttl: cfg.reservation_ttl,
+            reserve: Arc::new(Script::new(RESERVE_SCRIPT)),
+            settle: Arc::new(Script::new(SETTLE_SCRIPT)),
+            counters,
+            local: Arc::default(),
+            global_daily_micros: cfg.global_daily_micros,
+            global_monthly_micros: cfg.global_monthly_micros,
+        }
+    }
+
+    fn buckets(&self, limits: &[Limit]) -> Vec<Bucket> {
+        let now = Utc::now();
+        limits
+            .iter()
+            .map(|l| Bucket {
+                key: format!(
+                    "{}:budget:{}:{}:{}",
+                    self.prefix,
+                    l.kind.as_str(),
+                    l.id,
+                    l.period.tag(now)
+                ),
+                ends: l.period.bounds(now).1,
+                limit: l.clone(),
+            })
+            .collect()
+    }
+
+    fn node_set(&self) -> String {
+        format!("{}:budget:node:{}", self.prefix, self.node_id)
+    }
+
+    /// Reserves `amount` micro-dollars against every limit at once.
+    pub async fn reserve(&self, limits: &[Limit], amount: i64) -> Result<Reservation, BudgetError> {
+        let buckets = self.buckets(limits);
+        let id = format!(
+            "{}|{}|{}",
+            self.node_id,
+            Uuid::now_v7().simple(),
+            amount.max(0)
+        );
+        let mut res = Reservation {
+            id,
+            buckets,
+            amount: amount.max(0),
+            local: false,
+        };
+        if res.buckets.is_empty() {
+            return Ok(res);
+        }
+        // Each pass can find one bucket without a counter; seed it and go again.
+        for _ in 0..=res.buckets.len() {
+            match self.reserve_redis(&res).await {
+                Ok((0, _)) => {
+                    self.counters_ok();
+                    let mut conn = self.redis.clone();
+                    let members: Vec<String> = res
+                        .buckets
+                        .iter()
+                        .map(|b| format!("{}:res|{}", b.key, res.id))
+                        .collect();
+                    let _: Result<(), _> = redis::cmd("SADD")
+                        .arg(self.node_set())
+                        .arg(members)
+                        .query_async(&mut conn)
+                        .await;
+                    return Ok(res);
+                }
+                Ok((-1, i)) => {
+                    return Err(self.exceeded(&res.buckets[(i as usize).saturating_sub(1)]));
+                }
+                Ok((_, i)) => {
+                    // A bucket without a counter: rebuild it from Postgres, then try again.
+                    let b = &res.buckets[(i as usize).saturating_sub(1)];
+                    let spent = self.spent_in_postgres(&b.limit).await?;
+                    let mut conn = self.redis.clone();
+                    let ttl = self.bucket_ttl(b);
+                    let set: redis::RedisResult<()> = redis::cmd("SET")
+                        .arg(format!("{}:spent", b.key))
+                        .arg(spent)
+                        .arg("NX")
+                        .arg("EX")
+                        .arg(ttl)
+                        .query_async(&mut conn)
+                        .await;
+                    if let Err(e) = set {
+                        return self.reserve_local(&mut res, e).await;
+                    }
+                }
+                Err(e) => return self.reserve_local(&mut res, e).await,
+            }
+        }
+        tracing::error!("budget counters could not be seeded");
+        Err(BudgetError::Unavailable)
+    }
+
+    fn counters_ok(&self) {
+        self.counters.mark_healthy();
+        // The shared counters are reachable again; local books are no longer needed.
+        if let Ok(mut book) = self.local.lock()
+            && !book.spent.is_empty()
+            && book.reserved.values().all(HashMap::is_empty)
+        {
+            book.spent.clear();
+        }
+    }
+
+    fn bucket_ttl(&self, b: &Bucket) -> u64 {
+        // Keep the counter a day past its period so late settles still land.
+        (b.ends - Utc::now()).num_seconds().max(0) as u64 + 86_400
+    }
+
+    async fn reserve_redis(&self, res: &Reservation) -> redis::RedisResult<(i64, i64)> {
+        let mut inv = self.reserve.prepare_invoke();
+        let now = now_ms();
+        inv.arg(now).arg(&res.id).arg(res.amount);
+        for b in &res.buckets {
+            inv.key(format!("{}:spent", b.key))
+                .key(format!("{}:res", b.key));
+            inv.arg(b.limit.limit_micros).arg(self.bucket_ttl(b));
+        }
+        inv.arg(now + self.ttl.as_millis() as u64);
+        let mut conn = self.redis.clone();
+        let out: Vec<i64> = inv.invoke_async(&mut conn).await?;
+        Ok((
+            out.first().copied().unwrap_or(-3),
+            out.get(1).copied().unwrap_or(0),
+        ))
+    }
+
+    fn exceeded(&self, b: &Bucket) -> BudgetError {
+        metrics::counter!("switchboard_budget_rejections_total", "scope" => b.limit.kind.as_str(), "period" => b.limit.period.as_str())
+            .increment(1);
+        BudgetError::Exceeded {
+            kind: b.limit.kind,
+            period: b.limit.period,
+            retry_after: (b.ends - Utc::now()).to_std().unwrap_or_default(),
+        }
+    }
+
+    async fn spent_in_postgres(&self, l: &Limit) -> Result<i64, BudgetError> {
+        let (start, _) = l.period.bounds(Utc::now());
+        let sql = match l.kind {
+            ScopeKind::Workspace => {
+                "select coalesce(sum(cost_micros), 0)::bigint from usage_events where workspace_id = $1 and created_at >= $2"
+            }
+            ScopeKind::User => {
+                "select coalesce(sum(cost_micros), 0)::bigint from usage_events where user_id = $1 and created_at >= $2"
+            }
+            ScopeKind::ApiKey => {
+                "select coalesce(sum(cost_micros), 0)::bigint from usage_events where api_key_id = $1 and created_at >= $2"
+            }
+        };
+        debug_assert!(sql.contains(l.kind.column()));
+        let (spent,): (i64,) = sqlx::query_as(sql)
+            .bind(l.id)
+            .bind(start)
+            .fetch_one(&self.db)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read spend from postgres");
+                BudgetError::Unavailable
+            })?;
+        Ok(spent)
+    }
+
+    /// The same books kept in this process while Redis is unreachable.
+    async fn reserve_local(
+        &self,
+        res: &mut Reservation,
+        cause: redis::RedisError,
+    ) -> Result<Reservation, BudgetError> {
+        // Logged once per transition by the shared flag.
+        self.counters.mark_degraded(&cause);
+        // Seed missing buckets from Postgres outside the lock.
+        let missing: Vec<Bucket> = {
+            let book = self.local.lock().map_err(|_| BudgetError::Unavailable)?;
+            res.buckets
+                .iter()
+                .filter(|b| !book.spent.contains_key(&b.key))
+                .cloned()
+                .collect()
+        };
+        let mut seeds = Vec::new();
+        for b in missing {
+            seeds.push((b.key.clone(), self.spent_in_postgres(&b.limit).await?));
+        }
+        let mut book = self.local.lock().map_err(|_| BudgetError::Unavailable)?;
+        for (k, v) in seeds {
+            book.spent.entry(k).or_insert(v);
+        }
+        let now = now_ms();
+        for b in &res.buckets {
+            let spent = book.spent.get(&b.key).copied().unwrap_or(0);
+            let held = book.reserved.entry(b.key.clone()).or_default();
+            held.retain(|_, (_, exp)| *exp > now);
+            let reserved: i64 = held.values().map(|(a, _)| a).sum();
+            if spent + reserved + res.amount > b.limit.limit_micros {
+                return Err(self.exceeded(b));
+            }
+        }
+        let exp = now + self.ttl.as_millis() as u64;
+        for b in &res.buckets {
+            book.reserved
+                .entry(b.key.clone())
+                .or_default()
+                .insert(res.id.clone(), (res.amount, exp));
+        }
+        res.local = true;
+        Ok(res.clone())
+    }
+
+    /// Releases the reservation and records the real cost; answers the alerts it set off.
+    pub async fn settle(&self, res: Reservation, actual: i64) -> Vec<Alert> {
+        let actual = actual.max(0);
+        let mut alerts = Vec::new();
+        let spent_after: Vec<i64> = if res.local || res.buckets.is_empty() {
+            self.settle_local(&res, actual)
+        } else {
+            let mut inv = self.settle.prepare_invoke();
+            inv.arg(&res.id).arg(actual);
+            for b in &res.buckets {
+                inv.key(format!("{}:spent", b.key))
+                    .key(format!("{}:res", b.key));
+            }
+            let mut conn = self.redis.clone();
+            match inv.invoke_async::<Vec<i64>>(&mut conn).await {
+                Ok(v) => {
+                    let members: Vec<String> = res
+                        .buckets
+                        .iter()
+                        .map(|b| format!("{}:res|{}", b.key, res.id))
+                        .collect();
+                    let _: Result<(), _> = redis::cmd("SREM")
+                        .arg(self.node_set())
+                        .arg(members)
+                        .query_async(&mut conn)
+                        .await;
+                    v
+                }
+                Err(e) => {
+                    // The reservation expires by itself; the spend is in usage_events.
+                    tracing::warn!(error = %e, "cannot settle in redis; the reservation will expire");
+                    self.counters.mark_degraded(&e);
+                    self.settle_local(&res, actual)
+                }
+            }
+        };
+        for (b, spent) in res.buckets.iter().zip(spent_after) {
+            if spent >= 0
+                && let Some(a) = self
+                    .threshold_crossed(
+                        &b.key,
+                        b.limit.kind.as_str(),
+                        Some(b.limit.id),
+                        b.limit.period,
+                        spent - actual,
+                        spent,
+                        b.limit.limit_micros,
+                    )
+                    .await
+            {
+                alerts.push(a);
+            }
+        }
+        alerts.extend(self.global(actual).await);
+        alerts
+    }
+
+    fn settle_local(&self, res: &Reservation, actual: i64) -> Vec<i64> {
+        let Ok(mut book) = self.local.lock() else {
+            return vec![];
+        };
+        res.buckets
+            .iter()
+            .map(|b| {
+                if let Some(held) = book.reserved.get_mut(&b.key) {
+                    held.remove(&res.id);
+                }
+                match book.spent.get_mut(&b.key) {
+                    Some(s) => {
+                        *s += actual;
+                        *s
+                    }
+                    None => -1,
+                }
+            })
+            .collect()
+    }
+
+    /// Sends an alert once per bucket and threshold when spend crosses 50/80/100 %.
+    #[allow(clippy::too_many_arguments)]
+    async fn threshold_crossed(
+        &self,
+        key: &str,
+        scope: &str,
+        scope_id: Option<Uuid>,
+        period: Period,
+        before: i64,
+        after: i64,
+        limit: i64,
+    ) -> Option<Alert> {
+        if limit <= 0 {
+            return None;
+        }
+        let pct = |v: i64| (v.saturating_mul(100) / limit).clamp(0, 1000);
+        let crossed = [100u8, 80, 50]
+            .into_iter()
+            .find(|t| pct(before) < i64::from(*t) && pct(after) >= i64::from(*t))?;
+        let once_key = format!("{key}:alert:{crossed}");
+        let mut conn = self.redis.clone();
+        let first: redis::RedisResult<Option<String>> = redis::cmd("SET")
+            .arg(&once_key)
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(40 * 86_400)
+            .query_async(&mut conn)
+            .await;
+        // With Redis down an alert may repeat on another node; better twice than never.
+        if matches!(first, Ok(None)) {
+            return None;
+        }
+        metrics::counter!("switchboard_budget_alerts_total", "scope" => scope.to_owned(), "period" => period.as_str(), "threshold" => crossed.to_string())
+            .increment(1);
+        tracing::warn!(scope, scope_id = ?scope_id, period = period.as_str(), threshold_pct = crossed, spent_micros = after, limit_micros = limit, "budget alert");
+        Some(Alert {
+            scope: scope.to_owned(),
+            scope_id,
+            period,
+            threshold_pct: crossed,
+            spent_micros: after,
+            limit_micros: limit,
+        })
+    }
+
+    /// The operator's whole-deployment thresholds: daily cost, and the month's projection.
+    async fn global(&self, actual: i64) -> Vec<Alert> {
+        if actual == 0 {
+            return vec![];
+        }
+        let now = Utc::now();
+        let day_key = format!("{}:budget:global:{}", self.prefix, Period::Daily.tag(now));
+        let month_key = format!("{}:budget:global:{}", self.prefix, Period::Monthly.tag(now));
+        let mut conn = self.redis.clone();
+        let res: redis::RedisResult<(i64, i64)> = redis::pipe()
+            .incr(&day_key, actual)
+            .expire(&day_key, 3 * 86_400)
+            .ignore()
+            .incr(&month_key, actual)
+            .expire(&month_key, 40 * 86_400)
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        let Ok((day, month)) = res else { return vec![] };
+        let mut out = Vec::new();
+        if let Some(a) = self
+            .threshold_crossed(
+                &day_key,
+                "global",
+                None,
+                Period::Daily,
+                day - actual,
+                day,
+                self.global_daily_micros,
+            )
+            .await
+        {
+            out.push(a);
+        }
+        // Projection: this month's spend so far, scaled to the whole month.
+        let (start, end) = Period::Monthly.bounds(now);
+        let elapsed = (now - start).num_seconds().max(3600) as i128;
+        let total = (end - start).num_seconds() as i128;
+        let project = |v: i64| i64::try_from(i128::from(v) * total / elapsed).unwrap_or(i64::MAX);
+        if let Some(a) = self
+            .threshold_crossed(
+                &month_key,
+                "global_projection",
+                None,
+                Period::Monthly,
+                project(month - actual),
+                project(month),
+                self.global_monthly_micros,
+            )
+            .await
+        {
+            out.push(a);
+        }
+        out
+    }
+
+    /// Releases every reservation a previous run of this node left behind.
+    pub async fn release_node_reservations(&self) -> usize {
+        let mut conn = self.redis.clone();
+        let Ok(members): redis::RedisResult<Vec<String>> = redis::cmd("SMEMBERS")
+            .arg(self.node_set())
+            .query_async(&mut conn)
+            .await
+        else {
+            return 0;
+        };
+        let mut pipe = redis::pipe();
+        for m in &members {
+            if let Some((res_key, member)) = m.split_once('|') {
+                pipe.zrem(res_key, member).ignore();
+            }
+        }
+        pipe.del(self.node_set()).ignore();
+        let _: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+        members.len()
+    }
+
+    /// Spent and held amounts of one budget now, for the usage view.
+    pub async fn standing(&self, l: &Limit) -> Result<(i64, i64), BudgetError> {
+        let b = self.buckets(std::slice::from_ref(l)).remove(0);
+        let mut conn = self.redis.clone();
+        let res: redis::RedisResult<(Option<i64>, Vec<String>)> = redis::pipe()
+            .get(format!("{}:spent", b.key))
+            .zrangebyscore(format!("{}:res", b.key), now_ms(), "+inf")
+            .query_async(&mut conn)
+            .await;
+        let held_sum = |m: &[String]| {
+            m.iter()
+                .filter_map(|m| m.rsplit('|').next()?.parse::<i64>().ok())
+                .sum::<i64>()
+        };
+        match res {
+            Ok((Some(spent), held)) => Ok((spent, held_sum(&held))),
+            Ok((None, held)) => Ok((self.spent_in_postgres(l).await?, held_sum(&held))),
+            Err(_) => {
+                let spent = self.spent_in_postgres(l).await?;
+                let held = self
+                    .local
+                    .lock()
+                    .map(|book| {
+                        book.reserved
+                            .get(&b.key)
+                            .map_or(0, |h| h.values().map(|(a, _)| a).sum())
+                    })
+                    .unwrap_or(0);
+                Ok((spent, held))
+            }
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! OpenAI's Chat Completions API, and every server that speaks it: vLLM,
+//! Ollama, OpenRouter, Cloudflare's OpenAI-compatible endpoint.
+//!
+//! # Why not `async_openai::Client`
+//! The wire format is async-openai's own types ([`CreateChatCompletionRequest`]
+//! out, [`CreateChatCompletionStreamResponse`] in), but the request is sent with
+//! reqwest and the stream read with `eventsource-stream`, because async-openai
+//! 0.43's client breaks this module's contract in three ways:
+//! - it retries 429 and 5xx itself (three times, with backoff), so a fallback
+//!   comes seconds late, and the provider actor's own policy is second-guessed;
+//! - its errors drop the response headers, so `Retry-After` is lost;
+//! - its stream ends the same way on `data: [DONE]` and on a connection that
+//!   closed early, so a truncated answer would look complete.
+//!
+//! # Wire details
+//! - `stream_options.include_usage` is always asked for: the usage chunk (empty
+//!   `choices`) comes after the chunk with `finish_reason` and before `[DONE]`.
+//!   A server that sends none gets its usage counted with the tokenizer.
+//! - The answer's length is capped with `max_completion_tokens` on OpenAI itself
+//!   (reasoning models reject `max_tokens`) and with `max_tokens` on any other
+//!   base URL, which is what compatible servers understand.
+//! - A chunk that does not fit async-openai's strict types (a compatible server
+//!   leaving out `created`, or inventing a `finish_reason`) is read leniently
+//!   for its content, finish reason and usage; only a chunk that is not JSON, or
+//!   has neither `choices` nor `usage`, is [`ProviderError::Malformed`].
+//! - `data: {"error": {...}}` in the middle of a stream (OpenAI and OpenRouter
+//!   send it) ends the stream with the error's status code as
+//!   [`ProviderError::Upstream`] (502 when it names none).
+
+use std::collections::VecDeque;
+
+use async_openai::types::chat::{
+    ChatCompletionRequestAssistantMessage, ChatCompletionRequestDeveloperMessage,
+    ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
+    ChatCompletionRequestUserMessage, ChatCompletionStreamOptions, CreateChatCompletionRequest,
+    CreateChatCompletionStreamResponse, StopConfiguration,
+};
+use eventsource_stream::Event;
+use serde_json::Value;
+
+use super::{
+    ChatProvider, ChatRequest, EventStream, PromptMessage, ProviderError, StreamEvent, Usage,
+    http::{self, SseDecoder},
+    tokenizer,
+};
+use crate::config::Secret;
+
+/// OpenAI's own API, used when no base URL is configured.
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+
+pub struct OpenAiProvider {
+    /// Without the trailing slash; `/chat/completions` is appended.
+    base_url: String,
+    api_key: Option<Secret>,
+    default_model: String,
+    client: reqwest::Client,
+}
+
+impl OpenAiProvider {
+    /// `base_url` is the API root including its version (`…/v1`); `None` means
+    /// OpenAI. `api_key` goes out as `Authorization: Bearer`; a local server
+    /// such as Ollama or vLLM may need none.
+    pub fn new(base_url: Option<String>, api_key: Option<Secret>, default_model: String) -> Self {
+        Self {
+            base_url: http::trim_base(base_url.as_deref().unwrap_or(DEFAULT_BASE_URL)),
+            api_key,
+            default_model,
+            client: http::default_client(),
+        }
+    }
+
+    /// Uses `client` (its timeouts, proxy, pool) instead of the default one.
+    pub fn with_http_client(mut self, client: reqwest::Client) -> Self {
+        self.client = client;
+        self
+    }
+
+    fn is_openai(&self) -> bool {
+        self.base_url == DEFAULT_BASE_URL
+    }
+
+    /// The request body, in async-openai's types.
+    // `max_tokens` is deprecated by OpenAI, and still what compatible servers read.
+    #[allow(deprecated)]
+    fn body(&self, request: &ChatRequest) -> CreateChatCompletionRequest {
+        let max_tokens = (request.max_tokens > 0).then_some(request.max_tokens);
+        let (max_completion_tokens, max_tokens) = if self.is_openai() {
+            (max_tokens, None)
+        } else {
+            (None, max_tokens)
+        };
+        let model = if request.model.is_empty() {
+            self.default_model.clone()
+        } else {
+            request.model.clone()
+        };
+        CreateChatCompletionRequest {
+            model,
+            messages: request.messages.iter().map(message).collect(),
+            stream: Some(true),
+            stream_options: Some(ChatCompletionStreamOptions {
+                include_usage: Some(true),
+                ..Default::default()
+            }),
+            max_completion_tokens,
+            max_tokens,
+            temperature: request.temperature,
+            top_p: request.top_p,
+            stop: (!request.stop.is_empty())
+                .then(|| StopConfiguration::StringArray(request.stop.clone())),
+            ..Default::default()
+        }
+    }
+}
+
+/// One prompt message in OpenAI's shape; unknown roles are sent as the user's.
+fn message(m: &PromptMessage) -> ChatCompletionRequestMessage {
+    let content = m.content.clone();
+    match m.role.as_str() {
+        "system" => ChatCompletionRequestSystemMessage::from(content).into(),
+        "developer" => ChatCompletionRequestDeveloperMessage::from(content).into(),
+        "assistant" => ChatCompletionRequestAssistantMessage::from(content).into(),
+        _ => ChatCompletionRequestUserMessage::from(content).into(),
+    }
+}
+
+impl ChatProvider for OpenAiProvider {
+    fn name(&self) -> &str {
+        "openai"
+    }
+
+    fn default_model(&self) -> &str {
+        &self.default_model
+    }
+
+    fn stream(&self, request: ChatRequest) -> EventStream {
+        let mut builder = self
+            .client
+            .post(format!("{}/chat/completions", self.base_url))
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .json(&self.body(&request));
+        if let Some(key) = &self.api_key {
+            builder = builder.bearer_auth(key.expose());
+        }
+        http::sse_stream(
+            "openai",
+            builder,
+            self.api_key.as_ref(),
+            OpenAiDecoder::new(request.messages),
+        )
+    }
+}
+
+/// Reads `chat.completion.chunk` events until `[DONE]`.
+struct OpenAiDecoder {
+    /// Kept to count the prompt if the server reports no usage.
+    prompt: Vec<PromptMessage>,
+    text: String,
+    finish: Option<String>,
+    usage: Option<Usage>,
+}
+
+/// What this module needs from one chunk, however it was parsed.
+#[derive(Debug, Default, PartialEq)]
+struct Chunk {
+    content: Option<String>,
+    finish: Option<String>,
+    usage: Option<Usage>,
+}
+
+impl OpenAiDecoder {
+    fn new(prompt: Vec<PromptMessage>) -> Self {
+        Self {
+            prompt,
+            text: String::new(),
+            finish: None,
+            usage: None,
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage.unwrap_or_else(|| Usage {
+            input_tokens: tokenizer::count_prompt(&self.prompt),
+            output_tokens: tokenizer::count_tokens(&self.text),
+        })
+    }
+}
+
+impl SseDecoder for OpenAiDecoder {
+    fn event(
+        &mut self,
+        event: Event,
+        out: &mut VecDeque<StreamEvent>,
+    ) -> Result<bool, ProviderError> {
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            out.push_back(StreamEvent::Usage(self.usage()));
+            let finish = self.finish.take().unwrap_or_else(|| "stop".to_owned());
+            out.push_back(StreamEvent::Finish(finish));
+            return Ok(true);
+        }
+        if data.is_empty() || matches!(event.event.as_str(), "keepalive" | "ping") {
+            return Ok(false);
+        }
+        let chunk = parse_chunk(data)?;
+        if let Some(content) = chunk.content.filter(|c| !c.is_empty()) {
+            self.text.push_str(&content);
+            out.push_back(StreamEvent::Token(content));
+        }
+        if chunk.finish.is_some() {
+            self.finish = chunk.finish;
+        }
+        if chunk.usage.is_some() {
+            self.usage = chunk.usage;
+        }
+        Ok(false)
+    }
+}
+
+/// One `data:` payload: async-openai's type first, then a lenient reading.
+fn parse_chunk(data: &str) -> Result<Chunk, ProviderError> {
+    let value = http::parse_json(data)?;
+    if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
+        return Err(stream_error(error));
+    }
+    match serde_json::from_value::<CreateChatCompletionStreamResponse>(value.clone()) {
+        Ok(typed) => Ok(from_typed(typed)),
+        Err(strict) => {
+            tracing::debug!(error = %strict, "chunk does not fit the OpenAI types; reading it leniently");
+            from_value(&value)
+        }
+    }
+}
+
+fn from_typed(chunk: CreateChatCompletionStreamResponse) -> Chunk {
+    let choice = chunk.choices.into_iter().find(|c| c.index == 0);
+    let (content, finish) = match choice {
+        Some(c) => (
+            c.delta.content,
+            c.finish_reason.and_then(|r| {
+                serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            }),
+        ),
+        None => (None, None),
+    };
+    Chunk {
+        content,
+        finish,
+        usage: chunk.usage.map(|u| Usage {
+            input_tokens: u.prompt_tokens,
+            output_tokens: u.completion_tokens,
+        }),
+    }
+}
+
+/// The parts of a chunk that matter, from any JSON shaped roughly like one.
+fn from_value(value: &Value) -> Result<Chunk, ProviderError> {
+    let choices = value.get("choices").and_then(Value::as_array);
+    let usage = value
+        .get("usage")
+        .filter(|u| u.is_object())
+        .map(|u| -> Result<Usage, ProviderError> {
+            let field = |name: &str| {
+                u.get(name)
+                    .and_then(Value::as_u64)
+                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                    .ok_or_else(|| ProviderError::Malformed(format!("usage without {name}")))
+            };
+            Ok(Usage {
+                input_tokens: field("prompt_tokens")?,
+                output_tokens: field("completion_tokens")?,
+            })
+        })
+        .transpose()?;
+    if choices.is_none() && usage.is_none() {
+        return Err(ProviderError::Malformed(
+            "chunk has neither choices nor usage".into(),
+        ));
+    }
+    let choice = choices.and_then(|c| {
+        c.iter()
+            .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
+    });
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    Ok(Chunk {
+        content: text(choice.and_then(|c| c.get("delta")?.get("content"))),
+        finish: text(choice.and_then(|c| c.get("finish_reason"))),
+        usage,
+    })
+}
+
+/// An `error` object sent inside the stream.
+fn stream_error(error: &Value) -> ProviderError {
+    let status = error
+        .get("code")
+        .and_then(|c| {
+            c.as_u64()
+                .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
+        })
+        .and_then(|c| u16::try_from(c).ok())
+        .filter(|c| (400..600).contains(c));
+    let message = error.get("message").and_then(Value::as_str).unwrap_or("");
+    tracing::warn!(provider = "openai", message, "error inside the stream");
+    match status {
+        Some(401 | 403) => ProviderError::Unauthorized,
+        Some(429) => ProviderError::RateLimited {
+            retry_after_secs: None,
+        },
+        Some(status) => ProviderError::Upstream { status },
+        None => ProviderError::Upstream { status: 502 },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> ChatRequest {
+        ChatRequest {
+            model: String::new(),
+            messages: vec![
+                PromptMessage {
+                    role: "system".into(),
+                    content: "Be brief.".into(),
+                },
+                PromptMessage {
+                    role: "user".into(),
+                    content: "Hi".into(),
+                },
+            ],
+            max_tokens: 64,
+            temperature: Some(0.5),
+            top_p: None,
+            stop: vec!["\n\n".into()],
+        }
+    }
+
+    #[test]
+    fn body_asks_for_usage_and_uses_the_default_model() {
+        let p = OpenAiProvider::new(None, None, "gpt-4o-mini".into());
+        let body = serde_json::to_value(p.body(&request())).unwrap();
+        assert_eq!(body["model"], "gpt-4o-mini");
+        assert_eq!(body["stream"], true);
+        assert_eq!(body["stream_options"]["include_usage"], true);
+        assert_eq!(body["max_completion_tokens"], 64);
+        assert!(body.get("max_tokens").is_none());
+        assert_eq!(body["temperature"], 0.5);
+        assert!(body.get("top_p").is_none());
+        assert_eq!(body["stop"], serde_json::json!(["\n\n"]));
+        assert_eq!(body["messages"][0]["role"], "system");
+        assert_eq!(body["messages"][0]["content"], "Be brief.");
+        assert_eq!(body["messages"][1]["role"], "user");
+    }
+
+    #[test]
+    fn compatible_servers_get_max_tokens() {
+        let p = OpenAiProvider::new(Some("http://localhost:11434/v1/".into()), None, "m".into());
+        assert_eq!(p.base_url, "http://localhost:11434/v1");
+        let body = serde_json::to_value(p.body(&request())).unwrap();
+        assert_eq!(body["max_tokens"], 64);
+        assert!(body.get("max_completion_tokens").is_none());
+    }
+
+    #[test]
+    fn strict_and_lenient_chunks() {
+        let strict = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",
+            "choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#;
+        assert_eq!(
+            parse_chunk(strict).unwrap(),
+            Chunk {
+                content: Some("Hi".into()),
+                ..Chunk::default()
+            }
+        );
+        // no `created`, an unknown finish reason: read leniently
+        let lenient = r#"{"choices":[{"index":0,"delta":{},"finish_reason":"abort"}],
+            "usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        assert_eq!(
+            parse_chunk(lenient).unwrap(),
+            Chunk {
+                content: None,
+                finish: Some("abort".into()),
+                usage: Some(Usage {
+                    input_tokens: 3,
+                    output_tokens: 4
+                }),
+            }
+        );
+        assert!(matches!(
+            parse_chunk(r#"{"hello":1}"#),
+            Err(ProviderError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_chunk("{oops"),
+            Err(ProviderError::Malformed(_))
+        ));
+        assert_eq!(
+            parse_chunk(r#"{"error":{"message":"boom","code":503}}"#),
+            Err(ProviderError::Upstream { status: 503 })
+        );
+        assert_eq!(
+            parse_chunk(r#"{"error":{"message":"boom","type":"server_error"}}"#),
+            Err(ProviderError::Upstream { status: 502 })
+        );
+    }
+}
