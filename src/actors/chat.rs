@@ -39,7 +39,9 @@ use crate::{
     config::{ChatConfig, RoutingConfig},
     error::ErrorCode,
     providers::{
-        ChatRequest, PromptMessage, ProviderError, StreamEvent, Usage, estimate_tokens,
+        ChatRequest, PromptMessage, ProviderError, StreamEvent, Usage,
+        attempt::{Attempts, OpenError, Opened, log_served, open_first},
+        estimate_tokens,
         pricing::{PriceTable, micros_to_usd},
         router::{Candidate, RouteError, Router, worst_case_micros},
     },
@@ -169,11 +171,11 @@ pub enum ChatMsg {
 
 #[derive(Debug)]
 pub enum GenEvent {
-    /// A provider produced its first token; earlier candidates failed for `fallback_from`.
+    /// A provider produced its first event, after earlier candidates failed if `fell_back`.
     Started {
         provider: String,
         model: String,
-        fallback_from: Vec<(String, ProviderError)>,
+        fell_back: bool,
     },
     Tokens(Vec<String>),
     Usage(Usage),
@@ -671,20 +673,11 @@ async fn fail_before_start(s: &ChatState, q: Queued, why: &str) {
     });
 }
 
-/// How to try the candidates of one answer.
-struct Attempts {
-    candidates: Vec<Candidate>,
-    ttft: Duration,
-    retries: u32,
-    retry_base: Duration,
-    est_tokens: u32,
-}
-
-/// Runs one answer: tries each candidate in order (retrying a provider with
-/// jittered backoff, and falling back to the next, only until a first token
-/// arrives), then streams and reports back. Once a token has reached the
-/// client nothing switches: a failure ends the answer as failed. Tokens already
-/// waiting are sent together, so a fast provider costs fewer frames.
+/// Runs one answer: opens the first candidate that answers (retries and
+/// fallback happen only there, before any token reaches the client), then
+/// streams and reports back. Once a token is out nothing switches: a failure
+/// ends the answer as failed. Tokens already waiting are sent together, so a
+/// fast provider costs fewer frames.
 async fn generate(
     chat: ActorRef<ChatMsg>,
     gen_id: u64,
@@ -694,80 +687,29 @@ async fn generate(
     cancel: CancellationToken,
 ) {
     let report = |event| chat.cast(ChatMsg::Gen { gen_id, event }).is_ok();
-    let mut failures: Vec<(String, ProviderError)> = Vec::new();
-    let mut started = None;
-    'candidates: for cand in &plan.candidates {
-        for attempt in 0..=plan.retries {
-            if attempt > 0 {
-                // Exponential with full jitter: base * 2^(n-1) * [0.5, 1.5).
-                let jitter = 0.5 + rand::random::<f64>();
-                let wait = plan
-                    .retry_base
-                    .mul_f64(f64::from(1u32 << (attempt - 1).min(10)) * jitter);
-                tokio::select! {
-                    () = cancel.cancelled() => { report(GenEvent::Cancelled); return; }
-                    () = tokio::time::sleep(wait) => {}
-                }
-            }
-            let lease = tokio::select! {
-                () = cancel.cancelled() => { report(GenEvent::Cancelled); return; }
-                l = providers.lease(&cand.provider, plan.est_tokens) => l,
-            };
-            let lease = match lease {
-                Ok(l) => l,
-                Err(e) => {
-                    failures.push((cand.provider.clone(), e));
-                    continue 'candidates;
-                }
-            };
-            let mut stream = lease.provider.stream(ChatRequest {
-                model: cand.model.clone(),
-                ..request.clone()
-            });
-            let first = tokio::select! {
-                () = cancel.cancelled() => {
-                    lease.report(Outcome::Neutral { tokens: 0 });
-                    report(GenEvent::Cancelled);
-                    return;
-                }
-                r = tokio::time::timeout(plan.ttft, stream.next()) => r,
-            };
-            let err = match first {
-                Ok(Some(Ok(ev))) => {
-                    started = Some((cand.clone(), lease, stream, ev));
-                    break 'candidates;
-                }
-                Ok(Some(Err(e))) => e,
-                Ok(None) => ProviderError::Disconnected,
-                Err(_) => ProviderError::Timeout,
-            };
-            lease.report(if matches!(err, ProviderError::RateLimited { .. }) {
-                Outcome::Neutral { tokens: 0 }
-            } else {
-                Outcome::Failure
-            });
-            tracing::warn!(provider = %cand.provider, model = %cand.model, attempt, error = %err, "provider failed before the first token");
-            let retry = err.is_retryable() && attempt < plan.retries;
-            failures.push((cand.provider.clone(), err));
-            if !retry {
-                break;
-            }
+    let opened = match open_first(&providers, &plan, &request, &cancel).await {
+        Ok(o) => o,
+        Err(OpenError::Cancelled) => {
+            report(GenEvent::Cancelled);
+            return;
         }
-    }
-    let Some((cand, lease, mut stream, first)) = started else {
-        let last = failures
-            .pop()
-            .map_or(ProviderError::CircuitOpen, |(_, e)| e);
-        report(GenEvent::Failed(last));
-        return;
+        Err(OpenError::Failed(last, _)) => {
+            report(GenEvent::Failed(last));
+            return;
+        }
     };
-    for (from, why) in &failures {
-        metrics::counter!("switchboard_provider_fallbacks_total", "from" => from.clone(), "reason" => why.reason()).increment(1);
-    }
+    log_served(&opened);
+    let Opened {
+        candidate,
+        lease,
+        mut stream,
+        first,
+        fell_back_from,
+    } = opened;
     if !report(GenEvent::Started {
-        provider: cand.provider.clone(),
-        model: cand.model.clone(),
-        fallback_from: failures,
+        provider: candidate.provider,
+        model: candidate.model,
+        fell_back: !fell_back_from.is_empty(),
     }) {
         return;
     }
@@ -849,20 +791,11 @@ async fn on_generation_event(me: &ActorRef<ChatMsg>, s: &mut ChatState, event: G
         GenEvent::Started {
             provider,
             model,
-            fallback_from,
+            fell_back,
         } => {
-            if fallback_from.is_empty() {
-                tracing::info!(chat_id = %s.chat_id, "Using provider: {provider} (model {model})");
-            } else {
-                let why: Vec<String> = fallback_from
-                    .iter()
-                    .map(|(p, e)| format!("{p}: {e}"))
-                    .collect();
-                tracing::warn!(chat_id = %s.chat_id, fell_back_from = ?why, "Using provider: {provider} (model {model}) after fallback");
-            }
             g.provider = provider;
             g.model = model;
-            g.fell_back = !fallback_from.is_empty();
+            g.fell_back = fell_back;
         }
         GenEvent::Finished(reason) => finish(me, s, "complete", &reason, None).await,
         GenEvent::Cancelled => finish(me, s, "cancelled", "cancelled", None).await,

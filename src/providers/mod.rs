@@ -4,6 +4,7 @@
 //! no retries, limits or routing: those belong to the provider actor and router.
 
 pub mod anthropic;
+pub mod attempt;
 pub mod cloudflare;
 pub mod openai;
 pub mod pricing;
