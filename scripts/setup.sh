@@ -165,4 +165,15 @@ if [ "${#leftovers[@]}" -gt 0 ]; then
   done
 fi
 
+# --- 6. the official OpenAI SDK, for the compatibility test -------------------------
+# A venv of the project's own (PyPI), so nothing is installed system-wide.
+venv="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv-tests"
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import openai' >/dev/null 2>&1; then
+  log "openai SDK for tests: present"
+else
+  log "openai SDK for tests: installing into .venv-tests"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.40,<2'
+fi
+
 log "done"

@@ -29,6 +29,7 @@ pub struct AppInner {
     pub tokens: TokenKeys,
     pub amqp_url: Secret,
     pub actors: Actors,
+    pub embedder: Arc<dyn crate::providers::embedding::Embedder>,
 }
 
 impl std::ops::Deref for AppState {
@@ -143,6 +144,7 @@ impl App {
         let amqp_url = config.amqp.url.clone().unwrap_or_else(|| Secret::new(""));
         let actors = Actors::start(&config, db.clone(), redis.clone(), counters.clone()).await?;
 
+        let embedder = crate::providers::embedding::configured(&config);
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&addr)
             .await
@@ -155,6 +157,7 @@ impl App {
             tokens,
             amqp_url,
             actors,
+            embedder,
         }));
         Ok(Self { listener, state })
     }

@@ -32,6 +32,7 @@ pub const ENV_MAP: &[(&str, &str)] = &[
     ("CLOUDFLARE_ACCOUNT_ID", "providers.cloudflare_account_id"),
     ("CLOUDFLARE_BASE_URL", "providers.cloudflare_base_url"),
     ("EMBEDDING_PROVIDER", "providers.embedding"),
+    ("EMBEDDING_MODEL", "providers.embedding_model"),
     ("LLM_PROVIDER_FREE_TIER", "providers.free_tier"),
     ("LLM_PROVIDER_PAID_TIER", "providers.paid_tier"),
     ("STRIPE_SECRET_KEY", "stripe.secret_key"),
@@ -200,6 +201,8 @@ pub struct ProvidersConfig {
     pub cloudflare_account_id: Option<String>,
     /// Base URL of the Cloudflare API (tests point it at a mock).
     pub cloudflare_base_url: Option<String>,
+    /// Model of the OpenAI or Cloudflare embedder (each has a default).
+    pub embedding_model: Option<String>,
     /// Default model per provider, used when a request names none.
     pub models: BTreeMap<String, String>,
     /// Per-provider limits; `default` applies to providers without their own.
@@ -616,6 +619,14 @@ impl Config {
                 pc.embedding,
                 EMBEDDING_PROVIDERS.join(", ")
             ));
+        }
+        if pc.embedding == "cloudflare"
+            && (pc.cloudflare_api_token.is_none() || pc.cloudflare_account_id.is_none())
+        {
+            p.push("EMBEDDING_PROVIDER is cloudflare but CLOUDFLARE_API_TOKEN and CLOUDFLARE_ACCOUNT_ID are not both set".into());
+        }
+        if pc.embedding == "openai" && pc.openai_api_key.is_none() && pc.openai_base_url.is_none() {
+            p.push("EMBEDDING_PROVIDER is openai but neither OPENAI_API_KEY nor OPENAI_BASE_URL is set".into());
         }
     }
 

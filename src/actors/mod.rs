@@ -87,6 +87,7 @@ pub struct Actors {
     pub hub: hub::ChatHub,
     pub admission: Admission,
     pub pricing: Arc<PriceTable>,
+    pub router: Router,
     root: ActorRef<()>,
 }
 
@@ -216,7 +217,7 @@ impl Actors {
             usage: usage.clone(),
             pricing: pricing.clone(),
             config: config.chat.clone(),
-            router,
+            router: router.clone(),
             routing: config.routing.clone(),
             admission: admission.clone(),
         });
@@ -238,6 +239,7 @@ impl Actors {
             hub,
             admission,
             pricing,
+            router,
             root,
         })
     }

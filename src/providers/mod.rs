@@ -6,6 +6,7 @@
 pub mod anthropic;
 pub mod attempt;
 pub mod cloudflare;
+pub mod embedding;
 pub mod openai;
 pub mod pricing;
 pub mod router;

@@ -9,6 +9,7 @@ mod health;
 mod helpers;
 mod http_basics;
 mod mock_llm;
+mod openai_api;
 mod providers;
 mod routing;
 mod ws;

@@ -8,6 +8,8 @@ mod chat_stream;
 mod chats;
 pub mod extract;
 mod health;
+mod keys;
+mod openai_api;
 mod openapi;
 
 use std::time::{Duration, Instant};
@@ -45,6 +47,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", axum::routing::get(super::ws::upgrade))
         .nest("/api/auth", auth::router())
         .nest("/api/analytics", analytics::router())
+        .nest("/api/keys", keys::router())
+        .nest("/v1", openai_api::router())
         .nest("/api/chats", chats::router().merge(chat_stream::router()))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(
