@@ -30,6 +30,8 @@ pub struct AppInner {
     pub amqp_url: Secret,
     pub actors: Actors,
     pub embedder: Arc<dyn crate::providers::embedding::Embedder>,
+    /// When each API key's `last_used_at` was last written by this node.
+    pub key_touches: dashmap::DashMap<uuid::Uuid, std::time::Instant>,
 }
 
 impl std::ops::Deref for AppState {
@@ -158,6 +160,7 @@ impl App {
             amqp_url,
             actors,
             embedder,
+            key_touches: dashmap::DashMap::new(),
         }));
         Ok(Self { listener, state })
     }

@@ -83,7 +83,7 @@ async fn keys_are_shown_once_listed_by_prefix_and_revocable() {
             .unwrap();
     assert_eq!(n, 0);
 
-    // Works, then is revoked and stops at once.
+    // Works (and records when it was last used), then is revoked and stops at once.
     let res = app
         .client
         .get(app.url("/v1/models"))
@@ -92,6 +92,20 @@ async fn keys_are_shown_once_listed_by_prefix_and_revocable() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    let mut used = false;
+    for _ in 0..20 {
+        let (at,): (Option<chrono::DateTime<chrono::Utc>>,) =
+            sqlx::query_as("select last_used_at from api_keys")
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+        if at.is_some() {
+            used = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(used, "last_used_at recorded");
     let id = created["id"].as_str().unwrap();
     let res = app
         .client

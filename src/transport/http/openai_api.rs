@@ -173,10 +173,20 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<KeyAuth, 
     let auth = api_keys::authenticate(&state.db, &hash_key(key))
         .await?
         .ok_or_else(|| unauthorized("Incorrect API key provided."))?;
-    let (db, id) = (state.db.clone(), auth.id);
-    tokio::spawn(async move {
-        let _ = api_keys::touch(&db, id).await;
-    });
+    // last_used_at is coarse on purpose: one write per key per minute per node,
+    // not one per request.
+    let now = std::time::Instant::now();
+    let due = match state.key_touches.get(&auth.id) {
+        Some(t) => now.duration_since(*t) >= Duration::from_secs(60),
+        None => true,
+    };
+    if due {
+        state.key_touches.insert(auth.id, now);
+        let (db, id) = (state.db.clone(), auth.id);
+        tokio::spawn(async move {
+            let _ = api_keys::touch(&db, id).await;
+        });
+    }
     Ok(auth)
 }
 
