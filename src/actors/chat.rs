@@ -1122,13 +1122,8 @@ impl Actor for ChatSupervisor {
         evt: SupervisionEvent,
         s: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, crash) = match evt {
-            SupervisionEvent::ActorFailed(cell, e) => (cell, Some(e.to_string())),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                let crash = (reason.as_deref() == Some("killed")).then(|| "killed".to_owned());
-                (cell, crash)
-            }
-            _ => return Ok(()),
+        let Some((cell, crash)) = super::child_exit(evt) else {
+            return Ok(());
         };
         let Some(chat_id) = s
             .registry

@@ -44,6 +44,19 @@ pub(crate) fn handled(kind: &'static str) {
     metrics::counter!("switchboard_actor_messages_total", "kind" => kind).increment(1);
 }
 
+/// A child's exit as a supervisor sees it: the child, and why it crashed
+/// (`None` for a clean stop such as idleness). Killed counts as a crash.
+pub(crate) fn child_exit(evt: SupervisionEvent) -> Option<(ractor::ActorCell, Option<String>)> {
+    match evt {
+        SupervisionEvent::ActorFailed(cell, e) => Some((cell, Some(e.to_string()))),
+        SupervisionEvent::ActorTerminated(cell, _, reason) => {
+            let crash = (reason.as_deref() == Some("killed")).then(|| "killed".to_owned());
+            Some((cell, crash))
+        }
+        _ => None,
+    }
+}
+
 /// Counts restarts per child within a window, so a crash loop is given up on.
 pub struct RestartLimiter {
     max: u32,

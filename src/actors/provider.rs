@@ -345,10 +345,8 @@ impl Actor for ProviderSupervisor {
         evt: SupervisionEvent,
         s: &mut ProviderSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match evt {
-            SupervisionEvent::ActorFailed(cell, e) => (cell, e.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, Some(r)) if r == "killed" => (cell, r),
-            _ => return Ok(()),
+        let Some((cell, Some(reason))) = super::child_exit(evt) else {
+            return Ok(());
         };
         let Some(name) = s
             .registry

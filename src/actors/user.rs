@@ -221,15 +221,8 @@ impl Actor for UserSupervisor {
         evt: SupervisionEvent,
         s: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, crashed) = match evt {
-            SupervisionEvent::ActorFailed(cell, e) => {
-                tracing::warn!(error = %e, "user actor failed");
-                (cell, true)
-            }
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.as_deref() == Some("killed"))
-            }
-            _ => return Ok(()),
+        let Some((cell, crash)) = super::child_exit(evt) else {
+            return Ok(());
         };
         let Some(user_id) = s
             .registry
@@ -243,7 +236,8 @@ impl Actor for UserSupervisor {
         s.registry.actors.remove(&user_id);
         // A user actor holds only what connections re-register and Postgres has,
         // so a restart is a fresh spawn on next use; we count it here.
-        if crashed {
+        if let Some(reason) = crash {
+            tracing::warn!(%user_id, %reason, "user actor died");
             metrics::counter!("switchboard_actor_restarts_total", "kind" => "user").increment(1);
             if s.restarts.allow(&user_id.to_string()) {
                 let _ = spawn_user(&me, s, user_id).await;
