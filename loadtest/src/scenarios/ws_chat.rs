@@ -1,0 +1,353 @@
+//! `ws-chat`: N users, each on its own WebSocket and chat, each sending M
+//! messages one after another and reading the streamed answer: send → `ack`
+//! (ack latency), → first `delta` of the answer (TTFT), → `done` (total).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+use futures::{SinkExt, StreamExt, stream};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use super::{Common, Run, join_all_until};
+use crate::{
+    api::{self, ApiError},
+    stats::{Recorder, RunResult},
+    ws::{self, Frame, Ws},
+};
+
+#[derive(Debug, Clone, Args)]
+pub struct WsChatArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Simulated users, each with its own WebSocket and chat.
+    #[arg(long, default_value_t = 100)]
+    pub users: usize,
+    /// Messages each user sends, one after another (the next after the answer's `done`).
+    #[arg(long, default_value_t = 5)]
+    pub messages: usize,
+    /// Users sharing one account (at most 30: the server allows 32 sockets per
+    /// account); 1 gives every user an account of its own.
+    #[arg(long, default_value_t = 1)]
+    pub per_account: usize,
+    /// Pacing: each user starts a message every this many ms (0: back to back).
+    #[arg(long, default_value_t = 0)]
+    pub interval_ms: u64,
+    /// Spread the users' first messages evenly over this many ms.
+    #[arg(long, default_value_t = 1000)]
+    pub ramp_ms: u64,
+    /// Longest wait for one answer's `done`.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_secs: u64,
+    #[arg(
+        long,
+        default_value = "Tell me, briefly, why load tests should measure latency percentiles."
+    )]
+    pub content: String,
+    /// A model to ask for (default: the server's routing picks).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Skip the warm-up: by default each socket subscribes to its chat during
+    /// setup (so the server has started the chat before the clock runs); with
+    /// --cold the first message of every chat pays for that in the measurement.
+    #[arg(long)]
+    pub cold: bool,
+}
+
+/// One user's connection.
+struct Client {
+    ws: Ws,
+    chat_id: Uuid,
+}
+
+/// How one exchange ended.
+enum Outcome {
+    Done,
+    /// The message failed (an error frame, a timeout); the socket is still usable.
+    Failed,
+    /// The socket is gone; this user stops.
+    Closed,
+}
+
+pub async fn run(args: WsChatArgs) -> Result<RunResult, String> {
+    let users = args.users.max(1);
+    let per_account = args.per_account.clamp(1, 32);
+    let run = Run::new("ws-chat", args.common.clone(), 64).await?;
+    let accounts_n = users.div_ceil(per_account);
+    let accounts = api::create_accounts(
+        &run.api,
+        &run.run_id,
+        accounts_n,
+        run.common.setup_concurrency,
+    )
+    .await?;
+
+    // A chat per user, then its socket.
+    let sources = run.sources(users);
+    let setup = Instant::now();
+    let api = &run.api;
+    let chats: Vec<Result<Uuid, ApiError>> = stream::iter(0..users)
+        .map(|i| {
+            let token = accounts[i / per_account].token.clone();
+            async move { api.create_chat(&token, &format!("load test {i}")).await }
+        })
+        .buffered(32)
+        .collect()
+        .await;
+    let target = &run.target;
+    let sockets: Vec<Result<Client, String>> = stream::iter(chats.into_iter().enumerate())
+        .map(|(i, chat)| {
+            let token = accounts[i / per_account].token.clone();
+            let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+            async move {
+                let chat_id = chat.map_err(|e| format!("cannot create a chat: {e}"))?;
+                let ws = ws::connect(target, source, &token)
+                    .await
+                    .map_err(|(code, msg)| format!("cannot open the WebSocket: {code}: {msg}"))?;
+                Ok(Client { ws, chat_id })
+            }
+        })
+        .buffered(64)
+        .collect()
+        .await;
+    let mut clients = sockets.into_iter().collect::<Result<Vec<_>, _>>()?;
+    if !args.cold {
+        let warmed: Vec<Result<(), String>> = stream::iter(clients.iter_mut())
+            .map(warm_up)
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        warmed.into_iter().collect::<Result<Vec<_>, _>>()?;
+    }
+    eprintln!(
+        "[setup] {users} chats and sockets{} in {:.1}s",
+        if args.cold { "" } else { ", subscribed" },
+        setup.elapsed().as_secs_f64()
+    );
+
+    run.begin_measuring();
+    let run = Arc::new(run);
+    let issued = Arc::new(AtomicU64::new(0));
+    let began = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let run = run.clone();
+            let issued = issued.clone();
+            let args = args.clone();
+            let offset = Duration::from_millis(args.ramp_ms) * i as u32 / users as u32;
+            tokio::spawn(async move {
+                user_loop(&run, &args, &issued, i, client, began + offset).await;
+            })
+        })
+        .collect();
+    let deadline = run.duration() + Duration::from_secs(args.timeout_secs + 5);
+    join_all_until(tasks, deadline, &run.rec).await;
+
+    let params = json!({
+        "users": users,
+        "messages": args.messages,
+        "accounts": accounts_n,
+        "per_account": per_account,
+        "interval_ms": args.interval_ms,
+        "ramp_ms": args.ramp_ms,
+        "duration_limit_secs": run.common.duration,
+        "count_limit": run.common.count,
+        "model": args.model,
+        "provider_ttft_ms": run.common.provider_ttft_ms,
+        "source_ips": sources.len(),
+        "warm_up": !args.cold,
+    });
+    Ok(run.finish(params, json!({})).await)
+}
+
+/// Subscribes the socket to its chat and waits for the `pong` of a `ping`
+/// sent after it (the server handles a socket's frames in order).
+async fn warm_up(client: &mut Client) -> Result<(), String> {
+    let subscribe = json!({"type": "subscribe", "chat_id": client.chat_id}).to_string();
+    for frame in [subscribe, r#"{"type":"ping"}"#.to_owned()] {
+        client
+            .ws
+            .send(Message::text(frame))
+            .await
+            .map_err(|e| format!("warm-up: send failed: {e}"))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout_at(deadline.into(), client.ws.next()).await {
+            Err(_) => return Err("warm-up: no pong within 60 s".into()),
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if let Ok(f) = serde_json::from_str::<Frame>(&t) {
+                    match f.kind.as_str() {
+                        "pong" => return Ok(()),
+                        "error" => {
+                            return Err(format!(
+                                "warm-up: subscribe failed: {}: {}",
+                                f.code.as_deref().unwrap_or("error"),
+                                f.error_text()
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => return Err(format!("warm-up: read failed: {e}")),
+            Ok(None) => return Err("warm-up: the socket closed".into()),
+        }
+    }
+}
+
+async fn user_loop(
+    run: &Run,
+    args: &WsChatArgs,
+    issued: &AtomicU64,
+    user: usize,
+    mut client: Client,
+    start_at: Instant,
+) {
+    tokio::time::sleep_until(start_at.into()).await;
+    let interval = Duration::from_millis(args.interval_ms);
+    for m in 0..args.messages {
+        if !run.claim(issued) {
+            break;
+        }
+        let client_msg_id = format!("lt-{}-{user}-{m}", run.run_id);
+        match exchange(run, args, &mut client, &client_msg_id).await {
+            Outcome::Done | Outcome::Failed => {}
+            Outcome::Closed => return,
+        }
+        if !interval.is_zero() {
+            let next = start_at + interval * (m as u32 + 1);
+            tokio::time::sleep_until(next.into()).await;
+        }
+    }
+    let _ = client.ws.close(None).await;
+}
+
+/// Sends one message and follows it to its answer's `done`.
+async fn exchange(
+    run: &Run,
+    args: &WsChatArgs,
+    client: &mut Client,
+    client_msg_id: &str,
+) -> Outcome {
+    let rec: &Recorder = &run.rec;
+    let mut frame = json!({
+        "type": "send",
+        "chat_id": client.chat_id,
+        "client_msg_id": client_msg_id,
+        "content": args.content,
+    });
+    if let Some(model) = &args.model {
+        frame["model"] = json!(model);
+    }
+    let sent = Instant::now();
+    rec.begin();
+    if let Err(e) = client.ws.send(Message::text(frame.to_string())).await {
+        rec.error("ws_send_failed");
+        eprintln!("[ws-chat] send failed: {e}");
+        rec.end(false);
+        return Outcome::Closed;
+    }
+    let deadline = sent + Duration::from_secs(args.timeout_secs);
+    let mut acked = false;
+    let mut user_message: Option<Uuid> = None;
+    let mut answer: Option<Uuid> = None;
+    let mut first_delta = false;
+    loop {
+        let next = match tokio::time::timeout_at(deadline.into(), client.ws.next()).await {
+            Ok(n) => n,
+            Err(_) => {
+                rec.error("timeout");
+                rec.end(false);
+                return Outcome::Failed;
+            }
+        };
+        let text = match next {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(close))) => {
+                let code = close.map_or(1005, |c| u16::from(c.code));
+                rec.error(&format!("ws_closed_{code}"));
+                rec.end(false);
+                return Outcome::Closed;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                rec.error("ws_read_error");
+                eprintln!("[ws-chat] read failed: {e}");
+                rec.end(false);
+                return Outcome::Closed;
+            }
+            None => {
+                rec.error("ws_closed");
+                rec.end(false);
+                return Outcome::Closed;
+            }
+        };
+        let Ok(f) = serde_json::from_str::<Frame>(&text) else {
+            rec.error("bad_frame");
+            continue;
+        };
+        match f.kind.as_str() {
+            "ack" if f.client_msg_id.as_deref() == Some(client_msg_id) => {
+                acked = true;
+                rec.acked.fetch_add(1, Ordering::Relaxed);
+                rec.record("ack", sent.elapsed());
+                user_message = user_message.or(f.message_id);
+            }
+            "message" => {
+                if let Some(m) = f.message_info() {
+                    if m.role == "user" && m.client_msg_id.as_deref() == Some(client_msg_id) {
+                        user_message = Some(m.id);
+                    } else if m.role == "assistant"
+                        && user_message.is_some()
+                        && m.reply_to == user_message
+                    {
+                        answer = Some(m.id);
+                    }
+                }
+            }
+            "delta" if !first_delta && answer.is_some() && f.message_id == answer => {
+                first_delta = true;
+                rec.record("ttft", sent.elapsed());
+            }
+            "done" if answer.is_some() && f.message_id == answer => {
+                rec.record("total", sent.elapsed());
+                if !acked {
+                    rec.error("done_without_ack");
+                }
+                let reason = f.finish_reason.as_deref().unwrap_or("");
+                let ok = matches!(reason, "stop" | "length");
+                if !ok {
+                    rec.error(&format!("finish_{reason}"));
+                }
+                rec.end(ok);
+                return Outcome::Done;
+            }
+            "error" => {
+                let ours = f.chat_id.is_none_or(|c| c == client.chat_id)
+                    && f.message_id
+                        .is_none_or(|m| Some(m) == user_message || Some(m) == answer);
+                if ours {
+                    let code = f.code.as_deref().unwrap_or("error");
+                    rec.error(code);
+                    if rec.error_total() <= 5 {
+                        eprintln!("[ws-chat] error {code}: {}", f.error_text());
+                    }
+                    rec.end(false);
+                    return Outcome::Failed;
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# The standard benchmark set: builds Switchboard and the load generator in
+# release mode, runs the server on loopback with raised plan limits, drives it
+# with loadtest/ (WebSocket chat, idle connections, REST, the OpenAI-compatible
+# API, and a mock OpenAI provider), and regenerates docs/BENCHMARKS.md from the
+# JSON results. Every run is bounded in count and time; traffic stays on 127.0.0.0/8.
+#
+# Needs PostgreSQL, Redis and RabbitMQ up (`make bench` runs scripts/setup.sh first).
+# Uses its own database (switchboard_bench, dropped and recreated) and Redis key
+# prefix (sbbench), so it leaves the development data alone.
+#
+# Knobs (environment):
+#   BENCH_PORT=18080 BENCH_MOCK_PORT=18090   ports on 127.0.0.1
+#   BENCH_PROFILE=release                    or debug, for trying the script out
+#   BENCH_QUICK=1                            small sizes, for trying the script out
+#   BENCH_CONNECTIONS=10000                  sockets held by the `connections` run
+#   BENCH_RUST_LOG=                          the server's RUST_LOG (empty: its default, info)
+#   BENCH_NO_REPORT=1                        keep docs/BENCHMARKS.md as it is
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+PORT=${BENCH_PORT:-18080}
+MOCK_PORT=${BENCH_MOCK_PORT:-18090}
+PROFILE=${BENCH_PROFILE:-release}
+QUICK=${BENCH_QUICK:-0}
+CONNECTIONS=${BENCH_CONNECTIONS:-10000}
+DB=switchboard_bench
+PREFIX=sbbench
+URL="http://127.0.0.1:$PORT"
+started=$SECONDS
+
+log() { printf '[bench %3ds] %s\n' "$((SECONDS - started))" "$*" >&2; }
+die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# --- 0. preconditions ----------------------------------------------------------------
+pg_isready -q -h 127.0.0.1 || die "PostgreSQL is not up on 127.0.0.1 (run: make setup)"
+[ "$(redis-cli -h 127.0.0.1 ping 2>/dev/null)" = "PONG" ] || die "Redis is not up (run: make setup)"
+(exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || die "RabbitMQ is not up (run: make setup)"
+for p in "$PORT" "$MOCK_PORT"; do
+  if (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null; then
+    die "something already listens on 127.0.0.1:$p (set BENCH_PORT / BENCH_MOCK_PORT)"
+  fi
+done
+
+# Sockets: one descriptor each, in the server and in the load generator.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+fd_limit=$(ulimit -n)
+if [ "$fd_limit" != unlimited ] && [ "$CONNECTIONS" -gt $((fd_limit - 500)) ]; then
+  log "open-files limit is $fd_limit: holding $((fd_limit - 500)) sockets instead of $CONNECTIONS"
+  CONNECTIONS=$((fd_limit - 500))
+fi
+
+if [ "$QUICK" = 1 ]; then
+  WS_USERS=20 WS_MSGS=3 WS1K_USERS=100 WS1K_SECS=5 CONNECTIONS=300 HTTP_C=10 HTTP_SECS=4
+  OAI_C=10 OAI_SECS=4 TP_USERS=60 TP_SECS=4 OAI_TP_C=30
+else
+  WS_USERS=100 WS_MSGS=5 WS1K_USERS=1000 WS1K_SECS=20 HTTP_C=50 HTTP_SECS=15
+  OAI_C=50 OAI_SECS=15 TP_USERS=500 TP_SECS=15 OAI_TP_C=200
+fi
+
+# --- 1. build ------------------------------------------------------------------------
+log "building ($PROFILE): switchboard, switchboard-loadtest"
+build_started=$SECONDS
+if [ "$PROFILE" = release ]; then build_flag="--release "; BIN=target/release; else build_flag=""; BIN=target/debug; fi
+# shellcheck disable=SC2086
+cargo build $build_flag-p switchboard -p switchboard-loadtest
+build_secs=$((SECONDS - build_started))
+LOADTEST="$BIN/loadtest"
+
+# --- 2. a clean database and Redis prefix of our own ------------------------------
+psql_q() { psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -Atqc "$1"; }
+psql_q "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
+psql_q "CREATE DATABASE $DB" >/dev/null
+redis-cli -h 127.0.0.1 --scan --pattern "$PREFIX:*" | xargs -r -n 500 redis-cli -h 127.0.0.1 DEL >/dev/null
+
+RESULTS="loadtest/results/bench-$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$RESULTS"
+ln -sfn "$(basename "$RESULTS")" loadtest/results/latest
+log "results in $RESULTS"
+
+# --- 3. the server ---------------------------------------------------------------------
+SERVER_PID=
+MOCK_PID=
+cleanup() {
+  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  if [ -n "$MOCK_PID" ] && kill -0 "$MOCK_PID" 2>/dev/null; then
+    kill -TERM "$MOCK_PID" 2>/dev/null || true
+    wait "$MOCK_PID" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+
+# Every plan tier gets limits no run reaches (tiers must stay ordered free ≤ pro ≤ team).
+limits_env=()
+for tier in FREE PRO TEAM; do
+  limits_env+=(
+    "SWITCHBOARD_PLANS__${tier}__MESSAGES_PER_MINUTE=100000000"
+    "SWITCHBOARD_PLANS__${tier}__TOKENS_PER_MINUTE=1000000000"
+    "SWITCHBOARD_PLANS__${tier}__DAILY_BUDGET_MICROS=1000000000000"
+    "SWITCHBOARD_PLANS__${tier}__MONTHLY_BUDGET_MICROS=10000000000000"
+  )
+done
+limits_env+=(
+  "SWITCHBOARD_PLANS__TEAM__USER_DAILY_BUDGET_MICROS=1000000000000"
+  "SWITCHBOARD_PLANS__TEAM__USER_MONTHLY_BUDGET_MICROS=10000000000000"
+)
+
+# The server's own default filter unless BENCH_RUST_LOG says otherwise.
+log_env=(-u RUST_LOG)
+if [ -n "${BENCH_RUST_LOG:-}" ]; then log_env=("RUST_LOG=$BENCH_RUST_LOG"); fi
+
+# start_server NAME VAR=VALUE...: starts the server with these settings, waits for /ready.
+start_server() {
+  local name=$1; shift
+  local logfile="$RESULTS/server-$name.log"
+  env "${log_env[@]}" APP_ENV=development HOST=127.0.0.1 PORT="$PORT" \
+    DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB" \
+    SWITCHBOARD_REDIS__KEY_PREFIX="$PREFIX" \
+    "${limits_env[@]}" "$@" \
+    "$BIN/switchboard" serve >"$logfile" 2>&1 &
+  SERVER_PID=$!
+  local i
+  for ((i = 0; i < 120; i++)); do
+    if curl -fsS "$URL/ready" >/dev/null 2>&1; then
+      log "server ($name) ready, pid $SERVER_PID"
+      return 0
+    fi
+    kill -0 "$SERVER_PID" 2>/dev/null || { tail -20 "$logfile" >&2; die "the server exited; see $logfile"; }
+    sleep 0.5
+  done
+  die "the server did not become ready in 60 s; see $logfile"
+}
+
+stop_server() {
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
+}
+
+# lt NAME SCENARIO ARGS...: one run; a failed run is recorded and the set goes on.
+lt() {
+  local name=$1 scenario=$2; shift 2
+  log "run $name ($scenario $*)"
+  "$LOADTEST" "$scenario" --url "$URL" --server-pid "$SERVER_PID" --label "$name" \
+    --out "$RESULTS/$name.json" "$@" || log "run $name did not complete (recorded in $RESULTS/$name.json)"
+}
+
+# --- 4. latency: the simulated provider, 50 ms TTFT, then 40 tokens 20 ms apart ---------
+SIM_TTFT=50
+start_server simulated \
+  SWITCHBOARD_SIMULATED__TTFT_MS=$SIM_TTFT SWITCHBOARD_SIMULATED__TOKEN_DELAY_MS=20 \
+  SWITCHBOARD_SIMULATED__REPLY_TOKENS=40
+lt ws-chat-100x5 ws-chat --users "$WS_USERS" --messages "$WS_MSGS" --duration 60 \
+  --provider-ttft-ms $SIM_TTFT
+lt ws-chat-1k ws-chat --users "$WS1K_USERS" --per-account 30 --messages 1000 \
+  --duration "$WS1K_SECS" --ramp-ms 2000 --provider-ttft-ms $SIM_TTFT
+lt ws-chat-1k-cold ws-chat --users "$WS1K_USERS" --per-account 30 --messages 3 --cold \
+  --duration "$WS1K_SECS" --ramp-ms 2000 --provider-ttft-ms $SIM_TTFT
+lt connections connections --connections "$CONNECTIONS" --per-account 30 --hold-secs 10 --duration 120
+lt http-50 http --concurrency "$HTTP_C" --duration "$HTTP_SECS"
+lt openai-50 openai --concurrency "$OAI_C" --duration "$OAI_SECS" --provider-ttft-ms $SIM_TTFT
+stop_server
+
+# --- 5. throughput: short answers (10 tokens, 1 ms apart, same 50 ms TTFT) ------------------
+start_server throughput \
+  SWITCHBOARD_SIMULATED__TTFT_MS=$SIM_TTFT SWITCHBOARD_SIMULATED__TOKEN_DELAY_MS=1 \
+  SWITCHBOARD_SIMULATED__REPLY_TOKENS=10
+lt ws-chat-throughput ws-chat --users "$TP_USERS" --per-account 30 --messages 100000 \
+  --duration "$TP_SECS" --ramp-ms 1000 --provider-ttft-ms $SIM_TTFT
+lt openai-throughput openai --concurrency "$OAI_TP_C" --duration "$TP_SECS" --provider-ttft-ms $SIM_TTFT
+stop_server
+
+# --- 6. a real HTTP provider: the mock OpenAI server, 50 ms TTFT ------------------------
+"$LOADTEST" mock-openai --port "$MOCK_PORT" --ttft-ms 50 --tokens 40 --token-delay-ms 20 \
+  --max-secs 600 >"$RESULTS/mock-openai.log" 2>&1 &
+MOCK_PID=$!
+start_server mock-openai \
+  OPENAI_BASE_URL="http://127.0.0.1:$MOCK_PORT/v1" OPENAI_API_KEY=bench-not-a-secret \
+  LLM_PROVIDER_FREE_TIER=openai LLM_PROVIDER_PAID_TIER=openai \
+  SWITCHBOARD_PROVIDERS__LIMITS__DEFAULT__CONCURRENCY=100000
+lt ws-chat-mock-openai ws-chat --users "$WS_USERS" --messages "$WS_MSGS" --duration 60 \
+  --provider-ttft-ms 50
+stop_server
+kill -TERM "$MOCK_PID" 2>/dev/null || true
+wait "$MOCK_PID" 2>/dev/null || true
+MOCK_PID=
+
+# --- 7. the report ---------------------------------------------------------------------
+total=$((SECONDS - started))
+rustlog=${BENCH_RUST_LOG:-"(unset: the server's default, info,sqlx=warn,tower_http=info,lapin=warn)"}
+cat >"$RESULTS/meta.json" <<EOF
+{"settings": [
+  ["build", "$PROFILE profile (cargo build $build_flag-p switchboard -p switchboard-loadtest), ${build_secs} s"],
+  ["bench wall time", "${total} s in all, $((total - build_secs)) s without the build"],
+  ["server", "one process on 127.0.0.1:$PORT, APP_ENV=development, RUST_LOG=$rustlog, logs to a file"],
+  ["services", "PostgreSQL, Redis, RabbitMQ on this machine; database $DB recreated per bench, Redis prefix $PREFIX"],
+  ["plan limits", "every tier: 100,000,000 messages/min, 1,000,000,000 tokens/min, budgets of \$1,000,000/day (limits and budgets still checked on every message)"],
+  ["simulated (latency runs)", "TTFT ${SIM_TTFT} ms, 40 tokens, 20 ms apart"],
+  ["simulated (throughput runs)", "TTFT ${SIM_TTFT} ms, 10 tokens, 1 ms apart"],
+  ["mock OpenAI provider", "loadtest mock-openai: TTFT 50 ms, 40 tokens, 20 ms apart, over HTTP on 127.0.0.1:$MOCK_PORT"],
+  ["open files limit", "$fd_limit (hard limit of this machine)"]
+]}
+EOF
+if [ "${BENCH_NO_REPORT:-0}" = 1 ]; then
+  log "done in ${total}s; results in $RESULTS (report skipped)"
+else
+  "$LOADTEST" report --results "$RESULTS" --out docs/BENCHMARKS.md
+  log "done in ${total}s; results in $RESULTS, report in docs/BENCHMARKS.md"
+fi
