@@ -141,36 +141,50 @@ pub struct Alert {
     pub limit_micros: i64,
 }
 
+/// Per bucket: KEYS spent, res (reservations by expiry), held (their running
+/// total). Sweeps lapsed reservations off the total, then checks every bucket
+/// before touching any. The running total keeps this O(lapsed), not O(in flight).
 const RESERVE_SCRIPT: &str = r"
 local now = tonumber(ARGV[1])
 local member = ARGV[2]
 local amount = tonumber(ARGV[3])
-local n = #KEYS / 2
+local n = #KEYS / 3
 for i = 1, n do
-  local res_key = KEYS[2 * i]
-  redis.call('ZREMRANGEBYSCORE', res_key, '-inf', now)
-  local spent = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '-1')
-  if spent < 0 then return {-2, i} end
-  local reserved = 0
-  for _, m in ipairs(redis.call('ZRANGE', res_key, 0, -1)) do
-    reserved = reserved + tonumber(string.match(m, '([^|]+)$'))
+  local res_key, held_key = KEYS[3 * i - 1], KEYS[3 * i]
+  local lapsed = redis.call('ZRANGEBYSCORE', res_key, '-inf', now)
+  if #lapsed > 0 then
+    local sum = 0
+    for _, m in ipairs(lapsed) do sum = sum + tonumber(string.match(m, '([^|]+)$')) end
+    redis.call('ZREMRANGEBYSCORE', res_key, '-inf', now)
+    redis.call('DECRBY', held_key, sum)
   end
-  if spent + reserved + amount > tonumber(ARGV[3 + 2 * i - 1]) then return {-1, i} end
+  local spent = tonumber(redis.call('GET', KEYS[3 * i - 2]) or '-1')
+  if spent < 0 then return {-2, i} end
+  local held = tonumber(redis.call('GET', held_key) or '0')
+  if spent + held + amount > tonumber(ARGV[3 + 2 * i - 1]) then return {-1, i} end
 end
 for i = 1, n do
-  redis.call('ZADD', KEYS[2 * i], tonumber(ARGV[4 + 2 * n]), member)
-  redis.call('EXPIRE', KEYS[2 * i], tonumber(ARGV[3 + 2 * i]))
+  local ttl = tonumber(ARGV[3 + 2 * i])
+  redis.call('ZADD', KEYS[3 * i - 1], tonumber(ARGV[4 + 2 * n]), member)
+  redis.call('INCRBY', KEYS[3 * i], amount)
+  redis.call('EXPIRE', KEYS[3 * i - 1], ttl)
+  redis.call('EXPIRE', KEYS[3 * i], ttl)
 end
 return {0, 0}
 ";
 
+/// Per bucket: KEYS spent, res, held. Releases the reservation (unless it
+/// already lapsed) and adds the real cost; answers each bucket's new spend.
 const SETTLE_SCRIPT: &str = r"
 local out = {}
-for i = 1, #KEYS / 2 do
-  redis.call('ZREM', KEYS[2 * i], ARGV[1])
+local amount = tonumber(string.match(ARGV[1], '([^|]+)$'))
+for i = 1, #KEYS / 3 do
+  if redis.call('ZREM', KEYS[3 * i - 1], ARGV[1]) == 1 then
+    redis.call('DECRBY', KEYS[3 * i], amount)
+  end
   local spent = -1
-  if redis.call('EXISTS', KEYS[2 * i - 1]) == 1 then
-    spent = redis.call('INCRBY', KEYS[2 * i - 1], ARGV[2])
+  if redis.call('EXISTS', KEYS[3 * i - 2]) == 1 then
+    spent = redis.call('INCRBY', KEYS[3 * i - 2], ARGV[2])
   end
   out[#out + 1] = spent
 end
@@ -344,7 +358,8 @@ impl BudgetLedger {
         inv.arg(now).arg(&res.id).arg(res.amount);
         for b in &res.buckets {
             inv.key(format!("{}:spent", b.key))
-                .key(format!("{}:res", b.key));
+                .key(format!("{}:res", b.key))
+                .key(format!("{}:held", b.key));
             inv.arg(b.limit.limit_micros).arg(self.bucket_ttl(b));
         }
         inv.arg(now + self.ttl.as_millis() as u64);
@@ -449,7 +464,8 @@ impl BudgetLedger {
             inv.arg(&res.id).arg(actual);
             for b in &res.buckets {
                 inv.key(format!("{}:spent", b.key))
-                    .key(format!("{}:res", b.key));
+                    .key(format!("{}:res", b.key))
+                    .key(format!("{}:held", b.key));
             }
             let mut conn = self.redis.clone();
             match inv.invoke_async::<Vec<i64>>(&mut conn).await {
@@ -628,14 +644,26 @@ impl BudgetLedger {
         else {
             return 0;
         };
-        let mut pipe = redis::pipe();
+        // The settle script with no cost: releases each reservation once.
         for m in &members {
-            if let Some((res_key, member)) = m.split_once('|') {
-                pipe.zrem(res_key, member).ignore();
+            if let Some((res_key, member)) = m.split_once('|')
+                && let Some(bucket) = res_key.strip_suffix(":res")
+            {
+                let _: redis::RedisResult<Vec<i64>> = self
+                    .settle
+                    .key(format!("{bucket}:spent"))
+                    .key(res_key)
+                    .key(format!("{bucket}:held"))
+                    .arg(member)
+                    .arg(0)
+                    .invoke_async(&mut conn)
+                    .await;
             }
         }
-        pipe.del(self.node_set()).ignore();
-        let _: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+        let _: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(self.node_set())
+            .query_async(&mut conn)
+            .await;
         members.len()
     }
 

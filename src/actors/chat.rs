@@ -203,6 +203,8 @@ pub struct ChatArgs {
     chat_id: Uuid,
     deps: Arc<ChatDeps>,
     pending: Arc<AtomicUsize>,
+    /// A previous actor of this chat crashed: answers it left streaming must be failed.
+    recovering: bool,
 }
 
 struct Queued {
@@ -211,6 +213,9 @@ struct Queued {
     payer: Payer,
     reservation: Reservation,
     candidates: Vec<Candidate>,
+    /// The prompt read at accept time, when nothing ran or waited before this
+    /// message, so it is still exact at start and need not be read again.
+    prompt: Option<Vec<(String, String)>>,
 }
 
 struct Generation {
@@ -306,11 +311,16 @@ impl Actor for ChatActor {
             generations,
             deps: args.deps,
         };
-        // Answers a previous incarnation left streaming (crash, kill) end as
-        // failed, with the text saved so far; subscribers are told.
-        let interrupted = messages::fail_interrupted(&state.deps.db, Some(state.chat_id))
-            .await
-            .map_err(|_| StartFailure(ChatError::Unavailable))?;
+        // Answers a crashed incarnation left streaming end as failed, with the
+        // text saved so far; subscribers are told. A first start has none (the
+        // server's start-up sweep covered the last run), so it skips the query.
+        let interrupted = if args.recovering {
+            messages::fail_interrupted(&state.deps.db, Some(state.chat_id))
+                .await
+                .map_err(|_| StartFailure(ChatError::Unavailable))?
+        } else {
+            Vec::new()
+        };
         for m in interrupted {
             tracing::warn!(chat_id = %state.chat_id, message_id = %m.id, "answer interrupted by a restart: marked failed");
             let id = m.id;
@@ -543,14 +553,24 @@ async fn accept(s: &mut ChatState, req: SendRequest) -> Result<Accepted, ChatErr
         plan: req.plan.clone(),
     };
     let reservation = s.deps.admission.admit(&payer, worst).await?;
+    let idle = s.current.is_none() && s.queue.is_empty();
     match messages::insert_user(db, s.chat_id, req.author, &req.client_msg_id, &req.content).await {
-        Ok(user_message) => Ok(Accepted::New(Box::new(Queued {
-            user_message,
-            req,
-            payer,
-            reservation,
-            candidates,
-        }))),
+        Ok(user_message) => {
+            let prompt = idle.then(|| {
+                let mut p = history;
+                p.push(("user".to_owned(), req.content.clone()));
+                let keep = usize::try_from(cfg.history_messages).unwrap_or(usize::MAX);
+                p.split_off(p.len().saturating_sub(keep))
+            });
+            Ok(Accepted::New(Box::new(Queued {
+                user_message,
+                req,
+                payer,
+                reservation,
+                candidates,
+                prompt,
+            })))
+        }
         Err(e) => {
             s.deps.admission.settle(&payer, reservation, 0, 0).await;
             if store::is_unique_violation(&e, "messages_chat_id_client_msg_id_key") {
@@ -590,10 +610,17 @@ fn duplicate_ack(client_msg_id: String, m: &Message) -> Ack {
 /// Starts the next queued answer if none is running.
 async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
     while s.current.is_none() {
-        let Some(q) = s.queue.pop_front() else { return };
+        let Some(mut q) = s.queue.pop_front() else {
+            return;
+        };
         let first = q.candidates[0].clone();
-        let history =
-            messages::prompt_history(&s.deps.db, s.chat_id, s.deps.config.history_messages).await;
+        let history = match q.prompt.take() {
+            Some(p) => Ok(p),
+            None => {
+                messages::prompt_history(&s.deps.db, s.chat_id, s.deps.config.history_messages)
+                    .await
+            }
+        };
         let assistant = messages::insert_assistant(
             &s.deps.db,
             s.chat_id,
@@ -1086,6 +1113,9 @@ pub struct ChatSupervisorState {
     registry: ChatRegistry,
     deps: Arc<ChatDeps>,
     restarts: RestartLimiter,
+    /// Chats whose actor crashed and has not started again: that start must
+    /// fail the answers it left streaming.
+    crashed: std::collections::HashSet<Uuid>,
 }
 
 impl Actor for ChatSupervisor {
@@ -1102,6 +1132,7 @@ impl Actor for ChatSupervisor {
             registry,
             deps,
             restarts,
+            crashed: std::collections::HashSet::new(),
         })
     }
 
@@ -1136,6 +1167,7 @@ impl Actor for ChatSupervisor {
         };
         s.registry.actors.remove(&chat_id);
         let Some(reason) = crash else { return Ok(()) };
+        s.crashed.insert(chat_id);
         if !s.restarts.allow(&chat_id.to_string()) {
             tracing::error!(%chat_id, %reason, "chat actor keeps failing: given up until next use");
             return Ok(());
@@ -1151,19 +1183,25 @@ impl Actor for ChatSupervisor {
 
 async fn spawn_chat(
     me: &ActorRef<ChatSupervisorMsg>,
-    s: &ChatSupervisorState,
+    s: &mut ChatSupervisorState,
     chat_id: Uuid,
 ) -> Result<ChatHandle, ChatError> {
     if let Some(h) = s.registry.actors.get(&chat_id) {
         return Ok(h.clone());
     }
     let pending = Arc::new(AtomicUsize::new(0));
+    let recovering = s.crashed.remove(&chat_id);
     let args = ChatArgs {
         chat_id,
         deps: s.deps.clone(),
         pending: pending.clone(),
+        recovering,
     };
-    match Actor::spawn_linked(None, ChatActor, args, me.get_cell()).await {
+    let spawned = Actor::spawn_linked(None, ChatActor, args, me.get_cell()).await;
+    if spawned.is_err() && recovering {
+        s.crashed.insert(chat_id);
+    }
+    match spawned {
         Ok((actor, _)) => {
             let h = ChatHandle { actor, pending };
             s.registry.actors.insert(chat_id, h.clone());

@@ -44,6 +44,8 @@ pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 pub const CLOSE_HEARTBEAT: u16 = 4002;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Per-socket read buffer; client frames are small JSON.
+const WS_READ_BUFFER: usize = 4 * 1024;
 /// Chats one socket may follow at once.
 const MAX_SUBSCRIPTIONS: usize = 256;
 
@@ -70,6 +72,10 @@ pub async fn upgrade(
     // large) only stops a peer from making us buffer without limit.
     ws.max_message_size(limit * 2)
         .max_frame_size(limit * 2)
+        // tungstenite allocates its read buffer up front (128 KiB by default),
+        // which was most of a socket's memory; frames larger than this still
+        // arrive whole, in more reads.
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| connection(state, socket, user))
 }
 

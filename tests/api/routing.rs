@@ -761,3 +761,31 @@ async fn usage_view_and_daily_costs() {
         .unwrap();
     assert_eq!(res.status(), 401);
 }
+
+#[tokio::test]
+async fn a_lapsed_reservation_stops_holding_budget() {
+    let app = spawn_app_with(|c| c.routing.reservation_ttl_secs = 1).await;
+    let limit = Limit {
+        kind: ScopeKind::Workspace,
+        id: Uuid::now_v7(),
+        period: Period::Monthly,
+        limit_micros: 100_000,
+    };
+    let ledger = app.state.actors.admission.ledger();
+    let limits = std::slice::from_ref(&limit);
+    let _lost = ledger.reserve(limits, 60_000).await.unwrap();
+    assert!(
+        ledger.reserve(limits, 60_000).await.is_err(),
+        "held: no room for a second"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let second = ledger
+        .reserve(limits, 60_000)
+        .await
+        .expect("the first lapsed");
+    // A reservation is released once, even if settled twice (its cost is added each time).
+    ledger.settle(second.clone(), 500).await;
+    ledger.settle(second, 500).await;
+    assert_eq!(ledger.standing(&limit).await.unwrap(), (1_000, 0));
+    assert!(ledger.reserve(limits, 99_000).await.is_ok());
+}
