@@ -44,6 +44,8 @@ pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 pub const CLOSE_HEARTBEAT: u16 = 4002;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Most queued frames written before one flush.
+const WRITE_BATCH: usize = 64;
 /// Per-socket read buffer; client frames are small JSON.
 const WS_READ_BUFFER: usize = 4 * 1024;
 /// Chats one socket may follow at once.
@@ -265,7 +267,18 @@ async fn write_loop(
             }
             out = rx.recv() => match out {
                 Some(out) => {
-                    if sink.send(WsMessage::Text(out.json.as_ref().into())).await.is_err() {
+                    // Everything already queued goes out with one flush (one
+                    // syscall) instead of one per frame.
+                    if sink.feed(WsMessage::Text(out.json.as_ref().into())).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..WRITE_BATCH {
+                        let Ok(more) = rx.try_recv() else { break };
+                        if sink.feed(WsMessage::Text(more.json.as_ref().into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    if sink.flush().await.is_err() {
                         return;
                     }
                 }
