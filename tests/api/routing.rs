@@ -32,7 +32,8 @@ fn with_mocks(c: &mut Config, openai: &MockLlm, anthropic: &MockLlm) {
     c.providers.anthropic_api_key = Some(Secret::new("sk-ant-test"));
     c.providers.paid_tier = "openai,anthropic,simulated".into();
     c.routing.prefer_cheapest = false;
-    c.routing.ttft_timeout_ms = 400;
+    // Generous, so a loaded CI machine never times out a healthy mock by mistake.
+    c.routing.ttft_timeout_ms = 1500;
     c.routing.max_retries = 1;
     c.routing.retry_base_ms = 10;
     for name in ["openai", "anthropic"] {
