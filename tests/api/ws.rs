@@ -329,7 +329,7 @@ async fn a_killed_chat_actor_restarts_and_loses_nothing_acknowledged() {
     for _ in 0..5 {
         ws.next_of("delta").await;
     }
-    tokio::time::sleep(Duration::from_millis(150)).await; // a checkpoint has run
+    tokio::time::sleep(Duration::from_millis(400)).await; // checkpoints (every 50 ms) have run
     app.state
         .actors
         .chats
