@@ -41,9 +41,9 @@ use crate::{
     providers::{
         ChatRequest, PromptMessage, ProviderError, StreamEvent, Usage,
         attempt::{Attempts, OpenError, Opened, log_served, open_first},
-        estimate_tokens,
         pricing::{PriceTable, micros_to_usd},
         router::{Candidate, RouteError, Router, worst_case_micros},
+        tokenizer,
     },
     store::{
         self,
@@ -215,7 +215,7 @@ struct Queued {
     candidates: Vec<Candidate>,
     /// The prompt read at accept time, when nothing ran or waited before this
     /// message, so it is still exact at start and need not be read again.
-    prompt: Option<Vec<(String, String)>>,
+    prompt: Option<Vec<PromptMessage>>,
 }
 
 struct Generation {
@@ -523,8 +523,13 @@ async fn accept(s: &mut ChatState, req: SendRequest) -> Result<Accepted, ChatErr
     let history = messages::prompt_history(db, s.chat_id, cfg.history_messages)
         .await
         .map_err(|e| storage_error(s.chat_id, &e))?;
-    let prompt_tokens = history.iter().map(|(_, c)| estimate_tokens(c)).sum::<u32>()
-        + estimate_tokens(&req.content);
+    let mut with_message = to_prompt(history);
+    with_message.push(PromptMessage {
+        role: "user".to_owned(),
+        content: req.content.clone(),
+    });
+    // Counted as /v1 and the providers count: the tokenizer, not a character estimate.
+    let prompt_tokens = tokenizer::count_prompt(&with_message);
     let providers = &s.deps.providers;
     let candidates = s
         .deps
@@ -557,8 +562,7 @@ async fn accept(s: &mut ChatState, req: SendRequest) -> Result<Accepted, ChatErr
     match messages::insert_user(db, s.chat_id, req.author, &req.client_msg_id, &req.content).await {
         Ok(user_message) => {
             let prompt = idle.then(|| {
-                let mut p = history;
-                p.push(("user".to_owned(), req.content.clone()));
+                let mut p = with_message;
                 let keep = usize::try_from(cfg.history_messages).unwrap_or(usize::MAX);
                 p.split_off(p.len().saturating_sub(keep))
             });
@@ -593,6 +597,12 @@ async fn accept(s: &mut ChatState, req: SendRequest) -> Result<Accepted, ChatErr
     }
 }
 
+fn to_prompt(rows: Vec<(String, String)>) -> Vec<PromptMessage> {
+    rows.into_iter()
+        .map(|(role, content)| PromptMessage { role, content })
+        .collect()
+}
+
 fn storage_error(chat_id: Uuid, e: &sqlx::Error) -> ChatError {
     tracing::error!(%chat_id, error = %e, "chat storage failed");
     ChatError::Unavailable
@@ -616,10 +626,9 @@ async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
         let first = q.candidates[0].clone();
         let history = match q.prompt.take() {
             Some(p) => Ok(p),
-            None => {
-                messages::prompt_history(&s.deps.db, s.chat_id, s.deps.config.history_messages)
-                    .await
-            }
+            None => messages::prompt_history(&s.deps.db, s.chat_id, s.deps.config.history_messages)
+                .await
+                .map(to_prompt),
         };
         let assistant = messages::insert_assistant(
             &s.deps.db,
@@ -629,7 +638,7 @@ async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
             &first.model,
         )
         .await;
-        let (history, assistant) = match (history, assistant) {
+        let (prompt, assistant) = match (history, assistant) {
             (Ok(h), Ok(a)) => (h, a),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::error!(chat_id = %s.chat_id, error = %e, "cannot open answer");
@@ -637,11 +646,7 @@ async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
                 continue;
             }
         };
-        let prompt: Vec<PromptMessage> = history
-            .into_iter()
-            .map(|(role, content)| PromptMessage { role, content })
-            .collect();
-        let prompt_tokens = prompt.iter().map(|m| estimate_tokens(&m.content)).sum();
+        let prompt_tokens = tokenizer::count_prompt(&prompt);
         let request = ChatRequest {
             model: first.model.clone(),
             messages: prompt,
