@@ -2,7 +2,7 @@
 //! outside services and binds the port; `run_until(signal)` serves until the
 //! signal fires, then gives in-flight requests a grace period.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, time::Duration};
 
 use axum::serve::ListenerExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -14,33 +14,10 @@ use crate::{
     auth::tokens::TokenKeys,
     config::{Config, Secret},
     limits::WindowCounter,
+    state::{AppInner, AppState},
     telemetry,
     transport::http,
 };
-
-/// Shared, read-mostly state handed to every handler.
-#[derive(Clone)]
-pub struct AppState(Arc<AppInner>);
-
-pub struct AppInner {
-    pub config: Config,
-    pub db: PgPool,
-    pub redis: ConnectionManager,
-    pub counters: WindowCounter,
-    pub tokens: TokenKeys,
-    pub amqp_url: Secret,
-    pub actors: Actors,
-    pub embedder: Arc<dyn crate::providers::embedding::Embedder>,
-    /// When each API key's `last_used_at` was last written by this node.
-    pub key_touches: dashmap::DashMap<uuid::Uuid, std::time::Instant>,
-}
-
-impl std::ops::Deref for AppState {
-    type Target = AppInner;
-    fn deref(&self) -> &AppInner {
-        &self.0
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -152,7 +129,7 @@ impl App {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        let state = AppState(Arc::new(AppInner {
+        let state = AppState::new(AppInner {
             config,
             db,
             redis,
@@ -162,10 +139,14 @@ impl App {
             actors,
             embedder,
             key_touches: dashmap::DashMap::new(),
-        }));
+        });
         Ok(Self { listener, state })
     }
 
+    #[expect(
+        clippy::expect_used,
+        reason = "a bound TCP listener always has an address"
+    )]
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
@@ -218,7 +199,7 @@ impl App {
                 Ok(())
             }
         };
-        self.state.actors.stop().await;
+        self.state.actors.stop(Duration::from_secs(1)).await;
         res
     }
 }

@@ -525,7 +525,10 @@ impl BudgetLedger {
     }
 
     /// Sends an alert once per bucket and threshold when spend crosses 50/80/100 %.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per column of the row it writes"
+    )]
     async fn threshold_crossed(
         &self,
         key: &str,

@@ -116,6 +116,12 @@ impl ApiError {
             ..Self::new(ErrorCode::RateLimited, "too many requests, try again later")
         }
     }
+    /// `retry_after` in whole seconds, rounded up so a client never retries early.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after
+            .map(|after| (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1))
+    }
+
     /// Logs the cause and hides it from the client.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
@@ -144,11 +150,9 @@ impl IntoResponse for ApiError {
             },
         };
         let mut res = (self.code.status(), Json(body)).into_response();
-        if let Some(after) = self.retry_after {
-            // Retry-After is whole seconds; round up so a client never retries early.
-            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        if let Some(secs) = self.retry_after_secs() {
             res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }

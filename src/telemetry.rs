@@ -36,6 +36,10 @@ pub fn init_tracing(format: LogFormat) {
 }
 
 /// Installs the global Prometheus recorder, once per process.
+#[expect(
+    clippy::expect_used,
+    reason = "startup: constant buckets, and this process installs no other recorder"
+)]
 pub fn install_metrics() -> &'static PrometheusHandle {
     PROMETHEUS.get_or_init(|| {
         PrometheusBuilder::new()

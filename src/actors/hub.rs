@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::transport::protocol::ServerFrame;
+use crate::protocol::ServerFrame;
 
 pub type ConnId = u64;
 

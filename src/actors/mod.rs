@@ -11,12 +11,18 @@
 //! Supervisors restart a child that panics or is killed, at most
 //! `chat.max_restarts` times per `chat.restart_window_secs`; a restarted chat
 //! actor rebuilds its state from Postgres. Handlers never await a provider:
-//! generations run in their own tasks and report back as messages.
+//! generations (`crate::generation`) run in their own tasks and report back as
+//! messages. Keyed actors are found through one [`registry::Registry`].
+//!
+//! Layering: `hub`, `registry`, `provider` and `persistence` sit below
+//! `crate::generation`; `chat` and `user` sit above it. No actor imports a
+//! transport.
 
 pub mod chat;
 pub mod hub;
 pub mod persistence;
 pub mod provider;
+pub mod registry;
 pub mod user;
 
 use std::{
@@ -32,6 +38,7 @@ use crate::{
     admission::Admission,
     budget::{BudgetLedger, LedgerConfig},
     config::Config,
+    generation::{self, Generations},
     limits::WindowCounter,
     providers::{self, pricing::PriceTable, router::Router},
 };
@@ -95,12 +102,9 @@ impl RestartLimiter {
 pub struct Actors {
     pub chats: chat::ChatRegistry,
     pub users: user::UserRegistry,
-    pub providers: provider::ProviderRegistry,
-    pub usage: ActorRef<persistence::UsageMsg>,
     pub hub: hub::ChatHub,
-    pub admission: Admission,
-    pub pricing: Arc<PriceTable>,
-    pub router: Router,
+    /// The generation lifecycle: providers, router, prices, admission, usage writer.
+    pub gens: Generations,
     root: ActorRef<()>,
 }
 
@@ -166,7 +170,6 @@ impl Actors {
             user::UserSupervisor,
             user::UserSupervisorArgs {
                 registry: users.clone(),
-                db: db.clone(),
                 idle: Duration::from_secs(config.chat.user_idle_timeout_secs),
                 max_connections: config.ws.max_connections_per_user,
                 restarts: restarts(),
@@ -222,23 +225,28 @@ impl Actors {
             complex_prompt_tokens: config.routing.complex_prompt_tokens,
         };
 
+        let gens = Generations::new(generation::Inner {
+            providers,
+            admission,
+            pricing,
+            router,
+            usage,
+            routing: config.routing.clone(),
+            tasks: tokio_util::task::TaskTracker::new(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        });
         let hub = hub::ChatHub::default();
         let deps = Arc::new(chat::ChatDeps {
             db,
             hub: hub.clone(),
-            providers: providers.clone(),
-            usage: usage.clone(),
-            pricing: pricing.clone(),
+            gens: gens.clone(),
             config: config.chat.clone(),
-            router: router.clone(),
-            routing: config.routing.clone(),
-            admission: admission.clone(),
         });
-        let chats = chat::ChatRegistry::new(config.chat.mailbox_limit);
+        let chats = chat::ChatRegistry::new(config.chat.mailbox_limit, deps);
         let (chat_sup, _) = Actor::spawn_linked(
             None,
             chat::ChatSupervisor,
-            (chats.clone(), deps, restarts()),
+            (chats.clone(), restarts()),
             root.get_cell(),
         )
         .await?;
@@ -247,19 +255,20 @@ impl Actors {
         Ok(Self {
             chats,
             users,
-            providers,
-            usage,
             hub,
-            admission,
-            pricing,
-            router,
+            gens,
             root,
         })
     }
 
-    /// Stops the tree; the usage writer flushes what it holds on the way out.
-    pub async fn stop(&self) {
+    /// Stops the tree: generations first (each bills itself), then the usage
+    /// writer flushes what it holds, then the rest.
+    pub async fn stop(&self, finish: Duration) {
+        if !self.gens.drain(finish, Duration::from_secs(5)).await {
+            tracing::warn!("some generations did not finish billing before shutdown");
+        }
         let _ = self
+            .gens
             .usage
             .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
             .await;

@@ -14,10 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::registry::{Handle, Pending, Registry, RegistryError};
 use crate::providers::{ChatProvider, ProviderError};
 
 /// Limits of one provider, from `[providers.limits.<name>]`.
@@ -75,6 +75,10 @@ pub enum ProviderMsg {
     /// Breaker state, for `/ready`-style views and tests.
     State {
         reply: RpcReplyPort<BreakerState>,
+    },
+    /// Requests and tokens counted in the last minute.
+    Windows {
+        reply: RpcReplyPort<(usize, u32)>,
     },
 }
 
@@ -238,18 +242,45 @@ impl Actor for ProviderActor {
             ProviderMsg::State { reply } => {
                 let _ = reply.send(s.breaker());
             }
+            ProviderMsg::Windows { reply } => {
+                let now = Instant::now();
+                let recent = |t: &Instant| now.duration_since(*t) < MINUTE;
+                let requests = s.requests.iter().filter(|t| recent(t)).count();
+                let tokens = s
+                    .tokens
+                    .iter()
+                    .filter(|(t, _)| recent(t))
+                    .map(|(_, n)| n)
+                    .sum();
+                let _ = reply.send((requests, tokens));
+            }
         }
         Ok(())
     }
 }
 
-/// A running provider: its actor and the client it serves with.
-type Running = (ActorRef<ProviderMsg>, Arc<dyn ChatProvider>);
-
-/// The providers by name, kept current by the supervisor across restarts.
-#[derive(Clone, Default)]
+/// The providers by name (each actor with the client it serves with), kept
+/// current by the supervisor across restarts.
+#[derive(Clone)]
 pub struct ProviderRegistry {
-    actors: Arc<DashMap<String, Running>>,
+    actors: Registry<String, ProviderMsg, ProviderError, Arc<dyn ChatProvider>>,
+}
+
+impl Default for ProviderRegistry {
+    fn default() -> Self {
+        Self {
+            actors: Registry::new("provider", None),
+        }
+    }
+}
+
+impl RegistryError for ProviderError {
+    fn busy() -> Self {
+        Self::Timeout
+    }
+    fn unavailable() -> Self {
+        Self::Connect("provider is not running".into())
+    }
 }
 
 /// How long a generation waits for a provider slot before trying the next candidate.
@@ -258,10 +289,13 @@ const SLOT_WAIT: Duration = Duration::from_secs(30);
 impl ProviderRegistry {
     /// A lease on the named provider: admitted by its breaker and windows, holding a slot.
     pub async fn lease(&self, name: &str, est_tokens: u32) -> Result<Lease, ProviderError> {
-        let (actor, provider) = self
+        let Handle {
+            actor,
+            extra: provider,
+            ..
+        } = self
             .actors
             .get(name)
-            .map(|e| e.value().clone())
             .ok_or_else(|| ProviderError::Connect(format!("provider {name} is not running")))?;
         let (slots, probe) = ractor::call_t!(
             actor,
@@ -289,15 +323,21 @@ impl ProviderRegistry {
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.actors.iter().map(|e| e.key().clone()).collect()
+        self.actors.snapshot().into_iter().map(|(k, _)| k).collect()
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.actors.contains_key(name)
+        self.actors.get(name).is_some()
+    }
+
+    /// Requests and tokens in the provider's one-minute windows.
+    pub async fn windows(&self, name: &str) -> Option<(usize, u32)> {
+        let actor = self.actors.get(name)?.actor;
+        ractor::call_t!(actor, |reply| ProviderMsg::Windows { reply }, 5_000).ok()
     }
 
     pub async fn breaker(&self, name: &str) -> Option<BreakerState> {
-        let actor = self.actors.get(name)?.0.clone();
+        let actor = self.actors.get(name)?.actor;
         ractor::call_t!(actor, |reply| ProviderMsg::State { reply }, 5_000).ok()
     }
 }
@@ -348,16 +388,9 @@ impl Actor for ProviderSupervisor {
         let Some((cell, Some(reason))) = super::child_exit(evt) else {
             return Ok(());
         };
-        let Some(name) = s
-            .registry
-            .actors
-            .iter()
-            .find(|e| e.value().0.get_id() == cell.get_id())
-            .map(|e| e.key().clone())
-        else {
+        let Some(name) = s.registry.actors.exited(cell.get_id()) else {
             return Ok(());
         };
-        s.registry.actors.remove(&name);
         if !s.restarts.allow(&name) {
             tracing::error!(provider = %name, %reason, "provider actor keeps failing: given up");
             return Ok(());
@@ -396,7 +429,10 @@ async fn spawn_provider(
         sup.get_cell(),
     )
     .await?;
-    registry.actors.insert(name, (actor, spec.provider.clone()));
+    registry.actors.insert(
+        name,
+        Handle::new(actor, Pending::default(), spec.provider.clone()),
+    );
     Ok(())
 }
 

@@ -1,18 +1,21 @@
-//! UserSupervisor → UserActor per connected user: their open connections and
-//! plan. Spawned on first connection, stopped when idle with none open.
+//! UserSupervisor → UserActor per connected user: their open connections,
+//! held to `ws.max_connections_per_user`. Spawned on first connection,
+//! stopped when idle with none open. (The plan that governs a message is the
+//! paying workspace's, read per message; a user actor holds none.)
 
 use std::{
     collections::HashSet,
-    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
-use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{RestartLimiter, hub::ConnId};
+use super::{
+    RestartLimiter,
+    hub::ConnId,
+    registry::{Handle, Pending, Registry, RegistryError, SpawnRequest},
+};
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum UserError {
@@ -22,10 +25,19 @@ pub enum UserError {
     Unavailable,
 }
 
+impl RegistryError for UserError {
+    fn busy() -> Self {
+        Self::Unavailable
+    }
+    fn unavailable() -> Self {
+        Self::Unavailable
+    }
+}
+
 pub enum UserMsg {
     Connect {
         conn: ConnId,
-        reply: RpcReplyPort<Result<String, UserError>>,
+        reply: RpcReplyPort<Result<(), UserError>>,
     },
     Disconnect {
         conn: ConnId,
@@ -33,58 +45,36 @@ pub enum UserMsg {
     Tick,
 }
 
-pub enum UserSupervisorMsg {
-    GetOrSpawn {
-        user_id: Uuid,
-        reply: RpcReplyPort<Option<ActorRef<UserMsg>>>,
-    },
+pub type UserSupervisorMsg = SpawnRequest<Uuid, UserMsg, UserError>;
+
+#[derive(Clone)]
+pub struct UserRegistry {
+    actors: Registry<Uuid, UserMsg, UserError>,
 }
 
-#[derive(Clone, Default)]
-pub struct UserRegistry {
-    actors: Arc<DashMap<Uuid, ActorRef<UserMsg>>>,
-    supervisor: Arc<OnceLock<ActorRef<UserSupervisorMsg>>>,
+impl Default for UserRegistry {
+    fn default() -> Self {
+        Self {
+            actors: Registry::new("user", None),
+        }
+    }
 }
 
 impl UserRegistry {
     pub(super) fn set_supervisor(&self, sup: ActorRef<UserSupervisorMsg>) {
-        let _ = self.supervisor.set(sup);
+        self.actors.set_supervisor(sup);
     }
 
-    async fn get_or_spawn(&self, user_id: Uuid) -> Result<ActorRef<UserMsg>, UserError> {
-        if let Some(a) = self.actors.get(&user_id) {
-            return Ok(a.clone());
-        }
-        let sup = self.supervisor.get().ok_or(UserError::Unavailable)?;
-        ractor::call_t!(
-            sup,
-            |reply| UserSupervisorMsg::GetOrSpawn { user_id, reply },
-            5_000
-        )
-        .ok()
-        .flatten()
-        .ok_or(UserError::Unavailable)
-    }
-
-    /// Registers a connection of the user; answers the user's plan.
-    pub async fn connect(&self, user_id: Uuid, conn: ConnId) -> Result<String, UserError> {
-        // An actor that just stopped for idleness refuses the call; the second try spawns anew.
-        for _ in 0..2 {
-            let actor = self.get_or_spawn(user_id).await?;
-            match ractor::call_t!(actor, |reply| UserMsg::Connect { conn, reply }, 5_000) {
-                Ok(r) => return r,
-                Err(_) => {
-                    self.actors
-                        .remove_if(&user_id, |_, a| a.get_id() == actor.get_id());
-                }
-            }
-        }
-        Err(UserError::Unavailable)
+    /// Registers a connection of the user, refused past the per-user cap.
+    pub async fn connect(&self, user_id: Uuid, conn: ConnId) -> Result<(), UserError> {
+        self.actors
+            .call(user_id, |reply| UserMsg::Connect { conn, reply })
+            .await
     }
 
     pub fn disconnect(&self, user_id: Uuid, conn: ConnId) {
-        if let Some(a) = self.actors.get(&user_id) {
-            let _ = a.cast(UserMsg::Disconnect { conn });
+        if let Some(h) = self.actors.get(&user_id) {
+            let _ = h.actor.cast(UserMsg::Disconnect { conn });
         }
     }
 
@@ -96,15 +86,12 @@ impl UserRegistry {
 pub struct UserActor;
 
 pub struct UserArgs {
-    user_id: Uuid,
-    db: PgPool,
     idle: Duration,
     max_connections: usize,
 }
 
 pub struct UserState {
     conns: HashSet<ConnId>,
-    plan: String,
     idle: Duration,
     max_connections: usize,
     last_active: Instant,
@@ -120,21 +107,12 @@ impl Actor for UserActor {
         me: ActorRef<UserMsg>,
         args: UserArgs,
     ) -> Result<UserState, ActorProcessingErr> {
-        // The plan of the user's own workspace; a user with none is on free.
-        let plan: Option<(String,)> = sqlx::query_as(
-            "select w.plan from workspace_members m join workspaces w on w.id = m.workspace_id
-             where m.user_id = $1 order by (m.role = 'owner') desc, m.created_at limit 1",
-        )
-        .bind(args.user_id)
-        .fetch_optional(&args.db)
-        .await?;
         me.send_interval(args.idle.max(Duration::from_millis(100)) / 2, || {
             UserMsg::Tick
         });
         super::live("user", 1.0);
         Ok(UserState {
             conns: HashSet::new(),
-            plan: plan.map_or_else(|| "free".to_owned(), |p| p.0),
             idle: args.idle,
             max_connections: args.max_connections,
             last_active: Instant::now(),
@@ -164,7 +142,7 @@ impl Actor for UserActor {
                     let _ = reply.send(Err(UserError::TooManyConnections(s.max_connections)));
                 } else {
                     s.conns.insert(conn);
-                    let _ = reply.send(Ok(s.plan.clone()));
+                    let _ = reply.send(Ok(()));
                 }
             }
             UserMsg::Disconnect { conn } => {
@@ -185,7 +163,6 @@ pub struct UserSupervisor;
 
 pub struct UserSupervisorArgs {
     pub registry: UserRegistry,
-    pub db: PgPool,
     pub idle: Duration,
     pub max_connections: usize,
     pub restarts: RestartLimiter,
@@ -210,8 +187,8 @@ impl Actor for UserSupervisor {
         msg: Self::Msg,
         s: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let UserSupervisorMsg::GetOrSpawn { user_id, reply } = msg;
-        let _ = reply.send(spawn_user(&me, s, user_id).await);
+        let SpawnRequest { key, reply } = msg;
+        let _ = reply.send(spawn_user(&me, s, key).await);
         Ok(())
     }
 
@@ -224,16 +201,9 @@ impl Actor for UserSupervisor {
         let Some((cell, crash)) = super::child_exit(evt) else {
             return Ok(());
         };
-        let Some(user_id) = s
-            .registry
-            .actors
-            .iter()
-            .find(|e| e.value().get_id() == cell.get_id())
-            .map(|e| *e.key())
-        else {
+        let Some(user_id) = s.registry.actors.exited(cell.get_id()) else {
             return Ok(());
         };
-        s.registry.actors.remove(&user_id);
         // A user actor holds only what connections re-register and Postgres has,
         // so a restart is a fresh spawn on next use; we count it here.
         if let Some(reason) = crash {
@@ -251,24 +221,23 @@ async fn spawn_user(
     me: &ActorRef<UserSupervisorMsg>,
     s: &UserSupervisorArgs,
     user_id: Uuid,
-) -> Option<ActorRef<UserMsg>> {
-    if let Some(a) = s.registry.actors.get(&user_id) {
-        return Some(a.clone());
+) -> Result<Handle<UserMsg>, UserError> {
+    if let Some(h) = s.registry.actors.get(&user_id) {
+        return Ok(h);
     }
     let args = UserArgs {
-        user_id,
-        db: s.db.clone(),
         idle: s.idle,
         max_connections: s.max_connections,
     };
     match Actor::spawn_linked(None, UserActor, args, me.get_cell()).await {
         Ok((actor, _)) => {
-            s.registry.actors.insert(user_id, actor.clone());
-            Some(actor)
+            let h = Handle::new(actor, Pending::default(), ());
+            s.registry.actors.insert(user_id, h.clone());
+            Ok(h)
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot start user actor");
-            None
+            Err(UserError::Unavailable)
         }
     }
 }

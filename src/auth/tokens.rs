@@ -46,6 +46,10 @@ pub enum TokenError {
 
 impl TokenKeys {
     /// Panics only if called with missing secrets, which config validation rules out first.
+    #[expect(
+        clippy::expect_used,
+        reason = "startup: App::build refuses to start without these secrets"
+    )]
     pub fn new(cfg: &AuthConfig) -> Self {
         let jwt = cfg
             .jwt_secret
@@ -101,6 +105,7 @@ impl TokenKeys {
 
     /// Keyed hash under which a refresh token is stored; a leaked table cannot be replayed.
     pub fn hash_refresh_token(&self, token: &str) -> String {
+        #[expect(clippy::expect_used, reason = "HMAC accepts keys of any length")]
         let mut mac = Hmac::<Sha256>::new_from_slice(self.refresh_secret.expose().as_bytes())
             .expect("hmac accepts any key length");
         mac.update(token.as_bytes());

@@ -1,10 +1,10 @@
 //! Language-model providers behind one trait, and their prices.
 //!
 //! A provider turns a [`ChatRequest`] into a stream of [`StreamEvent`]s. It does
-//! no retries, limits or routing: those belong to the provider actor and router.
+//! no retries, limits or routing: those belong to the provider actor, the
+//! router and the generation lifecycle (`crate::generation`).
 
 pub mod anthropic;
-pub mod attempt;
 pub mod cloudflare;
 pub mod embedding;
 pub mod openai;
@@ -81,6 +81,16 @@ impl ProviderError {
             self,
             Self::Connect(_) | Self::Timeout | Self::Upstream { status: 500.. }
         )
+    }
+
+    /// What a client may be told: the kind of failure, never upstream details
+    /// (URLs, addresses, OS errors), which stay in the logs.
+    pub fn public(&self) -> String {
+        match self {
+            Self::Connect(_) => "cannot connect to the provider".into(),
+            Self::Malformed(_) => "the provider sent malformed data".into(),
+            other => other.to_string(),
+        }
     }
 
     /// A short, stable label for metrics and logs.
@@ -288,6 +298,7 @@ pub(crate) mod http {
                         if done {
                             s.finished = true;
                             if let Some(rest) = s.events.take() {
+                                #[expect(clippy::disallowed_methods, reason = "drains an abandoned upstream body so its connection is reused; ends with the body or its timeout, nothing to wait for at shutdown")]
                                 tokio::spawn(drain(rest));
                             }
                         }

@@ -81,7 +81,10 @@ impl OpenAiProvider {
 
     /// The request body, in async-openai's types.
     // `max_tokens` is deprecated by OpenAI, and still what compatible servers read.
-    #[allow(deprecated)]
+    #[allow(
+        deprecated,
+        reason = "max_tokens is what OpenAI-compatible servers read"
+    )]
     fn body(&self, request: &ChatRequest) -> CreateChatCompletionRequest {
         let max_tokens = (request.max_tokens > 0).then_some(request.max_tokens);
         let (max_completion_tokens, max_tokens) = if self.is_openai() {

@@ -27,6 +27,9 @@ pub enum RouteError {
     UnknownModel(String),
     #[error("no provider is available for this request")]
     NoProvider,
+    /// The model (or every model of the route) is served by providers outside the plan's tier.
+    #[error("model: {0:?} is not available on this plan")]
+    NotInPlan(String),
 }
 
 #[derive(Debug, Clone)]
@@ -75,13 +78,28 @@ impl Router {
             // Stable: equal prices keep the operator's order.
             tier_defaults.sort_by_key(|c| unit_price(pricing, &c.model));
         }
+        // A plan reaches only its tier's providers, also by naming a model.
+        let in_tier = |c: &Candidate| tier.contains(&c.provider);
         let mut out = match requested {
-            Some(name) if self.routes.contains_key(name) => self.routes[name].clone(),
+            Some(name) if self.routes.contains_key(name) => {
+                let v: Vec<Candidate> = self.routes[name]
+                    .iter()
+                    .filter(|c| in_tier(c))
+                    .cloned()
+                    .collect();
+                if v.is_empty() {
+                    return Err(RouteError::NotInPlan(name.to_owned()));
+                }
+                v
+            }
             Some(model) => {
                 let price = pricing
                     .models
                     .get(model)
                     .ok_or_else(|| RouteError::UnknownModel(model.to_owned()))?;
+                if !tier.contains(&price.provider) {
+                    return Err(RouteError::NotInPlan(model.to_owned()));
+                }
                 let mut v = vec![Candidate {
                     provider: price.provider.clone(),
                     model: model.to_owned(),
@@ -93,7 +111,11 @@ impl Router {
                 && prompt_tokens > self.complex_prompt_tokens
                 && self.routes.contains_key("complex") =>
             {
-                let mut v = self.routes["complex"].clone();
+                let mut v: Vec<Candidate> = self.routes["complex"]
+                    .iter()
+                    .filter(|c| in_tier(c))
+                    .cloned()
+                    .collect();
                 v.extend(tier_defaults);
                 v
             }

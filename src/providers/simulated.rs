@@ -170,6 +170,10 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the task belongs to the stream: aborted when the stream is dropped"
+    )]
     let guard = AbortOnDrop(tokio::spawn(f(tx)).abort_handle());
     futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
         rx.recv().await.map(|item| (item, (rx, guard)))

@@ -12,6 +12,10 @@ use tiktoken_rs::CoreBPE;
 
 use super::PromptMessage;
 
+#[expect(
+    clippy::expect_used,
+    reason = "the table is compiled in; every tokenizer test loads it"
+)]
 static CL100K: LazyLock<CoreBPE> =
     LazyLock::new(|| tiktoken_rs::cl100k_base().expect("the compiled-in cl100k_base table loads"));
 

@@ -31,7 +31,10 @@ pub struct KeyAuth {
     pub plan: String,
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one argument per column of the row it writes"
+)]
 pub async fn create(
     db: &PgPool,
     workspace_id: Uuid,

@@ -142,3 +142,38 @@ pub async fn delete(db: &PgPool, user_id: Uuid, chat_id: Uuid) -> Result<bool, s
     .await?;
     Ok(done.rows_affected() > 0)
 }
+
+pub async fn exists(db: &PgPool, chat_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("select exists (select 1 from chats where id = $1)")
+        .bind(chat_id)
+        .fetch_one(db)
+        .await
+}
+
+/// Who pays for a message in a chat: its workspace and that workspace's plan
+/// as it is now (never cached, so a plan change holds on the next message),
+/// with the chat's last seq; `None` unless the user is a member.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ChatPayer {
+    pub workspace_id: Uuid,
+    pub plan: String,
+    pub last_seq: i64,
+}
+
+pub async fn payer_for_member(
+    db: &PgPool,
+    user_id: Uuid,
+    chat_id: Uuid,
+) -> Result<Option<ChatPayer>, sqlx::Error> {
+    sqlx::query_as(
+        "select c.workspace_id, w.plan, c.last_seq
+         from chats c join workspaces w on w.id = c.workspace_id
+         where c.id = $2
+           and exists (select 1 from workspace_members m
+                       where m.workspace_id = c.workspace_id and m.user_id = $1)",
+    )
+    .bind(user_id)
+    .bind(chat_id)
+    .fetch_optional(db)
+    .await
+}

@@ -150,11 +150,13 @@ pub struct Outcome<'a> {
     pub cost_micros: i64,
 }
 
+/// Ends an answer still `streaming`; `RowNotFound` when it is gone (its chat
+/// was deleted) or was already ended (a restarted chat actor failed it).
 pub async fn finalize(db: &PgPool, id: Uuid, o: &Outcome<'_>) -> Result<Message, sqlx::Error> {
     sqlx::query_as(concat!(
         "update messages set status = $2, content = $3, finish_reason = $4, input_tokens = $5,
                 output_tokens = $6, cost_micros = $7, provider = $8, model = $9, completed_at = now()
-         where id = $1 returning ",
+         where id = $1 and status = 'streaming' returning ",
         message_columns!()
     ))
     .bind(id)

@@ -1,5 +1,4 @@
 //! How clients reach the system: HTTP (REST, SSE) and WebSocket, sharing one protocol.
 
 pub mod http;
-pub mod protocol;
 pub mod ws;

@@ -33,10 +33,10 @@ use crate::{
         chat::{ChatError, SendRequest},
         hub::{ConnId, Outbound, Subscriber},
     },
-    app::AppState,
     error::{ApiError, ErrorCode},
+    protocol::{ClientFrame, ServerFrame},
+    state::AppState,
     store,
-    transport::protocol::{ClientFrame, ServerFrame},
 };
 
 pub const CLOSE_TOO_BIG: u16 = 1009;
@@ -136,8 +136,8 @@ async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) 
     };
     let actors = &state.actors;
     let conn = actors.hub.new_conn_id();
-    let plan = match actors.users.connect(user_id, conn).await {
-        Ok(plan) => plan,
+    match actors.users.connect(user_id, conn).await {
+        Ok(()) => {}
         Err(e) => {
             let _ = socket
                 .send(text(&ServerFrame::error(
@@ -150,7 +150,7 @@ async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) 
                 .await;
             return;
         }
-    };
+    }
     metrics::gauge!("switchboard_ws_connections").increment(1.0);
 
     let (tx, rx) = mpsc::channel::<Outbound>(state.config.ws.outbound_queue);
@@ -159,6 +159,10 @@ async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) 
     let started = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
     let (sink, mut stream) = socket.split();
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "joined below: the connection waits for its writer"
+    )]
     let writer = tokio::spawn(write_loop(
         sink,
         rx,
@@ -175,7 +179,6 @@ async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) 
     let mut session = Session {
         state: state.clone(),
         user_id,
-        plan,
         conn,
         tx,
         overflow,
@@ -222,12 +225,9 @@ async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) 
 
     // Unsubscribe first so nothing more is queued, then let the writer finish.
     for chat_id in session.subscribed.drain() {
-        actors.chats.unsubscribe(
-            chat_id,
-            conn,
-            state.config.chat.cancel_on_disconnect,
-            &actors.hub,
-        );
+        actors
+            .chats
+            .unsubscribe(chat_id, conn, state.config.chat.cancel_on_disconnect);
     }
     actors.users.disconnect(user_id, conn);
     drop(session);
@@ -305,7 +305,6 @@ async fn write_loop(
 struct Session {
     state: AppState,
     user_id: Uuid,
-    plan: String,
     conn: ConnId,
     tx: mpsc::Sender<Outbound>,
     overflow: CancellationToken,
@@ -333,11 +332,7 @@ impl Session {
     }
 
     fn chat_error(&self, e: &ChatError) {
-        let mut frame = ServerFrame::error(e.code(), e.to_string());
-        if let (ChatError::Busy, ServerFrame::Error { retry_after, .. }) = (e, &mut frame) {
-            *retry_after = Some(1);
-        }
-        self.reply(&frame);
+        self.reply(&ServerFrame::from_error(&ApiError::from(e.clone())));
     }
 
     /// Whether the user may see the chat; answers `not_found` itself when not.
@@ -385,9 +380,7 @@ impl Session {
             ClientFrame::Unsubscribe { chat_id } => {
                 if self.subscribed.remove(&chat_id) {
                     let actors = &self.state.actors;
-                    actors
-                        .chats
-                        .unsubscribe(chat_id, self.conn, false, &actors.hub);
+                    actors.chats.unsubscribe(chat_id, self.conn, false);
                 }
             }
             ClientFrame::Send {
@@ -406,7 +399,6 @@ impl Session {
                 }
                 let req = SendRequest {
                     author: self.user_id,
-                    plan: self.plan.clone(),
                     client_msg_id,
                     content,
                     model,
@@ -446,9 +438,7 @@ impl Session {
         if self.subscribed.contains(&chat_id) {
             // Re-subscribing replays again from the given seq.
             let actors = &self.state.actors;
-            actors
-                .chats
-                .unsubscribe(chat_id, self.conn, false, &actors.hub);
+            actors.chats.unsubscribe(chat_id, self.conn, false);
             self.subscribed.remove(&chat_id);
         }
         self.subscribe_live(chat_id, since_seq).await;

@@ -21,7 +21,7 @@ pub struct TestApp {
     pub db: PgPool,
     pub db_name: String,
     pub config: Config,
-    pub state: switchboard::app::AppState,
+    pub state: switchboard::state::AppState,
     _stop: oneshot::Sender<()>,
 }
 
@@ -155,4 +155,24 @@ pub async fn error_code(res: Response) -> String {
         .as_str()
         .expect("error.code")
         .to_owned()
+}
+
+/// Polls `check` every 20 ms until it answers `Some`, failing the test after
+/// `within`: for state that settles asynchronously, instead of a fixed sleep.
+pub async fn eventually<T, F, Fut>(within: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

@@ -1,10 +1,18 @@
 //! One test binary: every test starts the real app on a random port with its
 //! own freshly migrated database and its own Redis key prefix.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "a test fails by panicking, helpers included; tests own their tasks"
+)]
+
 mod auth;
 mod chat_stream;
 mod chats;
 mod config;
+mod generation;
 mod health;
 mod helpers;
 mod http_basics;

@@ -46,7 +46,7 @@
 //! [`MockLlm::open_streams`] those still being sent, and
 //! [`MockLlm::connections`] the TCP connections accepted.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test uses the behaviours it needs")]
 
 use std::{
     collections::VecDeque,

@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
 use crate::{
-    helpers::{TestApp, TestUser, spawn_app_with},
+    helpers::{TestApp, TestUser, eventually, spawn_app_with},
     mock_llm::{Behavior, MockLlm},
 };
 
@@ -211,7 +211,7 @@ async fn the_breaker_opens_probes_half_open_and_closes() {
     })
     .await;
     let (user, chat) = pro_user(&app).await;
-    let providers = &app.state.actors.providers;
+    let providers = &app.state.actors.gens.providers;
     a.set(Behavior::Status {
         code: 500,
         retry_after: None,
@@ -228,11 +228,10 @@ async fn the_breaker_opens_probes_half_open_and_closes() {
     assert_eq!(a.request_count(), before);
 
     // After the cooldown one probe goes through; it fails, so open again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        providers.breaker("openai").await,
-        Some(BreakerState::HalfOpen)
-    );
+    let half_open = || async {
+        (providers.breaker("openai").await == Some(BreakerState::HalfOpen)).then_some(())
+    };
+    eventually(Duration::from_secs(5), "the breaker half-open", half_open).await;
     let (_, m) = ask(&app, &user, chat, "probe fails").await;
     assert_eq!(m["provider"], "anthropic");
     assert_eq!(a.request_count(), before + 1);
@@ -240,7 +239,7 @@ async fn the_breaker_opens_probes_half_open_and_closes() {
 
     // Recovered: the next probe succeeds and the circuit closes.
     a.set(Behavior::default());
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    eventually(Duration::from_secs(5), "the breaker half-open", half_open).await;
     let (_, m) = ask(&app, &user, chat, "probe succeeds").await;
     assert_eq!(m["provider"], "openai");
     assert_eq!(
@@ -352,13 +351,19 @@ async fn parallel_requests_cannot_overspend_a_nearly_exhausted_budget() {
         }
     }
     assert!(ok >= 1 && refused >= 1, "ok {ok}, refused {refused}");
-    tokio::time::sleep(Duration::from_millis(500)).await; // the usage writer's batch
-    let (spent,): (i64,) =
-        sqlx::query_as("select sum(cost_micros)::bigint from usage_events where workspace_id = $1")
-            .bind(workspace.0)
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
+    // Every admitted answer is billed once the usage writer's batch lands.
+    let (spent,): (i64,) = eventually(Duration::from_secs(5), "the answers' usage", || async {
+        let (n, spent): (i64, Option<i64>) = sqlx::query_as(
+            "select count(*), sum(cost_micros)::bigint from usage_events where workspace_id = $1",
+        )
+        .bind(workspace.0)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        // The row inserted above, and one per admitted answer.
+        (n == ok as i64 + 1).then_some((spent.unwrap_or(0),))
+    })
+    .await;
     assert!(spent <= DAILY, "spent {spent} over the budget {DAILY}");
     // The usage view agrees and shows nothing held any more.
     let view: Value = app
@@ -577,7 +582,7 @@ async fn a_killed_nodes_reservations_are_released_when_it_restarts() {
         period: Period::Daily,
         limit_micros: 100_000,
     };
-    let ledger = first.state.actors.admission.ledger().clone();
+    let ledger = first.state.actors.gens.admission.ledger().clone();
     // A generation in flight when the node dies: reserved, never settled.
     let _never_settled = ledger
         .reserve(std::slice::from_ref(&limit), 40_000)
@@ -596,7 +601,7 @@ async fn a_killed_nodes_reservations_are_released_when_it_restarts() {
         c.database.url = db;
     })
     .await;
-    let ledger = restarted.state.actors.admission.ledger();
+    let ledger = restarted.state.actors.gens.admission.ledger();
     assert_eq!(
         ledger.standing(&limit).await.unwrap(),
         (0, 0),
@@ -705,7 +710,14 @@ async fn usage_view_and_daily_costs() {
     let user = app.new_user().await;
     let chat = app.create_chat(&user.access_token).await;
     assert_eq!(ask(&app, &user, chat, "count me").await.0, 200);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    eventually(Duration::from_secs(5), "the usage row", || async {
+        let n: i64 = sqlx::query_scalar("select count(*) from usage_events")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
     let view: Value = app
         .client
         .get(app.url("/api/analytics/usage"))
@@ -772,18 +784,19 @@ async fn a_lapsed_reservation_stops_holding_budget() {
         period: Period::Monthly,
         limit_micros: 100_000,
     };
-    let ledger = app.state.actors.admission.ledger();
+    let ledger = app.state.actors.gens.admission.ledger();
     let limits = std::slice::from_ref(&limit);
     let _lost = ledger.reserve(limits, 60_000).await.unwrap();
     assert!(
         ledger.reserve(limits, 60_000).await.is_err(),
         "held: no room for a second"
     );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let second = ledger
-        .reserve(limits, 60_000)
-        .await
-        .expect("the first lapsed");
+    let second = eventually(
+        Duration::from_secs(5),
+        "the first reservation to lapse",
+        || async { ledger.reserve(limits, 60_000).await.ok() },
+    )
+    .await;
     // A reservation is released once, even if settled twice (its cost is added each time).
     ledger.settle(second.clone(), 500).await;
     ledger.settle(second, 500).await;

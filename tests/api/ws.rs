@@ -6,7 +6,7 @@ use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 use uuid::Uuid;
 
 use crate::{
-    helpers::{TestApp, spawn_app, spawn_app_with},
+    helpers::{TestApp, eventually, spawn_app, spawn_app_with},
     ws_client::WsClient,
 };
 
@@ -193,6 +193,21 @@ async fn subscribe_since_seq_replays_then_goes_live_without_gaps() {
     assert_eq!(seqs, vec![5, 6]);
 }
 
+/// Waits until the chat's (only) answer is stored with `status`.
+async fn answer_status_is(app: &TestApp, chat: Uuid, status: &str) {
+    eventually(Duration::from_secs(10), status, || async {
+        let now: Option<String> = sqlx::query_scalar(
+            "select status from messages where chat_id = $1 and role = 'assistant'",
+        )
+        .bind(chat)
+        .fetch_optional(&app.db)
+        .await
+        .unwrap();
+        (now.as_deref() == Some(status)).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_client_that_leaves_mid_answer_finds_it_whole_on_return() {
     let app = spawn_app_with(|c| {
@@ -206,7 +221,7 @@ async fn a_client_that_leaves_mid_answer_finds_it_whole_on_return() {
     ws.next_of("delta").await;
     drop(ws); // gone mid-answer; generation continues by default
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    answer_status_is(&app, chat, "complete").await;
     let mut back = app.ws(&user.access_token).await;
     back.send(json!({"type": "subscribe", "chat_id": chat, "since_seq": 0}))
         .await;
@@ -260,7 +275,7 @@ async fn duplicate_client_msg_id_gets_the_same_ack_and_no_second_answer() {
     ws.send_message(chat, "same", "once").await;
     let again = ws.next_of("ack").await;
     assert_eq!(again, first.ack);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The repeat is answered before anything could be stored.
     let msgs = history(&app, &user.access_token, chat).await;
     assert_eq!(msgs.len(), 2, "one user message and one answer: {msgs:?}");
 }
@@ -329,7 +344,21 @@ async fn a_killed_chat_actor_restarts_and_loses_nothing_acknowledged() {
     for _ in 0..5 {
         ws.next_of("delta").await;
     }
-    tokio::time::sleep(Duration::from_millis(400)).await; // checkpoints (every 50 ms) have run
+    eventually(
+        Duration::from_secs(5),
+        "a checkpoint of the partial text",
+        || async {
+            let saved: String = sqlx::query_scalar(
+                "select content from messages where chat_id = $1 and role = 'assistant'",
+            )
+            .bind(chat)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+            (!saved.is_empty()).then_some(())
+        },
+    )
+    .await;
     app.state
         .actors
         .chats
@@ -486,9 +515,26 @@ async fn a_silent_peer_is_closed_by_the_heartbeat() {
     .await;
     let user = app.new_user().await;
     let mut ws = app.ws(&user.access_token).await;
-    // Not reading means not answering pings.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(ws.close_code().await, Some(4002));
+    // Reading the raw socket, under the WebSocket layer, answers no ping: the
+    // server must close with 4002 (a close frame: 0x88, length, code 0x0FA2).
+    let raw = ws.ws.get_mut();
+    let mut seen = Vec::new();
+    let closed = |seen: &[u8]| {
+        seen.windows(4)
+            .any(|w| w[0] == 0x88 && w[2] == 0x0F && w[3] == 0xA2)
+    };
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 1024];
+        while !closed(&seen) {
+            match tokio::io::AsyncReadExt::read(raw, &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server spoke up in time");
+    assert!(closed(&seen), "close code 4002 in {seen:?}");
 }
 
 #[tokio::test]

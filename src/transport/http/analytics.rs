@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::extract::{ApiQuery, AuthUser};
 use crate::{
     admission::Payer,
-    app::AppState,
     error::{ApiError, ApiResult, ErrorCode},
+    state::AppState,
     store,
 };
 
@@ -59,7 +59,7 @@ pub async fn usage(State(state): State<AppState>, user: AuthUser) -> ApiResult<J
         api_key: None,
         plan: plan.clone(),
     };
-    let admission = &state.actors.admission;
+    let admission = &state.actors.gens.admission;
     let mut budgets = Vec::new();
     for limit in admission.budgets(&payer) {
         let (spent, reserved) = admission

@@ -19,12 +19,12 @@ use uuid::Uuid;
 
 use super::extract::{ApiJson, AuthUser, ClientIp};
 use crate::{
-    app::AppState,
     auth::{
         credentials::{Email, Password, Username},
         password,
     },
     error::{ApiError, ApiResult},
+    state::AppState,
     store::{
         self,
         refresh_tokens::{self, Redeemed},

@@ -30,10 +30,10 @@ use crate::{
         chat::SendRequest,
         hub::{ConnId, Outbound, Subscriber},
     },
-    app::AppState,
     error::{ApiError, ApiResult, ErrorCode},
+    protocol::{ServerFrame, parse_last_event_id},
+    state::AppState,
     store::{self, messages::Message},
-    transport::protocol::{ServerFrame, parse_last_event_id},
 };
 
 /// Longest a JSON (non-streaming) send waits for its answer.
@@ -72,9 +72,7 @@ struct Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let actors = &self.state.actors;
-        actors
-            .chats
-            .unsubscribe(self.chat_id, self.conn, true, &actors.hub);
+        actors.chats.unsubscribe(self.chat_id, self.conn, true);
     }
 }
 
@@ -155,14 +153,12 @@ pub async fn send_message(
     headers: HeaderMap,
     ApiJson(body): ApiJson<SendMessage>,
 ) -> ApiResult<Response> {
-    let chat = store::chats::get_for_user(&state.db, user.id, chat_id)
+    store::chats::get_for_user(&state.db, user.id, chat_id)
         .await?
         .ok_or_else(|| ApiError::not_found("chat"))?;
-    let plan = store::workspaces::plan(&state.db, chat.workspace_id).await?;
     let mut sub = subscribe(&state, user.id, chat_id, None).await?;
     let req = SendRequest {
         author: user.id,
-        plan,
         client_msg_id: body
             .client_msg_id
             .unwrap_or_else(|| Uuid::new_v4().to_string()),

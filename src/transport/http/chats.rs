@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use super::extract::{ApiJson, ApiPath, ApiQuery, AuthUser};
 use crate::{
-    app::AppState,
     error::{ApiError, ApiResult},
+    state::AppState,
     store::{
         chats::{self, Chat},
         messages::{self, Message},

@@ -15,8 +15,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{
-    app::AppState,
     error::{ApiError, ErrorCode},
+    state::AppState,
 };
 
 /// `Json` whose rejections use our envelope: 415 without a JSON content type,

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
-use crate::{app::AppState, config::Secret, telemetry};
+use crate::{config::Secret, state::AppState, telemetry};
 
 pub fn router() -> Router<AppState> {
     let mut r = Router::new()

@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::extract::{ApiJson, ApiPath, AuthUser};
 use crate::{
-    app::AppState,
     error::{ApiError, ApiResult},
+    state::AppState,
     store::{
         self,
         api_keys::{self, ApiKey},

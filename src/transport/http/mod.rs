@@ -30,8 +30,8 @@ use tower_http::{
 };
 
 use crate::{
-    app::AppState,
     error::{ApiError, ErrorCode},
+    state::AppState,
 };
 
 pub use openapi::ApiDoc;

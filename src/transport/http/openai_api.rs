@@ -24,21 +24,14 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{extract::bearer_from_headers, keys::hash_key};
 use crate::{
-    actors::persistence::{UsageEvent, UsageMsg},
     admission::{AdmitError, KeyLimits, Payer},
-    app::AppState,
-    budget::Reservation,
-    providers::{
-        ChatRequest, PromptMessage, ProviderError, StreamEvent, Usage,
-        attempt::{Attempts, OpenError, log_served, open_first},
-        router::{RouteError, worst_case_micros},
-        tokenizer,
-    },
+    generation::{BillTo, EmbedError, Embedded, Ending, GenEvent, PlanError, Status},
+    providers::{ChatRequest, PromptMessage, ProviderError, Usage, router::RouteError},
+    state::AppState,
     store::api_keys::{self, KeyAuth},
 };
 
@@ -150,7 +143,7 @@ fn provider_error(e: &ProviderError) -> OaiError {
         },
         other => OaiError::server(
             StatusCode::BAD_GATEWAY,
-            format!("No provider could answer: {other}"),
+            format!("No provider could answer: {}", other.public()),
         ),
     }
 }
@@ -183,7 +176,7 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<KeyAuth, 
     if due {
         state.key_touches.insert(auth.id, now);
         let (db, id) = (state.db.clone(), auth.id);
-        tokio::spawn(async move {
+        state.actors.gens.tasks.spawn(async move {
             let _ = api_keys::touch(&db, id).await;
         });
     }
@@ -358,74 +351,6 @@ fn parse_request(
     Ok((req, chat))
 }
 
-/// Settles a completion exactly once: at the end, or, if the client went
-/// away first, when the work is dropped, for the tokens produced so far.
-struct Billing {
-    state: AppState,
-    auth: KeyAuth,
-    payer: Payer,
-    reservation: Option<Reservation>,
-    provider: String,
-    model: String,
-    prompt_tokens: u32,
-    produced: u32,
-    reported: Option<Usage>,
-}
-
-impl Billing {
-    fn usage(&self) -> Usage {
-        match self.reported {
-            Some(u) => u,
-            None if self.produced == 0 => Usage::default(),
-            None => Usage {
-                input_tokens: self.prompt_tokens,
-                output_tokens: self.produced,
-            },
-        }
-    }
-
-    /// Settles now and answers the usage and cost billed.
-    fn settle(&mut self) -> (Usage, i64) {
-        let usage = self.usage();
-        let cost = self
-            .state
-            .actors
-            .pricing
-            .cost_micros(&self.model, usage)
-            .unwrap_or(0);
-        let Some(res) = self.reservation.take() else {
-            return (usage, cost);
-        };
-        if usage.input_tokens + usage.output_tokens > 0 {
-            let _ = self.state.actors.usage.cast(UsageMsg::Record(UsageEvent {
-                workspace_id: self.auth.workspace_id,
-                user_id: self.auth.created_by,
-                api_key_id: Some(self.auth.id),
-                chat_id: None,
-                message_id: None,
-                provider: self.provider.clone(),
-                model: self.model.clone(),
-                input_tokens: i32::try_from(usage.input_tokens).unwrap_or(i32::MAX),
-                output_tokens: i32::try_from(usage.output_tokens).unwrap_or(i32::MAX),
-                cost_micros: cost,
-            }));
-        }
-        let (admission, payer) = (self.state.actors.admission.clone(), self.payer.clone());
-        let tokens = usage.input_tokens + usage.output_tokens;
-        tokio::spawn(async move { admission.settle(&payer, res, cost, tokens).await });
-        (usage, cost)
-    }
-}
-
-impl Drop for Billing {
-    fn drop(&mut self) {
-        if self.reservation.is_some() {
-            tracing::info!(key_id = %self.auth.id, produced = self.produced, "client went away: billed what was produced");
-            self.settle();
-        }
-    }
-}
-
 pub async fn chat_completions(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -437,6 +362,70 @@ pub async fn chat_completions(
     }
 }
 
+fn plan_error(e: PlanError) -> OaiError {
+    match e {
+        PlanError::Route(RouteError::UnknownModel(m) | RouteError::NotInPlan(m)) => OaiError {
+            code: Some("model_not_found"),
+            ..OaiError::invalid(
+                format!("The model `{m}` does not exist or you do not have access to it."),
+                Some("model"),
+            )
+        },
+        PlanError::Route(RouteError::NoProvider) => {
+            OaiError::server(StatusCode::SERVICE_UNAVAILABLE, "No provider is available.")
+        }
+        PlanError::Admit(e) => e.into(),
+    }
+}
+
+/// The error a generation ended with, in OpenAI's shape.
+fn ending_error(e: &Ending, mid_answer: bool) -> OaiError {
+    match (&e.error, mid_answer) {
+        (Some(err), false) => provider_error(err),
+        (Some(err), true) => OaiError::server(
+            StatusCode::BAD_GATEWAY,
+            format!("The provider failed mid-answer: {}", err.public()),
+        ),
+        (None, _) => OaiError::server(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The request was cancelled: the server is shutting down.",
+        ),
+    }
+}
+
+/// What every chunk of one completion repeats.
+struct ChunkHead {
+    id: String,
+    created: i64,
+    model: String,
+}
+
+impl ChunkHead {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Event {
+        Event::default().data(
+            json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                   "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+            .to_string(),
+        )
+    }
+
+    /// The events that end a stream: finish, usage if asked, `[DONE]`; or an
+    /// error and no `[DONE]`, so a truncated answer never looks complete.
+    fn ending(&self, e: &Ending, include_usage: bool) -> Vec<Event> {
+        if e.status != Status::Complete {
+            return vec![Event::default().data(ending_error(e, true).body().to_string())];
+        }
+        let mut out = vec![self.chunk(json!({}), Some(&e.finish_reason))];
+        if include_usage {
+            let last = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                              "model": self.model, "choices": [], "usage": usage_json(e.usage)});
+            out.push(Event::default().data(last.to_string()));
+        }
+        out.push(Event::default().data("[DONE]"));
+        out
+    }
+}
+
 async fn completions(
     state: AppState,
     headers: HeaderMap,
@@ -444,195 +433,85 @@ async fn completions(
 ) -> Result<Response, OaiError> {
     let auth = authenticate(&state, &headers).await?;
     let (req, request) = parse_request(&body, state.config.chat.max_output_tokens)?;
-    let actors = &state.actors;
-    let prompt_tokens = tokenizer::count_prompt(&request.messages);
-    let candidates = actors
-        .router
-        .candidates(
-            &auth.plan,
-            prompt_tokens,
+    let gens = &state.actors.gens;
+    let planned = gens
+        .plan(
+            payer(&auth),
+            &request.messages,
             Some(&req.model),
-            &actors.pricing,
-            &|p| actors.providers.contains(p),
+            request.max_tokens,
         )
-        .map_err(|e| match e {
-            RouteError::UnknownModel(m) => OaiError {
-                code: Some("model_not_found"),
-                ..OaiError::invalid(
-                    format!("The model `{m}` does not exist or you do not have access to it."),
-                    Some("model"),
-                )
-            },
-            RouteError::NoProvider => {
-                OaiError::server(StatusCode::SERVICE_UNAVAILABLE, "No provider is available.")
-            }
-        })?;
-    let payer = payer(&auth);
-    let worst = worst_case_micros(
-        &actors.pricing,
-        &candidates,
-        prompt_tokens,
-        request.max_tokens,
-    );
-    let reservation = actors.admission.admit(&payer, worst).await?;
-    let mut billing = Billing {
-        state: state.clone(),
-        auth,
-        payer,
-        reservation: Some(reservation),
-        provider: candidates[0].provider.clone(),
-        model: candidates[0].model.clone(),
-        prompt_tokens,
-        produced: 0,
-        reported: None,
+        .await
+        .map_err(plan_error)?;
+    let (tx, mut rx) = mpsc::channel::<GenEvent>(64);
+    let cancel = gens.cancel_token();
+    // Dropping the request (the client left) cancels the generation, which
+    // then bills what was produced.
+    let cancel_on_drop = cancel.clone().drop_guard();
+    let bill_to = BillTo {
+        user_id: auth.created_by,
+        ..BillTo::default()
     };
-    let routing = &state.config.routing;
-    let plan = Attempts {
-        candidates,
-        ttft: Duration::from_millis(routing.ttft_timeout_ms),
-        retries: routing.max_retries,
-        retry_base: Duration::from_millis(routing.retry_base_ms),
-        est_tokens: prompt_tokens + request.max_tokens,
-    };
-    let cancel = CancellationToken::new();
-    // Dropping this future (the client left) cancels an attempt in progress.
-    let _cancel_on_drop = cancel.clone().drop_guard();
-    let opened = match open_first(&actors.providers, &plan, &request, &cancel).await {
-        Ok(o) => o,
-        Err(OpenError::Cancelled) => {
-            return Err(OaiError::server(StatusCode::BAD_GATEWAY, "cancelled"));
-        }
-        Err(OpenError::Failed(last, _)) => {
-            billing.settle();
-            return Err(provider_error(&last));
+    gens.spawn(planned, request, bill_to, cancel, tx);
+    let model = match rx.recv().await {
+        Some(GenEvent::Started { model, .. }) => model,
+        Some(GenEvent::Ended(e)) => return Err(ending_error(&e, false)),
+        _ => {
+            return Err(OaiError::server(
+                StatusCode::BAD_GATEWAY,
+                "The generation ended unexpectedly.",
+            ));
         }
     };
-    log_served(&opened);
-    billing.provider.clone_from(&opened.candidate.provider);
-    billing.model.clone_from(&opened.candidate.model);
-    let id = format!("chatcmpl-{}", Uuid::now_v7().simple());
-    let created = chrono::Utc::now().timestamp();
-    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let mut events =
-        futures::stream::once(futures::future::ready(Ok(opened.first))).chain(opened.stream);
-    let lease = opened.lease;
-
+    let head = ChunkHead {
+        id: format!("chatcmpl-{}", Uuid::now_v7().simple()),
+        created: chrono::Utc::now().timestamp(),
+        model,
+    };
     if !req.stream {
         let mut text = String::new();
-        let mut finish = None;
-        while let Some(ev) = events.next().await {
+        while let Some(ev) = rx.recv().await {
             match ev {
-                Ok(StreamEvent::Token(t)) => {
-                    billing.produced += 1;
-                    text.push_str(&t);
+                GenEvent::Tokens(t) => t.iter().for_each(|t| text.push_str(t)),
+                GenEvent::Ended(e) if e.status == Status::Complete => {
+                    return Ok(Json(json!({
+                        "id": head.id, "object": "chat.completion", "created": head.created, "model": head.model,
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null,
+                                     "finish_reason": e.finish_reason}],
+                        "usage": usage_json(e.usage),
+                    }))
+                    .into_response());
                 }
-                Ok(StreamEvent::Usage(u)) => billing.reported = Some(u),
-                Ok(StreamEvent::Finish(r)) => {
-                    finish = Some(r);
-                    break;
-                }
-                Err(e) => {
-                    lease.report(crate::actors::provider::Outcome::Failure);
-                    billing.settle();
-                    return Err(OaiError::server(
-                        StatusCode::BAD_GATEWAY,
-                        format!("The provider failed mid-answer: {e}"),
-                    ));
-                }
+                GenEvent::Ended(e) => return Err(ending_error(&e, true)),
+                GenEvent::Started { .. } => {}
             }
         }
-        let (usage, _) = billing.settle();
-        lease.report(crate::actors::provider::Outcome::Success {
-            tokens: usage.output_tokens,
-        });
-        return Ok(Json(json!({
-            "id": id, "object": "chat.completion", "created": created, "model": billing.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null,
-                         "finish_reason": finish.unwrap_or_else(|| "stop".into())}],
-            "usage": usage_json(usage),
-        }))
-        .into_response());
+        return Err(OaiError::server(
+            StatusCode::BAD_GATEWAY,
+            "The generation ended unexpectedly.",
+        ));
     }
 
-    // Streaming: a task produces the chunks; the response only forwards them.
-    // When the client goes away the channel closes and the task stops, which
-    // drops the provider stream (closing the upstream request) and bills.
-    let (tx, rx) = mpsc::channel::<Event>(64);
-    let model = billing.model.clone();
-    tokio::spawn(async move {
-        let chunk = |delta: Value, finish: Option<&str>| {
-            Event::default().data(
-                json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                       "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
-                .to_string(),
-            )
-        };
-        if tx
-            .send(chunk(json!({"role": "assistant", "content": ""}), None))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        loop {
-            let ev = tokio::select! {
-                () = tx.closed() => {
-                    lease.report(crate::actors::provider::Outcome::Neutral { tokens: billing.produced });
-                    return; // Billing's drop settles for what was produced
-                }
-                ev = events.next() => ev,
+    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let opening = head.chunk(json!({"role": "assistant", "content": ""}), None);
+    let rest = futures::stream::unfold(
+        (rx, head, cancel_on_drop),
+        move |(mut rx, head, guard)| async move {
+            let events = match rx.recv().await? {
+                GenEvent::Tokens(t) => t
+                    .into_iter()
+                    .map(|t| head.chunk(json!({"content": t}), None))
+                    .collect(),
+                GenEvent::Ended(e) => head.ending(&e, include_usage),
+                GenEvent::Started { .. } => Vec::new(),
             };
-            match ev {
-                Some(Ok(StreamEvent::Token(t))) => {
-                    billing.produced += 1;
-                    if tx.send(chunk(json!({"content": t}), None)).await.is_err() {
-                        lease.report(crate::actors::provider::Outcome::Neutral {
-                            tokens: billing.produced,
-                        });
-                        return;
-                    }
-                }
-                Some(Ok(StreamEvent::Usage(u))) => billing.reported = Some(u),
-                Some(Ok(StreamEvent::Finish(reason))) => {
-                    let (usage, _) = billing.settle();
-                    lease.report(crate::actors::provider::Outcome::Success {
-                        tokens: usage.output_tokens,
-                    });
-                    let _ = tx.send(chunk(json!({}), Some(&reason))).await;
-                    if include_usage {
-                        let last = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                                          "choices": [], "usage": usage_json(usage)});
-                        let _ = tx.send(Event::default().data(last.to_string())).await;
-                    }
-                    let _ = tx.send(Event::default().data("[DONE]")).await;
-                    return;
-                }
-                Some(Err(e)) => {
-                    lease.report(crate::actors::provider::Outcome::Failure);
-                    billing.settle();
-                    let err = OaiError::server(
-                        StatusCode::BAD_GATEWAY,
-                        format!("The provider failed mid-answer: {e}"),
-                    );
-                    let _ = tx.send(Event::default().data(err.body().to_string())).await;
-                    return; // no [DONE]: the answer is truncated
-                }
-                None => {
-                    lease.report(crate::actors::provider::Outcome::Failure);
-                    billing.settle();
-                    let err = OaiError::server(
-                        StatusCode::BAD_GATEWAY,
-                        "The provider stream ended early.",
-                    );
-                    let _ = tx.send(Event::default().data(err.body().to_string())).await;
-                    return;
-                }
-            }
-        }
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
-    });
+            Some((futures::stream::iter(events), (rx, head, guard)))
+        },
+    )
+    .flatten();
+    let stream = futures::stream::once(futures::future::ready(opening))
+        .chain(rest)
+        .map(Ok::<_, Infallible>);
     Ok(Sse::new(stream).into_response())
 }
 
@@ -646,7 +525,7 @@ pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Respon
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    let actors = &state.actors;
+    let actors = &state.actors.gens;
     let mut data: Vec<Value> = actors
         .router
         .routes
@@ -730,27 +609,16 @@ async fn embed(state: AppState, headers: HeaderMap, body: Bytes) -> Result<Respo
             Some("input"),
         ));
     }
-    let payer = payer(&auth);
-    let reservation = state.actors.admission.admit(&payer, 0).await?;
-    let tokens: u32 = inputs.iter().map(|s| tokenizer::count_tokens(s)).sum();
     let embedder = Arc::clone(&state.embedder);
-    let result = embedder.embed(inputs).await;
-    let mut billing = Billing {
-        state: state.clone(),
-        auth,
-        payer,
-        reservation: Some(reservation),
-        provider: embedder.name().to_owned(),
-        model: embedder.model().to_owned(),
-        prompt_tokens: tokens,
-        produced: 0,
-        reported: Some(Usage {
-            input_tokens: if result.is_ok() { tokens } else { 0 },
-            output_tokens: 0,
-        }),
-    };
-    billing.settle();
-    let vectors = result.map_err(|e| provider_error(&e))?;
+    let Embedded { vectors, tokens } = state
+        .actors
+        .gens
+        .embed(payer(&auth), auth.created_by, &*embedder, inputs)
+        .await
+        .map_err(|e| match e {
+            EmbedError::Plan(e) => plan_error(e),
+            EmbedError::Provider(e) => provider_error(&e),
+        })?;
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()

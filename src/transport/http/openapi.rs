@@ -7,7 +7,7 @@ use utoipa::{
 };
 
 use super::{analytics, auth, chat_stream, chats, health, keys};
-use crate::app::AppState;
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(

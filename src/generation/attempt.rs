@@ -1,15 +1,16 @@
 //! Trying a request's candidates: each provider in the router's order, with
 //! jittered-backoff retries on the same provider and fallback to the next, but
-//! only until a first event arrives. The one place retries live; chats and the
-//! OpenAI-compatible API both open their streams here.
+//! only until a first event arrives. The one place retries live.
 
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{ChatRequest, EventStream, ProviderError, StreamEvent, router::Candidate};
-use crate::actors::provider::{Lease, Outcome, ProviderRegistry};
+use crate::{
+    actors::provider::{Lease, Outcome, ProviderRegistry},
+    providers::{ChatRequest, EventStream, ProviderError, StreamEvent, router::Candidate},
+};
 
 /// How to try the candidates of one request.
 #[derive(Debug, Clone)]

@@ -1,10 +1,14 @@
-//! The chat wire protocol (docs/PROTOCOL.md): JSON frames tagged by `type`,
+//! The chat event vocabulary and wire protocol (docs/PROTOCOL.md): JSON frames tagged by `type`,
 //! shared by the WebSocket and the SSE streams.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{error::ErrorCode, providers::Usage, store::messages::Message};
+use crate::{
+    error::{ApiError, ErrorCode},
+    providers::Usage,
+    store::messages::Message,
+};
 
 /// Client → server.
 #[derive(Debug, Deserialize)]
@@ -91,6 +95,32 @@ impl ServerFrame {
             chat_id: None,
             message_id: None,
         }
+    }
+
+    /// The one rendering of an error as a frame (WebSocket and SSE), with its
+    /// code and `retry_after`; the REST body is [`ApiError`]'s own.
+    pub fn from_error(e: &ApiError) -> Self {
+        Self::Error {
+            code: e.code,
+            message: e.message.clone(),
+            retry_after: e.retry_after_secs(),
+            chat_id: None,
+            message_id: None,
+        }
+    }
+
+    /// Ties an error frame to the chat and message it ends.
+    pub fn about(mut self, chat: Uuid, message: Uuid) -> Self {
+        if let Self::Error {
+            chat_id,
+            message_id,
+            ..
+        } = &mut self
+        {
+            *chat_id = Some(chat);
+            *message_id = Some(message);
+        }
+        self
     }
 
     /// The SSE event id: `seq` for messages, `seq:index` for deltas, `seq:done` for done,

@@ -1,0 +1,483 @@
+//! The chat actor: its handlers drive [`Turns`] and publish to the hub. A
+//! handler awaits only short Postgres statements (store a message, open an
+//! answer, replay to a subscriber); generations, their billing and their final
+//! write run in tracked tasks that report back as [`ChatMsg::Gen`].
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use uuid::Uuid;
+
+use super::{
+    Ack, Admitted, ChatDeps, ChatError, ChatMsg, Finished, GenUpdate, SendRequest, sink::ChatSink,
+    turns::Turns,
+};
+use crate::{
+    actors::{
+        hub::{Outbound, Subscriber},
+        registry::Pending,
+    },
+    error::ApiError,
+    generation::{BillTo, Ending, Planned},
+    protocol::ServerFrame,
+    providers::{ChatRequest, PromptMessage, ProviderError, pricing::micros_to_usd},
+    store::{
+        self,
+        messages::{self, Message},
+    },
+};
+
+/// Most messages replayed on one subscribe; older history is paged over REST.
+const REPLAY_LIMIT: i64 = 1000;
+
+pub struct ChatActor;
+
+pub struct ChatArgs {
+    pub chat_id: Uuid,
+    pub deps: Arc<ChatDeps>,
+    pub pending: Pending,
+    /// A previous actor of this chat crashed: answers it left streaming must be failed.
+    pub recovering: bool,
+}
+
+/// An accepted message waiting for its answer.
+pub(super) struct Queued {
+    user_message: Message,
+    req: SendRequest,
+    planned: Planned,
+    /// The prompt read before the hop, when it is known to be still exact.
+    prompt: Option<Vec<PromptMessage>>,
+}
+
+pub struct ChatState {
+    chat_id: Uuid,
+    deps: Arc<ChatDeps>,
+    pending: Pending,
+    turns: Turns<Queued>,
+    last_active: Instant,
+    /// Parent of every generation's token: dropping the state (stop, kill,
+    /// panic) cancels whatever is still generating, which then bills itself.
+    generations: CancellationToken,
+    _cancel_on_drop: DropGuard,
+}
+
+impl ChatState {
+    fn publish(&self, frame: &ServerFrame) {
+        let event_id = frame.event_id(|id| {
+            self.turns
+                .current()
+                .filter(|r| r.message.id == id)
+                .map(|r| r.message.seq)
+        });
+        self.deps
+            .hub
+            .publish(self.chat_id, &Outbound::new(frame, event_id));
+    }
+
+    fn message_frame(&self, message: Message) -> ServerFrame {
+        ServerFrame::Message {
+            chat_id: self.chat_id,
+            seq: message.seq,
+            message,
+            deltas_included: None,
+        }
+    }
+
+    /// A message as it stands now: the running answer carries its text so far
+    /// and how many deltas that covers.
+    fn snapshot(&self, mut m: Message) -> ServerFrame {
+        let mut deltas_included = None;
+        if let Some((text, deltas)) = self.turns.progress(m.id) {
+            m.content = text.to_owned();
+            deltas_included = Some(deltas);
+        }
+        ServerFrame::Message {
+            chat_id: self.chat_id,
+            seq: m.seq,
+            message: m,
+            deltas_included,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct StartFailure(pub ChatError);
+
+impl Actor for ChatActor {
+    type Msg = ChatMsg;
+    type State = ChatState;
+    type Arguments = ChatArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<ChatMsg>,
+        args: ChatArgs,
+    ) -> Result<ChatState, ActorProcessingErr> {
+        let exists = store::chats::exists(&args.deps.db, args.chat_id)
+            .await
+            .map_err(|_| StartFailure(ChatError::Unavailable))?;
+        if !exists {
+            return Err(StartFailure(ChatError::NotFound).into());
+        }
+        let generations = args.deps.gens.cancel_token();
+        let state = ChatState {
+            chat_id: args.chat_id,
+            pending: args.pending,
+            turns: Turns::default(),
+            last_active: Instant::now(),
+            _cancel_on_drop: generations.clone().drop_guard(),
+            generations,
+            deps: args.deps,
+        };
+        // Answers a crashed incarnation left streaming end as failed, with the
+        // text saved so far; subscribers are told. A first start has none (the
+        // server's start-up sweep covered the last run), so it skips the query.
+        if args.recovering {
+            let interrupted = messages::fail_interrupted(&state.deps.db, Some(state.chat_id))
+                .await
+                .map_err(|_| StartFailure(ChatError::Unavailable))?;
+            for m in interrupted {
+                tracing::warn!(chat_id = %state.chat_id, message_id = %m.id, "answer interrupted by a restart: marked failed");
+                let id = m.id;
+                state.publish(&state.message_frame(m));
+                let err = ApiError::new(
+                    crate::error::ErrorCode::ProviderUnavailable,
+                    "the answer was interrupted; send again to retry",
+                );
+                state.publish(&ServerFrame::from_error(&err).about(state.chat_id, id));
+            }
+        }
+        me.send_interval(
+            Duration::from_millis(state.deps.config.checkpoint_ms.max(50)),
+            || ChatMsg::Tick,
+        );
+        crate::actors::live("chat", 1.0);
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<ChatMsg>,
+        s: &mut ChatState,
+    ) -> Result<(), ActorProcessingErr> {
+        if s.turns.current().is_some() {
+            metrics::gauge!("switchboard_streams_active").decrement(1.0);
+        }
+        // The running answer is cancelled by the drop guard and bills itself;
+        // answers still waiting release their reservations as they drop.
+        let waiting = s.turns.drain();
+        if !waiting.is_empty() {
+            tracing::info!(chat_id = %s.chat_id, count = waiting.len(), "chat stopped with answers waiting: reservations released");
+        }
+        crate::actors::live("chat", -1.0);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<ChatMsg>,
+        msg: ChatMsg,
+        s: &mut ChatState,
+    ) -> Result<(), ActorProcessingErr> {
+        crate::actors::handled("chat");
+        match msg {
+            ChatMsg::Subscribe {
+                sub,
+                since_seq,
+                reply,
+            } => {
+                s.pending.dequeued("chat");
+                s.last_active = Instant::now();
+                let _ = reply.send(subscribe(s, sub, since_seq).await);
+            }
+            ChatMsg::Unsubscribe {
+                conn,
+                cancel_if_origin,
+            } => {
+                s.deps.hub.remove(s.chat_id, conn);
+                if cancel_if_origin {
+                    s.turns.cancel_if_origin(conn);
+                }
+            }
+            ChatMsg::Send {
+                req,
+                admitted,
+                reply,
+            } => {
+                s.pending.dequeued("chat");
+                s.last_active = Instant::now();
+                let taken = admitted.lock().ok().and_then(|mut a| a.take());
+                let Some(admitted) = taken else {
+                    let _ = reply.send(Err(ChatError::Unavailable));
+                    return Ok(());
+                };
+                let _ = reply.send(accept(&me, s, *req, admitted).await);
+            }
+            ChatMsg::Cancel { message_id, reply } => {
+                let r = if s.turns.cancel(message_id) {
+                    Ok(())
+                } else {
+                    Err(ChatError::NoSuchGeneration)
+                };
+                let _ = reply.send(r);
+            }
+            ChatMsg::Gen { gen_id, update } => {
+                s.last_active = Instant::now();
+                on_update(&me, s, gen_id, update).await;
+            }
+            ChatMsg::Tick => {
+                checkpoint(s);
+                let idle = Duration::from_secs(s.deps.config.idle_timeout_secs);
+                if s.turns.is_idle()
+                    && s.pending.depth() == 0
+                    && s.deps.hub.subscriber_count(s.chat_id) == 0
+                    && s.last_active.elapsed() >= idle
+                {
+                    me.stop(Some("idle".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn subscribe(
+    s: &mut ChatState,
+    sub: Subscriber,
+    since_seq: Option<i64>,
+) -> Result<(), ChatError> {
+    // Replay and registration happen in one handler: nothing is published in
+    // between, so the client sees no gap and no duplicate.
+    if let Some(since) = since_seq {
+        let missed = messages::list_after(&s.deps.db, s.chat_id, since.max(0), REPLAY_LIMIT)
+            .await
+            .map_err(|_| ChatError::Unavailable)?;
+        for m in missed {
+            let frame = s.snapshot(m);
+            if !sub.push(Outbound::new(&frame, frame.event_id(|_| None))) {
+                return Err(ChatError::SlowConsumer);
+            }
+        }
+    } else if let Some(r) = s.turns.current() {
+        // Joining mid-answer without a seq: the answer so far, then its deltas.
+        let frame = s.snapshot(r.message.clone());
+        if !sub.push(Outbound::new(&frame, frame.event_id(|_| None))) {
+            return Err(ChatError::SlowConsumer);
+        }
+    }
+    s.deps.hub.add(s.chat_id, sub);
+    Ok(())
+}
+
+/// Stores the user's message under the next seq, acks it and queues its answer.
+async fn accept(
+    me: &ActorRef<ChatMsg>,
+    s: &mut ChatState,
+    req: SendRequest,
+    admitted: Admitted,
+) -> Result<Ack, ChatError> {
+    let db = &s.deps.db;
+    let stored =
+        messages::insert_user(db, s.chat_id, req.author, &req.client_msg_id, &req.content).await;
+    let user_message = match stored {
+        Ok(m) => m,
+        // Another node (or an earlier call) stored it first; the admitted
+        // generation is dropped and its reservation released.
+        Err(e) if store::is_unique_violation(&e, "messages_chat_id_client_msg_id_key") => {
+            return match messages::by_client_msg_id(db, s.chat_id, &req.client_msg_id).await {
+                Ok(Some(m)) => Ok(Ack::duplicate(req.client_msg_id, &m)),
+                _ => Err(ChatError::Unavailable),
+            };
+        }
+        Err(sqlx::Error::Database(d)) if d.is_foreign_key_violation() => {
+            return Err(ChatError::NotFound);
+        }
+        Err(e) => {
+            tracing::error!(chat_id = %s.chat_id, error = %e, "cannot store user message");
+            return Err(ChatError::Unavailable);
+        }
+    };
+    let ack = Ack {
+        client_msg_id: req.client_msg_id.clone(),
+        message_id: user_message.id,
+        seq: user_message.seq,
+        duplicate: false,
+    };
+    // The prompt read before the hop is exact only if nothing was stored in between.
+    let exact = s.turns.is_idle() && user_message.seq == admitted.read_at_seq + 1;
+    s.publish(&s.message_frame(user_message.clone()));
+    s.turns.push(Queued {
+        user_message,
+        req,
+        planned: admitted.planned,
+        prompt: exact.then_some(admitted.prompt),
+    });
+    start_next(me, s).await;
+    Ok(ack)
+}
+
+/// Starts the next queued answer if none is running.
+async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
+    while let Some(mut q) = s.turns.next() {
+        let deps = s.deps.clone();
+        let prompt = match q.prompt.take() {
+            Some(p) => Ok(p),
+            None => messages::prompt_history(&deps.db, s.chat_id, deps.config.history_messages)
+                .await
+                .map(super::handle::to_prompt),
+        };
+        // The answer row is opened only once its prompt is in hand.
+        let first = q.planned.first().clone();
+        let opened = match prompt {
+            Ok(p) => messages::insert_assistant(
+                &deps.db,
+                s.chat_id,
+                q.user_message.id,
+                &first.provider,
+                &first.model,
+            )
+            .await
+            .map(|a| (p, a)),
+            Err(e) => Err(e),
+        };
+        let (prompt, assistant) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(chat_id = %s.chat_id, error = %e, "cannot open answer");
+                let err = ApiError::new(
+                    crate::error::ErrorCode::Unavailable,
+                    "storage unavailable; send again to retry",
+                );
+                s.publish(&ServerFrame::from_error(&err).about(s.chat_id, q.user_message.id));
+                continue;
+            }
+        };
+        let request = ChatRequest {
+            model: first.model,
+            messages: prompt,
+            max_tokens: q.planned.max_tokens,
+            ..ChatRequest::default()
+        };
+        let cancel = s.generations.child_token();
+        let gen_id = s
+            .turns
+            .start(assistant.clone(), q.req.origin, cancel.clone());
+        s.publish(&s.message_frame(assistant.clone()));
+        metrics::gauge!("switchboard_streams_active").increment(1.0);
+        let bill_to = BillTo {
+            user_id: Some(q.req.author),
+            chat_id: Some(s.chat_id),
+            message_id: Some(assistant.id),
+        };
+        let sink = ChatSink {
+            actor: me.clone(),
+            gen_id,
+            db: deps.db.clone(),
+            hub: deps.hub.clone(),
+            chat_id: s.chat_id,
+            message_id: assistant.id,
+            text: String::new(),
+        };
+        deps.gens.spawn(q.planned, request, bill_to, cancel, sink);
+        return;
+    }
+}
+
+async fn on_update(me: &ActorRef<ChatMsg>, s: &mut ChatState, gen_id: u64, update: GenUpdate) {
+    match update {
+        GenUpdate::Started { provider, model } => {
+            if let Some(r) = s.turns.running(gen_id) {
+                r.message.provider = Some(provider);
+                r.message.model = Some(model);
+            }
+        }
+        GenUpdate::Delta { text } => {
+            if let Some(d) = s.turns.append(gen_id, &text) {
+                s.publish(&ServerFrame::Delta {
+                    chat_id: s.chat_id,
+                    message_id: d.message_id,
+                    index: d.index,
+                    text,
+                });
+            }
+        }
+        GenUpdate::Ended(finished) => {
+            let Finished { ending, stored } = *finished;
+            let Some(run) = s.turns.end(gen_id) else {
+                return;
+            };
+            metrics::gauge!("switchboard_streams_active").decrement(1.0);
+            publish_end(s, &run.message, ending, stored);
+            start_next(me, s).await;
+        }
+    }
+}
+
+/// Tells subscribers how the answer ended: `done`, or the failed row and an `error`.
+fn publish_end(s: &ChatState, answer: &Message, e: Ending, stored: Option<Message>) {
+    tracing::info!(chat_id = %s.chat_id, message_id = %answer.id, provider = %e.provider, model = %e.model,
+        status = e.status.as_str(), input_tokens = e.usage.input_tokens, output_tokens = e.usage.output_tokens,
+        cost_micros = e.cost_micros, "answer finished");
+    let frame = match &e.error {
+        None => ServerFrame::Done {
+            chat_id: s.chat_id,
+            message_id: answer.id,
+            usage: e.usage,
+            cost_micros: e.cost_micros,
+            cost_usd: micros_to_usd(e.cost_micros),
+            provider: e.provider,
+            model: e.model,
+            finish_reason: e.finish_reason,
+        },
+        Some(err) => {
+            if let Some(m) = stored {
+                s.publish(&s.message_frame(m));
+            }
+            ServerFrame::from_error(&answer_failed(err)).about(s.chat_id, answer.id)
+        }
+    };
+    // `done` is published after the answer stopped being current: give it the seq explicitly.
+    let event_id = Some(format!("{}:done", answer.seq));
+    s.deps
+        .hub
+        .publish(s.chat_id, &Outbound::new(&frame, event_id));
+}
+
+fn answer_failed(e: &ProviderError) -> ApiError {
+    let mut err = ApiError::new(
+        crate::error::ErrorCode::ProviderUnavailable,
+        format!("the answer failed: {}", e.public()),
+    );
+    if let ProviderError::RateLimited { retry_after_secs } = e {
+        err.retry_after = retry_after_secs.map(Duration::from_secs);
+    }
+    err
+}
+
+/// Saves the running answer's text if it grew since the last save; off the actor.
+fn checkpoint(s: &mut ChatState) {
+    if let Some((id, text)) = s.turns.checkpoint_due() {
+        let db = s.deps.db.clone();
+        s.deps.gens.tasks.spawn(async move {
+            if let Err(e) = messages::checkpoint(&db, id, &text).await {
+                tracing::warn!(message_id = %id, error = %e, "checkpoint failed");
+            }
+        });
+    }
+}
+
+impl Ack {
+    pub(super) fn duplicate(client_msg_id: String, m: &Message) -> Self {
+        Self {
+            client_msg_id,
+            message_id: m.id,
+            seq: m.seq,
+            duplicate: true,
+        }
+    }
+}

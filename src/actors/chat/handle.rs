@@ -1,0 +1,198 @@
+//! [`ChatRegistry`]: how transports reach chat actors. A `send` is validated,
+//! de-duplicated, checked for membership, planned and admitted (limits and
+//! the budget reservation, under the plan of the workspace that owns the
+//! chat, read fresh) in the caller's task; only then does it hop to the actor.
+
+use std::sync::{Arc, Mutex};
+
+use ractor::{ActorRef, rpc::CallResult};
+use uuid::Uuid;
+
+use super::{Ack, Admitted, ChatError, ChatMsg, SendRequest, supervisor::ChatSupervisorMsg};
+use crate::{
+    actors::{
+        hub::{ChatHub, ConnId, Subscriber},
+        registry::{CALL_TIMEOUT, Registry},
+    },
+    admission::Payer,
+    config::ChatConfig,
+    generation::Generations,
+    providers::PromptMessage,
+    store::{self, messages},
+};
+
+/// What every chat actor and the registry share.
+pub struct ChatDeps {
+    pub db: sqlx::PgPool,
+    pub hub: ChatHub,
+    pub gens: Generations,
+    pub config: ChatConfig,
+}
+
+/// Finds a chat's actor, starting it on first use; never two per chat.
+#[derive(Clone)]
+pub struct ChatRegistry {
+    pub(super) actors: Registry<Uuid, ChatMsg, ChatError>,
+    deps: Arc<ChatDeps>,
+}
+
+pub(super) fn to_prompt(rows: Vec<(String, String)>) -> Vec<PromptMessage> {
+    rows.into_iter()
+        .map(|(role, content)| PromptMessage { role, content })
+        .collect()
+}
+
+fn storage_error(chat_id: Uuid, e: &sqlx::Error) -> ChatError {
+    tracing::error!(%chat_id, error = %e, "chat storage failed");
+    ChatError::Unavailable
+}
+
+impl ChatRegistry {
+    pub(crate) fn new(mailbox_limit: usize, deps: Arc<ChatDeps>) -> Self {
+        Self {
+            actors: Registry::new("chat", Some(mailbox_limit)),
+            deps,
+        }
+    }
+
+    pub(crate) fn deps(&self) -> &Arc<ChatDeps> {
+        &self.deps
+    }
+
+    pub(crate) fn set_supervisor(&self, sup: ActorRef<ChatSupervisorMsg>) {
+        self.actors.set_supervisor(sup);
+    }
+
+    fn validate(&self, req: &SendRequest) -> Result<(), ChatError> {
+        if req.client_msg_id.is_empty() || req.client_msg_id.len() > 128 {
+            return Err(ChatError::Invalid(
+                "client_msg_id: must be 1 to 128 characters".into(),
+            ));
+        }
+        if req.content.trim().is_empty() {
+            return Err(ChatError::Invalid("content: must not be empty".into()));
+        }
+        let max = self.deps.config.max_message_chars;
+        if req.content.chars().count() > max {
+            return Err(ChatError::Invalid(format!(
+                "content: longer than {max} characters"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stores the user's message and queues its answer; a resend of a
+    /// `client_msg_id` answers the first ack before any limit is counted.
+    pub async fn send(&self, chat_id: Uuid, req: SendRequest) -> Result<Ack, ChatError> {
+        self.validate(&req)?;
+        let db = &self.deps.db;
+        let err = |e: sqlx::Error| storage_error(chat_id, &e);
+        let payer = store::chats::payer_for_member(db, req.author, chat_id)
+            .await
+            .map_err(err)?
+            .ok_or(ChatError::NotFound)?;
+        if let Some(m) = messages::by_client_msg_id(db, chat_id, &req.client_msg_id)
+            .await
+            .map_err(err)?
+        {
+            return Ok(Ack::duplicate(req.client_msg_id, &m));
+        }
+        let cfg = &self.deps.config;
+        let history = messages::prompt_history(db, chat_id, cfg.history_messages)
+            .await
+            .map_err(err)?;
+        let mut prompt = to_prompt(history);
+        prompt.push(PromptMessage {
+            role: "user".to_owned(),
+            content: req.content.clone(),
+        });
+        let keep = usize::try_from(cfg.history_messages).unwrap_or(usize::MAX);
+        let prompt = prompt.split_off(prompt.len().saturating_sub(keep));
+        let planned = self
+            .deps
+            .gens
+            .plan(
+                Payer {
+                    workspace_id: payer.workspace_id,
+                    user_id: Some(req.author),
+                    api_key: None,
+                    plan: payer.plan,
+                },
+                &prompt,
+                req.model.as_deref(),
+                cfg.max_output_tokens,
+            )
+            .await?;
+        let slot = Arc::new(Mutex::new(Some(Admitted {
+            planned,
+            prompt,
+            read_at_seq: payer.last_seq,
+        })));
+        self.actors
+            .call(chat_id, |reply| ChatMsg::Send {
+                req: Box::new(req.clone()),
+                admitted: slot.clone(),
+                reply,
+            })
+            .await
+    }
+
+    pub async fn subscribe(
+        &self,
+        chat_id: Uuid,
+        sub: Subscriber,
+        since_seq: Option<i64>,
+    ) -> Result<(), ChatError> {
+        self.actors
+            .call(chat_id, |reply| ChatMsg::Subscribe {
+                sub: sub.clone(),
+                since_seq,
+                reply,
+            })
+            .await
+    }
+
+    pub fn unsubscribe(&self, chat_id: Uuid, conn: ConnId, cancel_if_origin: bool) {
+        self.deps.hub.remove(chat_id, conn);
+        if let Some(h) = self.actors.get(&chat_id) {
+            let _ = h.actor.cast(ChatMsg::Unsubscribe {
+                conn,
+                cancel_if_origin,
+            });
+        }
+    }
+
+    pub async fn cancel(&self, chat_id: Uuid, message_id: Uuid) -> Result<(), ChatError> {
+        // Only a live actor can have a running answer; don't start one to say no.
+        let Some(h) = self.actors.get(&chat_id) else {
+            return Err(ChatError::NoSuchGeneration);
+        };
+        match h
+            .actor
+            .call(
+                |reply| ChatMsg::Cancel { message_id, reply },
+                Some(CALL_TIMEOUT),
+            )
+            .await
+        {
+            Ok(CallResult::Success(r)) => r,
+            _ => Err(ChatError::NoSuchGeneration),
+        }
+    }
+
+    /// The live actor of a chat, if any (operations and tests).
+    pub fn actor(&self, chat_id: Uuid) -> Option<ActorRef<ChatMsg>> {
+        self.actors.get(&chat_id).map(|h| h.actor)
+    }
+
+    /// Stops a chat's actor (the chat was deleted); its answer bills itself.
+    pub fn stop(&self, chat_id: Uuid) {
+        if let Some(h) = self.actors.remove(&chat_id) {
+            h.actor.stop(Some("deleted".into()));
+        }
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.actors.len()
+    }
+}

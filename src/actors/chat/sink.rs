@@ -1,0 +1,139 @@
+//! The generation's side of a chat: forwards its events to the chat actor and,
+//! at the end, stores the answer's final state itself (retrying until it
+//! lands), so a deleted chat, a stopped actor or a shutdown still leaves the
+//! row final and the usage billed.
+//!
+//! An answer whose actor died (a crash or a kill cancels it) is stored as
+//! `failed`/`interrupted` and its subscribers are told here, since no actor
+//! will; if the restarted actor got to the row first, it told them instead.
+
+use std::time::Duration;
+
+use ractor::{ActorRef, ActorStatus};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{ChatMsg, Finished, GenUpdate};
+use crate::{
+    actors::hub::{ChatHub, Outbound},
+    error::{ApiError, ErrorCode},
+    generation::{Ending, GenEvent, Sink, Status},
+    protocol::ServerFrame,
+    store::messages::{self, Message},
+};
+
+/// How long the final write of an answer keeps retrying.
+const FINALIZE_FOR: Duration = Duration::from_secs(30);
+
+pub(super) struct ChatSink {
+    pub actor: ActorRef<ChatMsg>,
+    pub gen_id: u64,
+    pub db: PgPool,
+    pub hub: ChatHub,
+    pub chat_id: Uuid,
+    pub message_id: Uuid,
+    /// The answer so far, for the final write.
+    pub text: String,
+}
+
+impl ChatSink {
+    fn tell(&self, update: GenUpdate) -> bool {
+        self.actor
+            .cast(ChatMsg::Gen {
+                gen_id: self.gen_id,
+                update,
+            })
+            .is_ok()
+    }
+}
+
+impl ChatSink {
+    /// The answer is failed and no actor is left to say so.
+    fn tell_subscribers(&self, m: Message) {
+        let id = m.id;
+        let seq = m.seq;
+        let update = ServerFrame::Message {
+            chat_id: self.chat_id,
+            seq,
+            message: m,
+            deltas_included: None,
+        };
+        let err = ApiError::new(
+            ErrorCode::ProviderUnavailable,
+            "the answer was interrupted; send again to retry",
+        );
+        let end = ServerFrame::from_error(&err).about(self.chat_id, id);
+        self.hub
+            .publish(self.chat_id, &Outbound::new(&update, Some(seq.to_string())));
+        self.hub.publish(
+            self.chat_id,
+            &Outbound::new(&end, Some(format!("{seq}:done"))),
+        );
+    }
+}
+
+impl Sink for ChatSink {
+    async fn deliver(&mut self, event: GenEvent) -> bool {
+        match event {
+            GenEvent::Started {
+                provider, model, ..
+            } => self.tell(GenUpdate::Started { provider, model }),
+            GenEvent::Tokens(tokens) => {
+                let text = tokens.concat();
+                self.text.push_str(&text);
+                self.tell(GenUpdate::Delta { text })
+            }
+            GenEvent::Ended(mut ending) => {
+                let orphaned = matches!(
+                    self.actor.get_status(),
+                    ActorStatus::Stopping | ActorStatus::Stopped
+                );
+                if orphaned && ending.status == Status::Cancelled {
+                    ending.status = Status::Failed;
+                    "interrupted".clone_into(&mut ending.finish_reason);
+                }
+                let stored = finalize(&self.db, self.message_id, &ending, &self.text).await;
+                if orphaned {
+                    if let Some(m) = stored {
+                        self.tell_subscribers(m);
+                    }
+                    return false;
+                }
+                self.tell(GenUpdate::Ended(Box::new(Finished { ending, stored })))
+            }
+        }
+    }
+}
+
+/// Writes the answer's final state, with backoff, until it lands or time is up
+/// (then the start-up sweep fails the row; the usage is already billed).
+async fn finalize(db: &PgPool, id: Uuid, e: &Ending, text: &str) -> Option<Message> {
+    let outcome = messages::Outcome {
+        status: e.status.as_str(),
+        provider: &e.provider,
+        model: &e.model,
+        content: text,
+        finish_reason: &e.finish_reason,
+        input_tokens: i32::try_from(e.usage.input_tokens).unwrap_or(i32::MAX),
+        output_tokens: i32::try_from(e.usage.output_tokens).unwrap_or(i32::MAX),
+        cost_micros: e.cost_micros,
+    };
+    let started = tokio::time::Instant::now();
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match messages::finalize(db, id, &outcome).await {
+            Ok(m) => return Some(m),
+            // Deleted with its chat, or already failed by a restarted actor.
+            Err(sqlx::Error::RowNotFound) => return None,
+            Err(err) if started.elapsed() < FINALIZE_FOR => {
+                tracing::warn!(message_id = %id, error = %err, "cannot finalize answer; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(err) => {
+                tracing::error!(message_id = %id, error = %err, "cannot finalize answer: gave up");
+                return None;
+            }
+        }
+    }
+}

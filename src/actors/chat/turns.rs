@@ -1,0 +1,240 @@
+//! The chat's turn-taking as a pure state machine, tested without a runtime:
+//! accepted messages wait in order, one answer runs at a time, and the running
+//! answer's text and delta count are what a subscriber joining mid-answer sees.
+//! Generic over what a queued turn carries, so the actor's types stay out.
+
+use std::collections::VecDeque;
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{actors::hub::ConnId, store::messages::Message};
+
+/// The answer being generated.
+#[derive(Debug)]
+pub struct Running {
+    pub id: u64,
+    /// The assistant row (status `streaming`).
+    pub message: Message,
+    pub origin: Option<ConnId>,
+    pub text: String,
+    /// Deltas published so far; the next delta's index.
+    pub deltas: u32,
+    pub cancel: CancellationToken,
+    /// Text length at the last checkpoint.
+    pub saved_len: usize,
+}
+
+#[derive(Debug)]
+pub struct Turns<Q> {
+    queue: VecDeque<Q>,
+    current: Option<Running>,
+    next_gen: u64,
+}
+
+impl<Q> Default for Turns<Q> {
+    fn default() -> Self {
+        Self {
+            queue: VecDeque::new(),
+            current: None,
+            next_gen: 0,
+        }
+    }
+}
+
+/// A delta to publish.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Delta {
+    pub message_id: Uuid,
+    pub index: u32,
+}
+
+impl<Q> Turns<Q> {
+    /// Nothing running and nothing waiting.
+    pub fn is_idle(&self) -> bool {
+        self.current.is_none() && self.queue.is_empty()
+    }
+
+    pub fn push(&mut self, turn: Q) {
+        self.queue.push_back(turn);
+    }
+
+    /// The next turn to start, when none is running.
+    pub fn next(&mut self) -> Option<Q> {
+        if self.current.is_some() {
+            return None;
+        }
+        self.queue.pop_front()
+    }
+
+    /// Makes `message` the running answer; answers its generation id.
+    pub fn start(
+        &mut self,
+        message: Message,
+        origin: Option<ConnId>,
+        cancel: CancellationToken,
+    ) -> u64 {
+        self.next_gen += 1;
+        self.current = Some(Running {
+            id: self.next_gen,
+            message,
+            origin,
+            text: String::new(),
+            deltas: 0,
+            cancel,
+            saved_len: 0,
+        });
+        self.next_gen
+    }
+
+    pub fn current(&self) -> Option<&Running> {
+        self.current.as_ref()
+    }
+
+    /// The running answer if `gen_id` is still it (late events of an ended one are ignored).
+    pub fn running(&mut self, gen_id: u64) -> Option<&mut Running> {
+        self.current.as_mut().filter(|r| r.id == gen_id)
+    }
+
+    /// Appends text to the running answer; the delta to publish.
+    pub fn append(&mut self, gen_id: u64, text: &str) -> Option<Delta> {
+        let r = self.running(gen_id)?;
+        r.text.push_str(text);
+        let index = r.deltas;
+        r.deltas += 1;
+        Some(Delta {
+            message_id: r.message.id,
+            index,
+        })
+    }
+
+    /// Ends the running answer if it is `gen_id`.
+    pub fn end(&mut self, gen_id: u64) -> Option<Running> {
+        if self.current.as_ref().is_some_and(|r| r.id == gen_id) {
+            self.current.take()
+        } else {
+            None
+        }
+    }
+
+    /// Cancels the running answer if it is `message_id`.
+    pub fn cancel(&self, message_id: Uuid) -> bool {
+        match &self.current {
+            Some(r) if r.message.id == message_id => {
+                r.cancel.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Cancels the running answer if `conn` asked for it.
+    pub fn cancel_if_origin(&self, conn: ConnId) {
+        if let Some(r) = &self.current
+            && r.origin == Some(conn)
+        {
+            r.cancel.cancel();
+        }
+    }
+
+    /// The running answer's text and delta count, if `message_id` is it.
+    pub fn progress(&self, message_id: Uuid) -> Option<(&str, u32)> {
+        self.current
+            .as_ref()
+            .filter(|r| r.message.id == message_id)
+            .map(|r| (r.text.as_str(), r.deltas))
+    }
+
+    /// The running answer's id and text when it grew since the last checkpoint.
+    pub fn checkpoint_due(&mut self) -> Option<(Uuid, String)> {
+        let r = self.current.as_mut()?;
+        if r.text.len() == r.saved_len {
+            return None;
+        }
+        r.saved_len = r.text.len();
+        Some((r.message.id, r.text.clone()))
+    }
+
+    /// Everything still waiting (the chat is stopping).
+    pub fn drain(&mut self) -> Vec<Q> {
+        self.queue.drain(..).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(seq: i64) -> Message {
+        Message {
+            id: Uuid::now_v7(),
+            chat_id: Uuid::nil(),
+            seq,
+            role: "assistant".into(),
+            author_id: None,
+            reply_to: None,
+            client_msg_id: None,
+            content: String::new(),
+            status: "streaming".into(),
+            provider: None,
+            model: None,
+            finish_reason: None,
+            input_tokens: None,
+            output_tokens: None,
+            cost_micros: None,
+            created_at: chrono::Utc::now(),
+            completed_at: None,
+        }
+    }
+
+    #[test]
+    fn one_answer_at_a_time_in_arrival_order() {
+        let mut t = Turns::default();
+        assert!(t.is_idle());
+        t.push("a");
+        t.push("b");
+        assert_eq!(t.next(), Some("a"));
+        let g = t.start(answer(2), None, CancellationToken::new());
+        assert_eq!(t.next(), None, "b waits while a's answer runs");
+        assert!(!t.is_idle());
+        assert!(t.end(g + 1).is_none(), "a stale generation ends nothing");
+        assert!(t.end(g).is_some());
+        assert_eq!(t.next(), Some("b"));
+        assert_eq!(t.next(), None);
+    }
+
+    #[test]
+    fn deltas_are_numbered_and_late_events_ignored() {
+        let mut t: Turns<()> = Turns::default();
+        let m = answer(2);
+        let id = m.id;
+        let g = t.start(m, Some(7), CancellationToken::new());
+        assert_eq!(
+            t.append(g, "Hel"),
+            Some(Delta {
+                message_id: id,
+                index: 0
+            })
+        );
+        assert_eq!(t.append(g, "lo").map(|d| d.index), Some(1));
+        assert_eq!(t.append(g + 1, "x"), None);
+        assert_eq!(t.progress(id), Some(("Hello", 2)));
+        assert_eq!(t.checkpoint_due(), Some((id, "Hello".to_owned())));
+        assert_eq!(t.checkpoint_due(), None, "nothing new since");
+    }
+
+    #[test]
+    fn cancel_hits_only_the_running_answer_or_its_origin() {
+        let mut t: Turns<()> = Turns::default();
+        let token = CancellationToken::new();
+        let m = answer(2);
+        let id = m.id;
+        t.start(m, Some(7), token.clone());
+        assert!(!t.cancel(Uuid::now_v7()));
+        t.cancel_if_origin(8);
+        assert!(!token.is_cancelled());
+        t.cancel_if_origin(7);
+        assert!(token.is_cancelled());
+        assert!(t.cancel(id));
+    }
+}

@@ -1,0 +1,117 @@
+//! Planning a generation: route the request, count its prompt, reserve its
+//! worst case and admit it against the payer's limits, before anything is
+//! stored or any provider is called.
+
+use crate::{
+    admission::{AdmitError, Payer},
+    budget::Reservation,
+    providers::{
+        PromptMessage,
+        router::{Candidate, RouteError, worst_case_micros},
+        tokenizer,
+    },
+};
+
+use super::Generations;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
+    Admit(#[from] AdmitError),
+}
+
+/// An admitted generation that has not started: it holds a budget
+/// reservation, which is released if it is dropped unstarted.
+pub struct Planned {
+    gens: Generations,
+    pub payer: Payer,
+    /// The router's candidates, in the order they will be tried.
+    pub candidates: Vec<Candidate>,
+    /// The prompt as counted by the tokenizer (what is billed when a provider reports no usage).
+    pub prompt_tokens: u32,
+    pub max_tokens: u32,
+    /// What was reserved: the prompt plus `max_tokens` at the dearest candidate's price.
+    pub worst_micros: i64,
+    reservation: Option<Reservation>,
+}
+
+impl Generations {
+    /// Routes, counts and admits one generation for `payer`.
+    pub async fn plan(
+        &self,
+        payer: Payer,
+        prompt: &[PromptMessage],
+        requested_model: Option<&str>,
+        max_tokens: u32,
+    ) -> Result<Planned, PlanError> {
+        let prompt_tokens = tokenizer::count_prompt(prompt);
+        let providers = &self.providers;
+        let candidates = self.router.candidates(
+            &payer.plan,
+            prompt_tokens,
+            requested_model,
+            &self.pricing,
+            &|p| providers.contains(p),
+        )?;
+        let worst_micros = worst_case_micros(&self.pricing, &candidates, prompt_tokens, max_tokens);
+        let reservation = self.admission.admit(&payer, worst_micros).await?;
+        Ok(Planned {
+            gens: self.clone(),
+            payer,
+            candidates,
+            prompt_tokens,
+            max_tokens,
+            worst_micros,
+            reservation: Some(reservation),
+        })
+    }
+}
+
+impl Planned {
+    /// A generation admitted by other means (an embedding request).
+    pub(super) fn admitted(
+        gens: Generations,
+        payer: Payer,
+        candidates: Vec<Candidate>,
+        (prompt_tokens, max_tokens): (u32, u32),
+        worst_micros: i64,
+        reservation: Reservation,
+    ) -> Self {
+        Self {
+            gens,
+            payer,
+            candidates,
+            prompt_tokens,
+            max_tokens,
+            worst_micros,
+            reservation: Some(reservation),
+        }
+    }
+
+    /// The first candidate: who is expected to answer.
+    pub fn first(&self) -> &Candidate {
+        &self.candidates[0]
+    }
+
+    pub(super) fn take_reservation(&mut self) -> Option<Reservation> {
+        self.reservation.take()
+    }
+}
+
+impl Drop for Planned {
+    /// Never started (the message was a duplicate, storage failed, the chat
+    /// went away): nothing was produced, so the reservation settles at zero.
+    fn drop(&mut self) {
+        let Some(res) = self.reservation.take() else {
+            return;
+        };
+        let (admission, payer) = (self.gens.admission.clone(), self.payer.clone());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.gens
+                .tasks
+                .spawn(async move { admission.settle(&payer, res, 0, 0).await });
+        }
+    }
+}

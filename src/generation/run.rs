@@ -1,0 +1,134 @@
+//! Running one planned generation: open a provider, stream to the sink, bill.
+//! Once a token has gone out nothing switches provider: a failure ends the
+//! answer as failed. Tokens already waiting are delivered together, so a fast
+//! provider costs fewer frames downstream.
+
+use futures::{FutureExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    BillTo, GenEvent, Generations, Planned, Sink, Status,
+    attempt::{OpenError, Opened, log_served, open_first},
+    billing::Bill,
+};
+use crate::providers::{ChatRequest, ProviderError, StreamEvent};
+
+/// Most tokens delivered in one event.
+const COALESCE: usize = 64;
+
+/// How the stream ended: status, finish reason, error.
+type End = (Status, String, Option<ProviderError>);
+
+pub(super) async fn run(
+    gens: Generations,
+    mut planned: Planned,
+    request: ChatRequest,
+    to: BillTo,
+    cancel: CancellationToken,
+    mut sink: impl Sink,
+) {
+    let attempts = gens.attempts(&planned);
+    let max_tokens = planned.max_tokens;
+    let mut bill = Bill::open(gens.clone(), &mut planned, to);
+    drop(planned);
+    let opened = match open_first(&gens.providers, &attempts, &request, &cancel).await {
+        Ok(o) => o,
+        Err(e) => {
+            let ending = match e {
+                OpenError::Cancelled => {
+                    bill.close(None, Status::Cancelled, "cancelled", None).await
+                }
+                OpenError::Failed(last, _) => {
+                    bill.close(None, Status::Failed, "error", Some(last)).await
+                }
+            };
+            sink.deliver(GenEvent::Ended(ending)).await;
+            return;
+        }
+    };
+    log_served(&opened);
+    let Opened {
+        candidate,
+        lease,
+        mut stream,
+        first,
+        fell_back_from,
+    } = opened;
+    bill.provider.clone_from(&candidate.provider);
+    bill.model.clone_from(&candidate.model);
+    bill.fell_back = !fell_back_from.is_empty();
+    let started = GenEvent::Started {
+        provider: candidate.provider,
+        model: candidate.model,
+        fell_back: bill.fell_back,
+    };
+    let mut listening = sink.deliver(started).await;
+    let mut pending = Some(Some(Ok(first)));
+    let (status, reason, error): End = loop {
+        if !listening {
+            break (Status::Cancelled, "cancelled".into(), None);
+        }
+        let head = match pending.take() {
+            Some(ev) => ev,
+            None => tokio::select! {
+                biased;
+                () = cancel.cancelled() => break (Status::Cancelled, "cancelled".into(), None),
+                ev = stream.next() => ev,
+            },
+        };
+        let mut ready = vec![head];
+        while ready.len() < COALESCE
+            && matches!(ready.last(), Some(Some(Ok(StreamEvent::Token(_)))))
+        {
+            match stream.next().now_or_never() {
+                Some(ev) => ready.push(ev),
+                None => break,
+            }
+        }
+        let mut tokens = Vec::new();
+        let mut end: Option<End> = None;
+        for ev in ready {
+            match ev {
+                Some(Ok(StreamEvent::Token(t))) => {
+                    // A provider that ignores max_tokens is cut off here: the
+                    // reservation covered max_tokens, not what it chose to send.
+                    if bill.produced + tokens.len() as u32 >= max_tokens {
+                        end = Some((Status::Complete, "length".into(), None));
+                        break;
+                    }
+                    tokens.push(t);
+                }
+                Some(Ok(StreamEvent::Usage(u))) => bill.reported = Some(u),
+                Some(Ok(StreamEvent::Finish(r))) => {
+                    end = Some((Status::Complete, r, None));
+                    break;
+                }
+                Some(Err(e)) => {
+                    end = Some((Status::Failed, "error".into(), Some(e)));
+                    break;
+                }
+                None => {
+                    let e = ProviderError::Disconnected;
+                    end = Some((Status::Failed, "error".into(), Some(e)));
+                    break;
+                }
+            }
+        }
+        if !tokens.is_empty() {
+            let n = tokens.len() as u32;
+            bill.produced += n;
+            metrics::counter!("switchboard_tokens_streamed_total").increment(u64::from(n));
+            listening = sink.deliver(GenEvent::Tokens(tokens)).await;
+        }
+        if let Some(end) = end {
+            break end;
+        }
+    };
+    // Closing the upstream request before billing: nothing more can arrive.
+    drop(stream);
+    let ending = bill.close(Some(&lease), status, &reason, error).await;
+    drop(lease);
+    // Delivered even to a sink that stopped listening: the chat's sink still
+    // has to store the answer's final state.
+    sink.deliver(GenEvent::Ended(ending)).await;
+}

@@ -1,0 +1,45 @@
+//! `AppState`: the shared, read-mostly state every transport handler gets.
+//! Built once by `app::App::build`; it sits below the transports and above
+//! the actors, so neither the app nor the transports import each other for it.
+
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+use crate::{
+    actors::Actors,
+    auth::tokens::TokenKeys,
+    config::{Config, Secret},
+    limits::WindowCounter,
+};
+
+/// Shared, read-mostly state handed to every handler.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+pub struct AppInner {
+    pub config: Config,
+    pub db: PgPool,
+    pub redis: ConnectionManager,
+    pub counters: WindowCounter,
+    pub tokens: TokenKeys,
+    pub amqp_url: Secret,
+    pub actors: Actors,
+    pub embedder: Arc<dyn crate::providers::embedding::Embedder>,
+    /// When each API key's `last_used_at` was last written by this node.
+    pub key_touches: dashmap::DashMap<uuid::Uuid, std::time::Instant>,
+}
+
+impl AppState {
+    pub fn new(inner: AppInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
