@@ -97,14 +97,6 @@ impl App {
         telemetry::install_metrics();
         let db = db_pool(&config)?;
         migrate(&db).await?;
-        // Answers left streaming by a previous run (killed mid-answer) end as failed.
-        let interrupted = crate::store::messages::fail_interrupted(&db, None).await?;
-        if !interrupted.is_empty() {
-            tracing::warn!(
-                count = interrupted.len(),
-                "answers interrupted by the last shutdown marked failed"
-            );
-        }
 
         let redis_url = config
             .redis
@@ -123,6 +115,15 @@ impl App {
         let tokens = TokenKeys::new(&config.auth);
         let amqp_url = config.amqp.url.clone().unwrap_or_else(|| Secret::new(""));
         let actors = Actors::start(&config, db.clone(), redis.clone(), counters.clone()).await?;
+        // Answers left streaming by a previous run (killed mid-answer) end as
+        // failed, billed for what they had saved.
+        let interrupted = actors.gens.recover_interrupted(&db).await?;
+        if interrupted > 0 {
+            tracing::warn!(
+                count = interrupted,
+                "answers interrupted by the last shutdown marked failed and billed"
+            );
+        }
 
         let embedder = crate::providers::embedding::configured(&config);
         let addr = format!("{}:{}", config.server.host, config.server.port);

@@ -4,16 +4,23 @@
 //! over WebSockets and SSE; every request is routed to the cheapest adequate
 //! provider and held to rate limits and budgets. See docs/ARCHITECTURE.md.
 //!
-//! ## A tour
-//! - [`config`]: layered settings and their validation (every problem at once).
-//! - [`app`]: `App::build(config)` → `local_addr()` → `run_until(signal)`.
-//! - [`transport`]: the HTTP surface (one router per resource) and its layers.
+//! ## A tour, bottom layer first (docs/ARCHITECTURE.md draws the layers)
+//! - [`config`]: layered settings, the price table, validation (every problem at once).
+//! - [`error`]: the error-code table behind every REST error and WS/SSE error frame.
+//! - [`protocol`]: the chat event vocabulary, the frames both streaming doors speak.
 //! - [`auth`]: credentials, argon2id hashing, JWT access and rotating refresh tokens.
-//! - [`limits`]: fixed-window counters shared through Redis, per node when it is down.
-//! - [`admission`]: per-minute limits and the budget reservation for each generation.
-//! - [`budget`]: cost budgets: reserve the worst case, settle the real cost, alert at thresholds.
 //! - [`store`]: thin SQL over Postgres; the schema is in `migrations/`.
-//! - [`error`]: the error-code table behind every REST error and WS error frame.
+//! - [`limits`]: fixed-window counters shared through Redis, per node when it is down.
+//! - [`budget`]: cost budgets: reserve the worst case, settle the real cost, alert at thresholds.
+//! - [`admission`]: per-minute limits and the budget reservation for each generation.
+//! - [`providers`]: one trait for chat providers (simulated, OpenAI-compatible,
+//!   Anthropic, Cloudflare), embedders, the router, the tokenizer.
+//! - [`actors`] (lower half): provider actors, the usage writer, the chat hub, the registry.
+//! - [`generation`]: one generation's life — plan, attempts, stream, bill — for every door.
+//! - [`actors`] (upper half): chat and user actors and the supervision tree.
+//! - [`state`]: `AppState`, what every handler gets.
+//! - [`transport`]: the HTTP surface (one router per resource) and the WebSocket protocol.
+//! - [`app`]: `App::build(config)` → `local_addr()` → `run_until(signal)`.
 //! - [`telemetry`]: tracing logs and the Prometheus recorder.
 
 pub mod actors;

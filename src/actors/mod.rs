@@ -37,10 +37,10 @@ use sqlx::PgPool;
 use crate::{
     admission::Admission,
     budget::{BudgetLedger, LedgerConfig},
-    config::Config,
+    config::{Config, pricing::PriceTable},
     generation::{self, Generations},
     limits::WindowCounter,
-    providers::{self, pricing::PriceTable, router::Router},
+    providers::{self, router::Router},
 };
 
 pub(crate) fn live(kind: &'static str, delta: f64) {
@@ -113,7 +113,7 @@ pub enum ActorStartError {
     #[error("actor spawn failed: {0}")]
     Spawn(#[from] ractor::SpawnErr),
     #[error("price table: {0}")]
-    Pricing(#[from] crate::providers::pricing::PricingError),
+    Pricing(#[from] crate::config::pricing::PricingError),
 }
 
 impl Actors {
@@ -136,22 +136,7 @@ impl Actors {
         };
 
         let providers = provider::ProviderRegistry::default();
-        let configured: Vec<provider::ProviderSpec> = providers::configured(config)
-            .into_iter()
-            .map(|p| {
-                let l = config.providers.limits_for(p.name());
-                provider::ProviderSpec {
-                    provider: p,
-                    limits: provider::ProviderLimits {
-                        concurrency: l.concurrency,
-                        rpm: l.rpm,
-                        tpm: l.tpm,
-                        breaker_failures: l.breaker_failures,
-                        breaker_cooldown: Duration::from_secs(l.breaker_cooldown_secs),
-                    },
-                }
-            })
-            .collect();
+        let configured = provider_specs(config);
         Actor::spawn_linked(
             None,
             provider::ProviderSupervisor,
@@ -179,51 +164,8 @@ impl Actors {
         .await?;
         users.set_supervisor(user_sup);
 
-        let node_id = config
-            .routing
-            .node_id
-            .clone()
-            .unwrap_or_else(|| format!("{}:{}", hostname(), config.server.port));
-        let ledger = BudgetLedger::new(
-            redis,
-            db.clone(),
-            counters.clone(),
-            LedgerConfig {
-                prefix: config.redis.key_prefix.clone(),
-                node_id,
-                reservation_ttl: Duration::from_secs(config.routing.reservation_ttl_secs),
-                global_daily_micros: config.alerts.global_daily_micros,
-                global_monthly_micros: config.alerts.global_monthly_micros,
-            },
-        );
-        let released = ledger.release_node_reservations().await;
-        if released > 0 {
-            tracing::info!(
-                released,
-                "released budget reservations left by this node's last run"
-            );
-        }
-        let admission = Admission::new(counters, ledger, config.plans.clone(), db.clone());
-        let router = Router {
-            routes: config
-                .routes
-                .iter()
-                .map(|(name, chain)| {
-                    (
-                        name.clone(),
-                        chain
-                            .iter()
-                            .filter_map(|c| Router::parse_candidate(c))
-                            .collect(),
-                    )
-                })
-                .collect(),
-            free_tier: config.providers.free_tier_list(),
-            paid_tier: config.providers.paid_tier_list(),
-            default_models: config.providers.models.clone().into_iter().collect(),
-            prefer_cheapest: config.routing.prefer_cheapest,
-            complex_prompt_tokens: config.routing.complex_prompt_tokens,
-        };
+        let admission = admission(config, redis, db.clone(), counters).await;
+        let router = Router::from_config(config);
 
         let gens = Generations::new(generation::Inner {
             providers,
@@ -277,6 +219,60 @@ impl Actors {
             .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
             .await;
     }
+}
+
+/// Each configured provider with its limits, for the provider supervisor.
+fn provider_specs(config: &Config) -> Vec<provider::ProviderSpec> {
+    providers::configured(config)
+        .into_iter()
+        .map(|p| {
+            let l = config.providers.limits_for(p.name());
+            provider::ProviderSpec {
+                provider: p,
+                limits: provider::ProviderLimits {
+                    concurrency: l.concurrency,
+                    rpm: l.rpm,
+                    tpm: l.tpm,
+                    breaker_failures: l.breaker_failures,
+                    breaker_cooldown: Duration::from_secs(l.breaker_cooldown_secs),
+                },
+            }
+        })
+        .collect()
+}
+
+/// Limits and the budget ledger; releases what this node reserved before it last stopped.
+async fn admission(
+    config: &Config,
+    redis: redis::aio::ConnectionManager,
+    db: PgPool,
+    counters: WindowCounter,
+) -> Admission {
+    let node_id = config
+        .routing
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", hostname(), config.server.port));
+    let ledger = BudgetLedger::new(
+        redis,
+        db.clone(),
+        counters.clone(),
+        LedgerConfig {
+            prefix: config.redis.key_prefix.clone(),
+            node_id,
+            reservation_ttl: Duration::from_secs(config.routing.reservation_ttl_secs),
+            global_daily_micros: config.alerts.global_daily_micros,
+            global_monthly_micros: config.alerts.global_monthly_micros,
+        },
+    );
+    let released = ledger.release_node_reservations().await;
+    if released > 0 {
+        tracing::info!(
+            released,
+            "released budget reservations left by this node's last run"
+        );
+    }
+    Admission::new(counters, ledger, config.plans.clone(), db)
 }
 
 fn hostname() -> String {

@@ -10,27 +10,16 @@
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use sqlx::{PgPool, QueryBuilder};
-use uuid::Uuid;
+use sqlx::PgPool;
+
+use crate::store::usage;
 
 const BATCH: usize = 200;
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// Held events beyond this are dropped with an error log: the alternative is unbounded memory.
 const MAX_HELD: usize = 100_000;
 
-#[derive(Debug, Clone)]
-pub struct UsageEvent {
-    pub workspace_id: Uuid,
-    pub user_id: Option<Uuid>,
-    pub api_key_id: Option<Uuid>,
-    pub chat_id: Option<Uuid>,
-    pub message_id: Option<Uuid>,
-    pub provider: String,
-    pub model: String,
-    pub input_tokens: i32,
-    pub output_tokens: i32,
-    pub cost_micros: i64,
-}
+pub use crate::store::usage::UsageEvent;
 
 pub enum UsageMsg {
     Record(UsageEvent),
@@ -105,30 +94,10 @@ fn unreachable(e: &sqlx::Error) -> bool {
     !matches!(e, sqlx::Error::Database(_))
 }
 
-async fn insert(db: &PgPool, events: &[UsageEvent]) -> Result<(), sqlx::Error> {
-    let mut qb = QueryBuilder::new(
-        "insert into usage_events (id, workspace_id, user_id, api_key_id, chat_id, message_id, provider, model, input_tokens, output_tokens, cost_micros) ",
-    );
-    qb.push_values(events, |mut b, e| {
-        b.push_bind(Uuid::now_v7())
-            .push_bind(e.workspace_id)
-            .push_bind(e.user_id)
-            .push_bind(e.api_key_id)
-            .push_bind(e.chat_id)
-            .push_bind(e.message_id)
-            .push_bind(&e.provider)
-            .push_bind(&e.model)
-            .push_bind(e.input_tokens)
-            .push_bind(e.output_tokens)
-            .push_bind(e.cost_micros);
-    });
-    qb.build().execute(db).await.map(|_| ())
-}
-
 async fn flush(s: &mut UsageState) {
     while !s.held.is_empty() {
         let n = s.held.len().min(BATCH);
-        match insert(&s.db, &s.held[..n]).await {
+        match usage::insert(&s.db, &s.held[..n]).await {
             Ok(()) => {
                 s.held.drain(..n);
                 metrics::counter!("switchboard_usage_events_written_total").increment(n as u64);
@@ -141,7 +110,7 @@ async fn flush(s: &mut UsageState) {
                 tracing::warn!(error = %e, "usage batch refused; writing its rows one by one");
                 let batch: Vec<UsageEvent> = s.held.drain(..n).collect();
                 for (i, event) in batch.iter().enumerate() {
-                    match insert(&s.db, std::slice::from_ref(event)).await {
+                    match usage::insert(&s.db, std::slice::from_ref(event)).await {
                         Ok(()) => {
                             metrics::counter!("switchboard_usage_events_written_total")
                                 .increment(1);

@@ -21,6 +21,7 @@ mod attempt;
 mod billing;
 mod embedding;
 mod plan;
+mod recover;
 mod run;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -37,8 +38,8 @@ pub use self::{
 use crate::{
     actors::{persistence::UsageMsg, provider::ProviderRegistry},
     admission::Admission,
-    config::RoutingConfig,
-    providers::{ChatRequest, ProviderError, Usage, pricing::PriceTable, router::Router},
+    config::{RoutingConfig, pricing::PriceTable},
+    providers::{ChatRequest, ProviderError, Usage, router::Router},
 };
 
 /// What a generation tells whoever started it.

@@ -11,7 +11,7 @@ use super::{
     attempt::{OpenError, Opened, log_served, open_first},
     billing::Bill,
 };
-use crate::providers::{ChatRequest, ProviderError, StreamEvent};
+use crate::providers::{ChatRequest, EventStream, ProviderError, StreamEvent};
 
 /// Most tokens delivered in one event.
 const COALESCE: usize = 64;
@@ -62,9 +62,43 @@ pub(super) async fn run(
         model: candidate.model,
         fell_back: bill.fell_back,
     };
-    let mut listening = sink.deliver(started).await;
+    let listening = sink.deliver(started).await;
+    let (status, reason, error) = if listening {
+        relay(
+            &mut sink,
+            &mut stream,
+            first,
+            &cancel,
+            &mut bill,
+            max_tokens,
+        )
+        .await
+    } else {
+        (Status::Cancelled, "cancelled".into(), None)
+    };
+    // Closing the upstream request before billing: nothing more can arrive.
+    drop(stream);
+    let ending = bill.close(Some(&lease), status, &reason, error).await;
+    drop(lease);
+    // Delivered even to a sink that stopped listening: the chat's sink still
+    // has to store the answer's final state.
+    sink.deliver(GenEvent::Ended(ending)).await;
+}
+
+/// Streams tokens to the sink until the provider ends, fails, is cut at
+/// `max_tokens`, or the generation is cancelled (by its owner or because the
+/// sink stopped listening).
+async fn relay(
+    sink: &mut impl Sink,
+    stream: &mut EventStream,
+    first: StreamEvent,
+    cancel: &CancellationToken,
+    bill: &mut Bill,
+    max_tokens: u32,
+) -> End {
+    let mut listening = true;
     let mut pending = Some(Some(Ok(first)));
-    let (status, reason, error): End = loop {
+    loop {
         if !listening {
             break (Status::Cancelled, "cancelled".into(), None);
         }
@@ -123,12 +157,5 @@ pub(super) async fn run(
         if let Some(end) = end {
             break end;
         }
-    };
-    // Closing the upstream request before billing: nothing more can arrive.
-    drop(stream);
-    let ending = bill.close(Some(&lease), status, &reason, error).await;
-    drop(lease);
-    // Delivered even to a sink that stopped listening: the chat's sink still
-    // has to store the answer's final state.
-    sink.deliver(GenEvent::Ended(ending)).await;
+    }
 }

@@ -8,7 +8,6 @@ pub mod anthropic;
 pub mod cloudflare;
 pub mod embedding;
 pub mod openai;
-pub mod pricing;
 pub mod router;
 pub mod simulated;
 pub mod tokenizer;
@@ -34,12 +33,8 @@ pub struct ChatRequest {
     pub stop: Vec<String>,
 }
 
-/// Tokens in and out of one generation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Usage {
-    pub input_tokens: u32,
-    pub output_tokens: u32,
-}
+/// Tokens in and out of one generation (defined with the prices that turn it into money).
+pub use crate::config::pricing::Usage;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamEvent {

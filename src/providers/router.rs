@@ -13,7 +13,8 @@
 
 use std::collections::HashMap;
 
-use super::{Usage, pricing::PriceTable};
+use super::Usage;
+use crate::config::pricing::PriceTable;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -43,10 +44,33 @@ pub struct Router {
 }
 
 impl Router {
+    /// The routes, tiers and default models of the settings.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            routes: config
+                .routes
+                .iter()
+                .map(|(name, chain)| {
+                    (
+                        name.clone(),
+                        chain
+                            .iter()
+                            .filter_map(|c| Router::parse_candidate(c))
+                            .collect(),
+                    )
+                })
+                .collect(),
+            free_tier: config.providers.free_tier_list(),
+            paid_tier: config.providers.paid_tier_list(),
+            default_models: config.providers.models.clone().into_iter().collect(),
+            prefer_cheapest: config.routing.prefer_cheapest,
+            complex_prompt_tokens: config.routing.complex_prompt_tokens,
+        }
+    }
+
     /// Parses `provider:model` entries of a route.
     pub fn parse_candidate(s: &str) -> Option<Candidate> {
-        let (provider, model) = s.split_once(':')?;
-        (!provider.is_empty() && !model.is_empty()).then(|| Candidate {
+        crate::config::route_entry(s).map(|(provider, model)| Candidate {
             provider: provider.to_owned(),
             model: model.to_owned(),
         })
@@ -165,7 +189,7 @@ pub fn worst_case_micros(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::pricing::ModelPrice;
+    use crate::config::pricing::ModelPrice;
 
     fn pricing() -> PriceTable {
         let mut t = PriceTable::default();

@@ -6,39 +6,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{
     ChatProvider, ChatRequest, EventStream, ProviderError, StreamEvent, Usage, estimate_tokens,
 };
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct SimulatedConfig {
-    /// Delay before the first token.
-    pub ttft_ms: u64,
-    /// Delay between tokens.
-    pub token_delay_ms: u64,
-    /// Tokens in an answer (capped by the request's `max_tokens`).
-    pub reply_tokens: u32,
-    /// Share of generations that fail, 0.0 to 1.0: half before the first token, half midway.
-    pub failure_rate: f64,
-}
-
-impl Default for SimulatedConfig {
-    fn default() -> Self {
-        Self {
-            ttft_ms: 150,
-            token_delay_ms: 20,
-            reply_tokens: 60,
-            failure_rate: 0.0,
-        }
-    }
-}
-
-pub struct SimulatedProvider {
-    config: SimulatedConfig,
-}
+pub use crate::config::SimulatedConfig;
 
 const WORDS: &[&str] = &[
     "switchboard",
@@ -78,6 +51,10 @@ const WORDS: &[&str] = &[
     "last",
     "seq",
 ];
+
+pub struct SimulatedProvider {
+    config: SimulatedConfig,
+}
 
 /// The deterministic answer to a prompt: `n` tokens, each a word and a space.
 pub fn reply_tokens(prompt: &str, n: u32) -> Vec<String> {

@@ -103,18 +103,19 @@ pub async fn by_client_msg_id(
     .await
 }
 
-/// Opens an assistant answer as `streaming` under the chat's next seq.
+/// Opens an assistant answer as `streaming` under the chat's next seq, with
+/// its prompt's token count (what a crash-interrupted answer is billed for input).
 pub async fn insert_assistant(
     db: &PgPool,
     chat_id: Uuid,
     reply_to: Uuid,
-    provider: &str,
-    model: &str,
+    (provider, model): (&str, &str),
+    prompt_tokens: i32,
 ) -> Result<Message, sqlx::Error> {
     sqlx::query_as(concat!(
         "with next as (update chats set last_seq = last_seq + 1, updated_at = now() where id = $1 returning last_seq)
-         insert into messages (id, chat_id, seq, role, reply_to, content, status, provider, model)
-         select $2, $1, next.last_seq, 'assistant', $3, '', 'streaming', $4, $5 from next
+         insert into messages (id, chat_id, seq, role, reply_to, content, status, provider, model, input_tokens)
+         select $2, $1, next.last_seq, 'assistant', $3, '', 'streaming', $4, $5, $6 from next
          returning ",
         message_columns!()
     ))
@@ -123,6 +124,7 @@ pub async fn insert_assistant(
     .bind(reply_to)
     .bind(provider)
     .bind(model)
+    .bind(prompt_tokens)
     .fetch_one(db)
     .await
 }
@@ -170,6 +172,54 @@ pub async fn finalize(db: &PgPool, id: Uuid, o: &Outcome<'_>) -> Result<Message,
     .bind(o.model)
     .fetch_one(db)
     .await
+}
+
+/// An answer a crashed process left `streaming`, with who pays for it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Interrupted {
+    #[sqlx(flatten)]
+    pub message: Message,
+    pub workspace_id: Uuid,
+    /// The author of the message it answers.
+    pub user_id: Option<Uuid>,
+}
+
+/// Marks every answer left `streaming` as `failed`/`interrupted` (server
+/// start), answering each with its chat's workspace and its asker.
+pub async fn fail_all_interrupted(
+    tx: &mut sqlx::PgConnection,
+) -> Result<Vec<Interrupted>, sqlx::Error> {
+    sqlx::query_as(
+        "update messages m set status = 'failed', finish_reason = 'interrupted', completed_at = now()
+         from chats c
+         where m.status = 'streaming' and c.id = m.chat_id
+         returning m.id, m.chat_id, m.seq, m.role, m.author_id, m.reply_to, m.client_msg_id, m.content,
+                   m.status, m.provider, m.model, m.finish_reason, m.input_tokens, m.output_tokens,
+                   m.cost_micros, m.created_at, m.completed_at, c.workspace_id,
+                   (select u.author_id from messages u where u.id = m.reply_to) as user_id",
+    )
+    .fetch_all(&mut *tx)
+    .await
+}
+
+/// Records what an answer was billed.
+pub async fn set_billed(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+    input_tokens: i32,
+    output_tokens: i32,
+    cost_micros: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update messages set input_tokens = $2, output_tokens = $3, cost_micros = $4 where id = $1",
+    )
+    .bind(id)
+    .bind(input_tokens)
+    .bind(output_tokens)
+    .bind(cost_micros)
+    .execute(&mut *tx)
+    .await
+    .map(|_| ())
 }
 
 /// Marks answers left `streaming` by a crash as `failed`, keeping their saved text.

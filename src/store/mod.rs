@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod chats;
 pub mod messages;
 pub mod refresh_tokens;
+pub mod usage;
 pub mod users;
 pub mod workspaces;
 

@@ -120,37 +120,47 @@ async fn authenticate(state: &AppState, socket: &mut WebSocket) -> Result<Uuid, 
     }
 }
 
-async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) {
+/// Authenticates (unless the upgrade did) and registers the socket with the
+/// user's actor; on refusal says why and closes.
+async fn admit(
+    state: &AppState,
+    socket: &mut WebSocket,
+    user: Option<Uuid>,
+) -> Option<(Uuid, ConnId)> {
     let user_id = match user {
         Some(u) => u,
-        None => match authenticate(&state, &mut socket).await {
+        None => match authenticate(state, socket).await {
             Ok(u) => u,
             Err(why) => {
                 let _ = socket
                     .send(text(&ServerFrame::error(ErrorCode::Unauthorized, why)))
                     .await;
                 let _ = socket.send(close(CLOSE_UNAUTHORIZED, why)).await;
-                return;
+                return None;
             }
         },
     };
-    let actors = &state.actors;
-    let conn = actors.hub.new_conn_id();
-    match actors.users.connect(user_id, conn).await {
-        Ok(()) => {}
-        Err(e) => {
-            let _ = socket
-                .send(text(&ServerFrame::error(
-                    ErrorCode::RateLimited,
-                    e.to_string(),
-                )))
-                .await;
-            let _ = socket
-                .send(close(CLOSE_POLICY, "too many connections"))
-                .await;
-            return;
-        }
+    let conn = state.actors.hub.new_conn_id();
+    if let Err(e) = state.actors.users.connect(user_id, conn).await {
+        let _ = socket
+            .send(text(&ServerFrame::error(
+                ErrorCode::RateLimited,
+                e.to_string(),
+            )))
+            .await;
+        let _ = socket
+            .send(close(CLOSE_POLICY, "too many connections"))
+            .await;
+        return None;
     }
+    Some((user_id, conn))
+}
+
+async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) {
+    let Some((user_id, conn)) = admit(&state, &mut socket, user).await else {
+        return;
+    };
+    let actors = &state.actors;
     metrics::gauge!("switchboard_ws_connections").increment(1.0);
 
     let (tx, rx) = mpsc::channel::<Outbound>(state.config.ws.outbound_queue);
@@ -185,7 +195,30 @@ async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) 
         subscribed: HashSet::new(),
         allowed: HashSet::new(),
     };
-    let limit = state.config.ws.max_frame_bytes;
+    read_loop(&mut session, &mut stream, &close_tx, started, &last_seen).await;
+
+    // Unsubscribe first so nothing more is queued, then let the writer finish.
+    for chat_id in session.subscribed.drain() {
+        actors
+            .chats
+            .unsubscribe(chat_id, conn, state.config.chat.cancel_on_disconnect);
+    }
+    actors.users.disconnect(user_id, conn);
+    drop(session);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    metrics::gauge!("switchboard_ws_connections").decrement(1.0);
+}
+
+/// Reads the client's frames until it goes, misbehaves past closing, or its
+/// queue overflows; each frame is handled before the next is read.
+async fn read_loop(
+    session: &mut Session,
+    stream: &mut futures::stream::SplitStream<WebSocket>,
+    close_tx: &mpsc::Sender<(u16, &'static str)>,
+    started: Instant,
+    last_seen: &AtomicU64,
+) {
+    let limit = session.state.config.ws.max_frame_bytes;
     loop {
         let msg = tokio::select! {
             m = stream.next() => m,
@@ -222,17 +255,6 @@ async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) 
             }
         }
     }
-
-    // Unsubscribe first so nothing more is queued, then let the writer finish.
-    for chat_id in session.subscribed.drain() {
-        actors
-            .chats
-            .unsubscribe(chat_id, conn, state.config.chat.cancel_on_disconnect);
-    }
-    actors.users.disconnect(user_id, conn);
-    drop(session);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-    metrics::gauge!("switchboard_ws_connections").decrement(1.0);
 }
 
 struct WriterTiming {

@@ -5,7 +5,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::disallowed_methods,
-    reason = "a test fails by panicking, helpers included; tests own their tasks"
+    clippy::too_many_lines,
+    reason = "a test fails by panicking, helpers included; tests own their tasks; a scenario reads best whole"
 )]
 
 mod auth;
@@ -16,6 +17,7 @@ mod generation;
 mod health;
 mod helpers;
 mod http_basics;
+mod ledger;
 mod mock_llm;
 mod openai_api;
 mod providers;

@@ -192,6 +192,10 @@ impl Recorded {
 
 #[derive(Default)]
 struct Shared {
+    /// A provider that ignores the request's `max_tokens` (many OpenAI-compatible servers do).
+    ignore_max_tokens: std::sync::atomic::AtomicBool,
+    /// Added to every reported prompt-token count: a provider that counts more than we did.
+    extra_input_tokens: std::sync::atomic::AtomicU64,
     default: Mutex<Behavior>,
     queue: Mutex<VecDeque<Behavior>>,
     requests: Mutex<Vec<Recorded>>,
@@ -257,6 +261,18 @@ impl MockLlm {
     }
 
     /// The behaviour of every request the queue does not cover.
+    /// From now on, streams past the request's `max_tokens`.
+    pub fn ignore_max_tokens(&self) {
+        self.shared.ignore_max_tokens.store(true, Ordering::Relaxed);
+    }
+
+    /// From now on, reports `extra` more prompt tokens than the prompt has words.
+    pub fn over_report_input(&self, extra: u64) {
+        self.shared
+            .extra_input_tokens
+            .store(extra, Ordering::Relaxed);
+    }
+
     pub fn set(&self, behavior: Behavior) {
         *self.shared.default.lock().unwrap() = behavior;
     }
@@ -416,13 +432,15 @@ async fn respond(
     let wire = Wire {
         api,
         model,
-        input_tokens: prompt_words(&recorded.body),
+        input_tokens: prompt_words(&recorded.body)
+            + shared.extra_input_tokens.load(Ordering::Relaxed),
         include_usage: api != Api::OpenAi
             || recorded.body["stream_options"]["include_usage"].as_bool() == Some(true),
         max_tokens: recorded.body["max_completion_tokens"]
             .as_u64()
             .or_else(|| recorded.body["max_tokens"].as_u64())
-            .map(|n| n as usize),
+            .map(|n| n as usize)
+            .filter(|_| !shared.ignore_max_tokens.load(Ordering::Relaxed)),
     };
     if !streaming && api != Api::Cloudflare {
         return wire.whole(behavior);

@@ -21,10 +21,11 @@ use crate::{
         hub::{Outbound, Subscriber},
         registry::Pending,
     },
+    config::pricing::micros_to_usd,
     error::ApiError,
     generation::{BillTo, Ending, Planned},
     protocol::ServerFrame,
-    providers::{ChatRequest, PromptMessage, ProviderError, pricing::micros_to_usd},
+    providers::{ChatRequest, PromptMessage, ProviderError},
     store::{
         self,
         messages::{self, Message},
@@ -338,8 +339,8 @@ async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
                 &deps.db,
                 s.chat_id,
                 q.user_message.id,
-                &first.provider,
-                &first.model,
+                (&first.provider, &first.model),
+                i32::try_from(q.planned.prompt_tokens).unwrap_or(i32::MAX),
             )
             .await
             .map(|a| (p, a)),

@@ -27,7 +27,7 @@ use uuid::Uuid;
 use super::extract::{ApiJson, ApiPath, ApiQuery, AuthUser};
 use crate::{
     actors::{
-        chat::SendRequest,
+        chat::{Ack, SendRequest},
         hub::{ConnId, Outbound, Subscriber},
     },
     error::{ApiError, ApiResult, ErrorCode},
@@ -156,7 +156,7 @@ pub async fn send_message(
     store::chats::get_for_user(&state.db, user.id, chat_id)
         .await?
         .ok_or_else(|| ApiError::not_found("chat"))?;
-    let mut sub = subscribe(&state, user.id, chat_id, None).await?;
+    let sub = subscribe(&state, user.id, chat_id, None).await?;
     let req = SendRequest {
         author: user.id,
         client_msg_id: body
@@ -181,67 +181,9 @@ pub async fn send_message(
     }
 
     if wants_sse(&headers) {
-        let ack_frame = ServerFrame::Ack {
-            client_msg_id: ack.client_msg_id,
-            message_id: ack.message_id,
-            seq: ack.seq,
-        };
-        let first = sse_event(&Outbound::new(&ack_frame, Some(ack.seq.to_string())));
-        let stream = futures::stream::unfold(
-            (sub, watch, VecDeque::from([first]), false),
-            |(mut sub, mut watch, mut pre, mut ended)| async move {
-                if let Some(ev) = pre.pop_front() {
-                    return Some((Ok::<_, Infallible>(ev), (sub, watch, pre, ended)));
-                }
-                if ended {
-                    return None;
-                }
-                let out = tokio::select! {
-                    o = sub.rx.recv() => o?,
-                    () = sub.overflow.cancelled() => {
-                        let f = ServerFrame::error(ErrorCode::SlowConsumer, "reading too slowly");
-                        return Some((Ok(sse_event(&Outbound::new(&f, None))), (sub, watch, pre, true)));
-                    }
-                };
-                ended = watch.observe(&out);
-                Some((Ok(sse_event(&out)), (sub, watch, pre, ended)))
-            },
-        );
-        return Ok(Sse::new(stream)
-            .keep_alive(KeepAlive::default())
-            .into_response());
+        return Ok(sse_answer(sub, watch, ack));
     }
-
-    let wait = async {
-        loop {
-            let out = tokio::select! {
-                o = sub.rx.recv() => o,
-                () = sub.overflow.cancelled() => None,
-            };
-            let Some(out) = out else {
-                return Err(ApiError::new(
-                    ErrorCode::Unavailable,
-                    "the chat stopped answering; retry",
-                ));
-            };
-            if watch.observe(&out) {
-                return Ok(());
-            }
-        }
-    };
-    tokio::time::timeout(ANSWER_TIMEOUT, wait)
-        .await
-        .map_err(|_| ApiError::new(ErrorCode::ProviderUnavailable, "the answer took too long"))??;
-    let id = watch.assistant_id.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::ProviderUnavailable,
-            "no provider could answer; send again to retry",
-        )
-    })?;
-    let message = store::messages::by_id(&state.db, id)
-        .await?
-        .ok_or_else(|| ApiError::internal("finished answer not found"))?;
-    answer(message)
+    json_answer(&state, sub, watch).await
 }
 
 fn answer(m: Message) -> ApiResult<Response> {
@@ -299,4 +241,75 @@ pub async fn follow_events(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// The ack, then the chat's events until the answer to this message ends.
+fn sse_answer(sub: Subscription, watch: AnswerWatch, ack: Ack) -> Response {
+    let ack_frame = ServerFrame::Ack {
+        client_msg_id: ack.client_msg_id,
+        message_id: ack.message_id,
+        seq: ack.seq,
+    };
+    let first = sse_event(&Outbound::new(&ack_frame, Some(ack.seq.to_string())));
+    let stream = futures::stream::unfold(
+        (sub, watch, VecDeque::from([first]), false),
+        |(mut sub, mut watch, mut pre, mut ended)| async move {
+            if let Some(ev) = pre.pop_front() {
+                return Some((Ok::<_, Infallible>(ev), (sub, watch, pre, ended)));
+            }
+            if ended {
+                return None;
+            }
+            let out = tokio::select! {
+                o = sub.rx.recv() => o?,
+                () = sub.overflow.cancelled() => {
+                    let f = ServerFrame::error(ErrorCode::SlowConsumer, "reading too slowly");
+                    return Some((Ok(sse_event(&Outbound::new(&f, None))), (sub, watch, pre, true)));
+                }
+            };
+            ended = watch.observe(&out);
+            Some((Ok(sse_event(&out)), (sub, watch, pre, ended)))
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// Waits (up to `ANSWER_TIMEOUT`) for the answer to end and returns it as JSON.
+async fn json_answer(
+    state: &AppState,
+    mut sub: Subscription,
+    mut watch: AnswerWatch,
+) -> ApiResult<Response> {
+    let wait = async {
+        loop {
+            let out = tokio::select! {
+                o = sub.rx.recv() => o,
+                () = sub.overflow.cancelled() => None,
+            };
+            let Some(out) = out else {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the chat stopped answering; retry",
+                ));
+            };
+            if watch.observe(&out) {
+                return Ok(());
+            }
+        }
+    };
+    tokio::time::timeout(ANSWER_TIMEOUT, wait)
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::ProviderUnavailable, "the answer took too long"))??;
+    let id = watch.assistant_id.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::ProviderUnavailable,
+            "no provider could answer; send again to retry",
+        )
+    })?;
+    let message = store::messages::by_id(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::internal("finished answer not found"))?;
+    answer(message)
 }

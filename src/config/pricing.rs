@@ -1,11 +1,18 @@
 //! The price table (`config/pricing.toml`): integer micro-dollars per million
 //! tokens, so every cost is exact and reproducible. No floating point.
+//! Part of the configuration: loaded and checked with it, used by the router
+//! and the generation lifecycle.
 
 use std::{collections::HashMap, path::Path};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::Usage;
+/// Tokens in and out of one generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Usage {
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModelPrice {

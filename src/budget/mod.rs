@@ -25,6 +25,11 @@ use uuid::Uuid;
 
 use crate::limits::WindowCounter;
 
+mod alerts;
+mod local;
+
+use local::LocalBook;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ScopeKind {
     Workspace,
@@ -183,13 +188,6 @@ for i = 1, #KEYS / 3 do
 end
 return out
 ";
-
-#[derive(Default)]
-struct LocalBook {
-    spent: HashMap<String, i64>,
-    /// bucket → reservation id → (amount, expiry ms)
-    reserved: HashMap<String, HashMap<String, (i64, u64)>>,
-}
 
 #[derive(Clone)]
 pub struct BudgetLedger {
@@ -399,52 +397,6 @@ impl BudgetLedger {
         Ok(spent)
     }
 
-    /// The same books kept in this process while Redis is unreachable.
-    async fn reserve_local(
-        &self,
-        res: &mut Reservation,
-        cause: redis::RedisError,
-    ) -> Result<Reservation, BudgetError> {
-        // Logged once per transition by the shared flag.
-        self.counters.mark_degraded(&cause);
-        // Seed missing buckets from Postgres outside the lock.
-        let missing: Vec<Bucket> = {
-            let book = self.local.lock().map_err(|_| BudgetError::Unavailable)?;
-            res.buckets
-                .iter()
-                .filter(|b| !book.spent.contains_key(&b.key))
-                .cloned()
-                .collect()
-        };
-        let mut seeds = Vec::new();
-        for b in missing {
-            seeds.push((b.key.clone(), self.spent_in_postgres(&b.limit).await?));
-        }
-        let mut book = self.local.lock().map_err(|_| BudgetError::Unavailable)?;
-        for (k, v) in seeds {
-            book.spent.entry(k).or_insert(v);
-        }
-        let now = now_ms();
-        for b in &res.buckets {
-            let spent = book.spent.get(&b.key).copied().unwrap_or(0);
-            let held = book.reserved.entry(b.key.clone()).or_default();
-            held.retain(|_, (_, exp)| *exp > now);
-            let reserved: i64 = held.values().map(|(a, _)| a).sum();
-            if spent + reserved + res.amount > b.limit.limit_micros {
-                return Err(self.exceeded(b));
-            }
-        }
-        let exp = now + self.ttl.as_millis() as u64;
-        for b in &res.buckets {
-            book.reserved
-                .entry(b.key.clone())
-                .or_default()
-                .insert(res.id.clone(), (res.amount, exp));
-        }
-        res.local = true;
-        Ok(res.clone())
-    }
-
     /// Releases the reservation and records the real cost; answers the alerts it set off.
     pub async fn settle(&self, res: Reservation, actual: i64) -> Vec<Alert> {
         let actual = actual.max(0);
@@ -501,132 +453,6 @@ impl BudgetLedger {
         }
         alerts.extend(self.global(actual).await);
         alerts
-    }
-
-    fn settle_local(&self, res: &Reservation, actual: i64) -> Vec<i64> {
-        let Ok(mut book) = self.local.lock() else {
-            return vec![];
-        };
-        res.buckets
-            .iter()
-            .map(|b| {
-                if let Some(held) = book.reserved.get_mut(&b.key) {
-                    held.remove(&res.id);
-                }
-                match book.spent.get_mut(&b.key) {
-                    Some(s) => {
-                        *s += actual;
-                        *s
-                    }
-                    None => -1,
-                }
-            })
-            .collect()
-    }
-
-    /// Sends an alert once per bucket and threshold when spend crosses 50/80/100 %.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one argument per column of the row it writes"
-    )]
-    async fn threshold_crossed(
-        &self,
-        key: &str,
-        scope: &str,
-        scope_id: Option<Uuid>,
-        period: Period,
-        before: i64,
-        after: i64,
-        limit: i64,
-    ) -> Option<Alert> {
-        if limit <= 0 {
-            return None;
-        }
-        let pct = |v: i64| (v.saturating_mul(100) / limit).clamp(0, 1000);
-        let crossed = [100u8, 80, 50]
-            .into_iter()
-            .find(|t| pct(before) < i64::from(*t) && pct(after) >= i64::from(*t))?;
-        let once_key = format!("{key}:alert:{crossed}");
-        let mut conn = self.redis.clone();
-        let first: redis::RedisResult<Option<String>> = redis::cmd("SET")
-            .arg(&once_key)
-            .arg(1)
-            .arg("NX")
-            .arg("EX")
-            .arg(40 * 86_400)
-            .query_async(&mut conn)
-            .await;
-        // With Redis down an alert may repeat on another node; better twice than never.
-        if matches!(first, Ok(None)) {
-            return None;
-        }
-        metrics::counter!("switchboard_budget_alerts_total", "scope" => scope.to_owned(), "period" => period.as_str(), "threshold" => crossed.to_string())
-            .increment(1);
-        tracing::warn!(scope, scope_id = ?scope_id, period = period.as_str(), threshold_pct = crossed, spent_micros = after, limit_micros = limit, "budget alert");
-        Some(Alert {
-            scope: scope.to_owned(),
-            scope_id,
-            period,
-            threshold_pct: crossed,
-            spent_micros: after,
-            limit_micros: limit,
-        })
-    }
-
-    /// The operator's whole-deployment thresholds: daily cost, and the month's projection.
-    async fn global(&self, actual: i64) -> Vec<Alert> {
-        if actual == 0 {
-            return vec![];
-        }
-        let now = Utc::now();
-        let day_key = format!("{}:budget:global:{}", self.prefix, Period::Daily.tag(now));
-        let month_key = format!("{}:budget:global:{}", self.prefix, Period::Monthly.tag(now));
-        let mut conn = self.redis.clone();
-        let res: redis::RedisResult<(i64, i64)> = redis::pipe()
-            .incr(&day_key, actual)
-            .expire(&day_key, 3 * 86_400)
-            .ignore()
-            .incr(&month_key, actual)
-            .expire(&month_key, 40 * 86_400)
-            .ignore()
-            .query_async(&mut conn)
-            .await;
-        let Ok((day, month)) = res else { return vec![] };
-        let mut out = Vec::new();
-        if let Some(a) = self
-            .threshold_crossed(
-                &day_key,
-                "global",
-                None,
-                Period::Daily,
-                day - actual,
-                day,
-                self.global_daily_micros,
-            )
-            .await
-        {
-            out.push(a);
-        }
-        // Projection: this month's spend so far, scaled to the whole month.
-        let (start, end) = Period::Monthly.bounds(now);
-        let elapsed = (now - start).num_seconds().max(3600) as i128;
-        let total = (end - start).num_seconds() as i128;
-        let project = |v: i64| i64::try_from(i128::from(v) * total / elapsed).unwrap_or(i64::MAX);
-        if let Some(a) = self
-            .threshold_crossed(
-                &month_key,
-                "global_projection",
-                None,
-                Period::Monthly,
-                project(month - actual),
-                project(month),
-                self.global_monthly_micros,
-            )
-            .await
-        {
-            out.push(a);
-        }
-        out
     }
 
     /// Releases every reservation a previous run of this node left behind.

@@ -1,0 +1,246 @@
+//! `/v1`: the OpenAI-compatible API for third-party apps, authenticated by API
+//! keys, with Switchboard's routing, fallback, limits and budgets applied.
+//!
+//! Errors use OpenAI's shape (`{"error":{"message","type","param","code"}}`)
+//! so the official SDKs raise their usual exceptions. A stream that fails after
+//! its first token ends with an `error` data line and no `[DONE]`, never a
+//! clean end on a truncated answer. A client that goes away cancels the
+//! upstream request and pays for the tokens produced.
+
+use std::time::Duration;
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::{Value, json};
+
+use super::{extract::bearer_from_headers, keys::hash_key};
+use crate::{
+    admission::{AdmitError, KeyLimits, Payer},
+    generation::PlanError,
+    providers::{ProviderError, Usage, router::RouteError},
+    state::AppState,
+    store::api_keys::{self, KeyAuth},
+};
+
+mod completions;
+mod embeddings;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/chat/completions", post(completions::chat_completions))
+        .route("/models", get(models))
+        .route("/embeddings", post(embeddings::embeddings))
+}
+
+/// An error in OpenAI's shape.
+#[derive(Debug)]
+pub struct OaiError {
+    status: StatusCode,
+    message: String,
+    kind: &'static str,
+    param: Option<&'static str>,
+    code: Option<&'static str>,
+    retry_after: Option<Duration>,
+}
+
+impl OaiError {
+    fn invalid(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    fn server(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
+    }
+}
+
+impl IntoResponse for OaiError {
+    fn into_response(self) -> Response {
+        let mut res = (self.status, Json(self.body())).into_response();
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        res
+    }
+}
+
+impl From<sqlx::Error> for OaiError {
+    fn from(e: sqlx::Error) -> Self {
+        tracing::error!(error = %e, "database error on /v1");
+        Self::server(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage unavailable, retry",
+        )
+    }
+}
+
+impl From<AdmitError> for OaiError {
+    fn from(e: AdmitError) -> Self {
+        match e {
+            AdmitError::RateLimited { retry_after } => Self {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: "Rate limit reached; retry after the Retry-After interval.".into(),
+                kind: "rate_limit_exceeded",
+                param: None,
+                code: Some("rate_limit_exceeded"),
+                retry_after: Some(retry_after),
+            },
+            // OpenAI's own convention for an exhausted quota: 429 insufficient_quota.
+            AdmitError::BudgetExceeded(why, retry_after) => Self {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: format!("You exceeded your budget: {why}."),
+                kind: "insufficient_quota",
+                param: None,
+                code: Some("insufficient_quota"),
+                retry_after: Some(retry_after),
+            },
+            AdmitError::Unavailable => Self::server(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "budget store unavailable, retry",
+            ),
+        }
+    }
+}
+
+fn provider_error(e: &ProviderError) -> OaiError {
+    match e {
+        ProviderError::RateLimited { retry_after_secs } => OaiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "Every provider for this model is rate limited; retry later.".into(),
+            kind: "rate_limit_exceeded",
+            param: None,
+            code: Some("rate_limit_exceeded"),
+            retry_after: Some(Duration::from_secs(retry_after_secs.unwrap_or(1))),
+        },
+        other => OaiError::server(
+            StatusCode::BAD_GATEWAY,
+            format!("No provider could answer: {}", other.public()),
+        ),
+    }
+}
+
+/// The key in `Authorization: Bearer`, looked up on every request so a revoked key stops at once.
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<KeyAuth, OaiError> {
+    let unauthorized = |message: &str| OaiError {
+        status: StatusCode::UNAUTHORIZED,
+        message: message.into(),
+        kind: "invalid_request_error",
+        param: None,
+        code: Some("invalid_api_key"),
+        retry_after: None,
+    };
+    let key = bearer_from_headers(headers)
+        .ok_or_else(|| unauthorized("Missing API key: send Authorization: Bearer <key>."))?;
+    if key.len() > 200 {
+        return Err(unauthorized("Incorrect API key provided."));
+    }
+    let auth = api_keys::authenticate(&state.db, &hash_key(key))
+        .await?
+        .ok_or_else(|| unauthorized("Incorrect API key provided."))?;
+    // last_used_at is coarse on purpose: one write per key per minute per node,
+    // not one per request.
+    let now = std::time::Instant::now();
+    let due = match state.key_touches.get(&auth.id) {
+        Some(t) => now.duration_since(*t) >= Duration::from_secs(60),
+        None => true,
+    };
+    if due {
+        state.key_touches.insert(auth.id, now);
+        let (db, id) = (state.db.clone(), auth.id);
+        state.actors.gens.tasks.spawn(async move {
+            let _ = api_keys::touch(&db, id).await;
+        });
+    }
+    Ok(auth)
+}
+
+fn payer(auth: &KeyAuth) -> Payer {
+    Payer {
+        workspace_id: auth.workspace_id,
+        user_id: None,
+        api_key: Some(KeyLimits {
+            id: auth.id,
+            monthly_budget_micros: auth.budget_micros,
+            requests_per_minute: auth.rate_limit_rpm.and_then(|r| u32::try_from(r).ok()),
+        }),
+        plan: auth.plan.clone(),
+    }
+}
+
+fn plan_error(e: PlanError) -> OaiError {
+    match e {
+        PlanError::Route(RouteError::UnknownModel(m) | RouteError::NotInPlan(m)) => OaiError {
+            code: Some("model_not_found"),
+            ..OaiError::invalid(
+                format!("The model `{m}` does not exist or you do not have access to it."),
+                Some("model"),
+            )
+        },
+        PlanError::Route(RouteError::NoProvider) => {
+            OaiError::server(StatusCode::SERVICE_UNAVAILABLE, "No provider is available.")
+        }
+        PlanError::Admit(e) => e.into(),
+    }
+}
+
+fn usage_json(u: Usage) -> Value {
+    json!({"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
+           "total_tokens": u.input_tokens + u.output_tokens})
+}
+
+pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let auth = match authenticate(&state, &headers).await {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let actors = &state.actors.gens;
+    let mut data: Vec<Value> = actors
+        .router
+        .routes
+        .keys()
+        .filter(|alias| {
+            actors
+                .router
+                .candidates(&auth.plan, 0, Some(alias.as_str()), &actors.pricing, &|p| actors.providers.contains(p))
+                .is_ok()
+        })
+        .map(|alias| json!({"id": alias, "object": "model", "created": 0, "owned_by": "switchboard"}))
+        .collect();
+    let mut priced: Vec<_> = actors
+        .pricing
+        .models
+        .iter()
+        .filter(|(_, p)| actors.providers.contains(&p.provider))
+        .collect();
+    priced.sort_by(|a, b| a.0.cmp(b.0));
+    data.extend(
+        priced.into_iter().map(
+            |(id, p)| json!({"id": id, "object": "model", "created": 0, "owned_by": p.provider}),
+        ),
+    );
+    Json(json!({"object": "list", "data": data})).into_response()
+}
