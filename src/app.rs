@@ -33,6 +33,8 @@ pub struct AppInner {
     pub embedder: Arc<dyn crate::providers::embedding::Embedder>,
     /// When each API key's `last_used_at` was last written by this node.
     pub key_touches: dashmap::DashMap<uuid::Uuid, std::time::Instant>,
+    /// The outbox relay and, when configured, the email worker.
+    pub email: crate::email::EmailTasks,
 }
 
 impl std::ops::Deref for AppState {
@@ -148,6 +150,8 @@ impl App {
         let actors = Actors::start(&config, db.clone(), redis.clone(), counters.clone()).await?;
 
         let embedder = crate::providers::embedding::configured(&config);
+        let email = crate::email::EmailTasks::start(&config, &db)
+            .map_err(|e| StartError::Config(vec![e.to_string()]))?;
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&addr)
             .await
@@ -162,6 +166,7 @@ impl App {
             actors,
             embedder,
             key_touches: dashmap::DashMap::new(),
+            email,
         }));
         Ok(Self { listener, state })
     }
@@ -219,6 +224,7 @@ impl App {
             }
         };
         self.state.actors.stop().await;
+        self.state.email.shutdown().await;
         res
     }
 }

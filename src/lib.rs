@@ -11,17 +11,21 @@
 //! - [`auth`]: credentials, argon2id hashing, JWT access and rotating refresh tokens.
 //! - [`limits`]: fixed-window counters shared through Redis, per node when it is down.
 //! - [`admission`]: per-minute limits and the budget reservation for each generation.
+//! - [`accounts`]: verification, password-reset and invitation emails, queued in the caller's transaction.
+//! - [`email`]: the outbox relay to RabbitMQ and the worker that renders and sends over SMTP.
 //! - [`budget`]: cost budgets: reserve the worst case, settle the real cost, alert at thresholds.
 //! - [`store`]: thin SQL over Postgres; the schema is in `migrations/`.
 //! - [`error`]: the error-code table behind every REST error and WS error frame.
 //! - [`telemetry`]: tracing logs and the Prometheus recorder.
 
+pub mod accounts;
 pub mod actors;
 pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod budget;
 pub mod config;
+pub mod email;
 pub mod error;
 pub mod limits;
 pub mod providers;

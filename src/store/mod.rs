@@ -3,7 +3,10 @@
 
 pub mod api_keys;
 pub mod chats;
+pub mod email_tokens;
+pub mod members;
 pub mod messages;
+pub mod outbox;
 pub mod refresh_tokens;
 pub mod users;
 pub mod workspaces;
