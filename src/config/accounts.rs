@@ -167,20 +167,87 @@ impl Config {
             ));
         }
         let smtp = &self.smtp;
-        match &smtp.host {
-            None if self.env == AppEnv::Production => {
-                p.push("SMTP_HOST is required in production".into())
-            }
-            Some(h) if h.trim().is_empty() || h.contains(['/', ' ']) => {
-                p.push(format!("SMTP_HOST is not a host name ({h:?})"))
-            }
-            _ => {}
+        // SMTP_HOST is not required here: only the worker needs it, and
+        // `switchboard worker email` refuses to start without it in production.
+        if let Some(h) = &smtp.host
+            && (h.trim().is_empty() || h.contains(['/', ' ']))
+        {
+            p.push(format!("SMTP_HOST is not a host name ({h:?})"));
         }
         if smtp.user.is_some() != smtp.pass.is_some() {
             p.push("SMTP_USER and SMTP_PASS must be set together".into());
         }
         if self.env == AppEnv::Production && smtp.tls == SmtpTls::None && smtp.user.is_some() {
             p.push("SMTP_TLS=none would send SMTP_PASS in clear; use starttls or tls".into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn load(env: AppEnv, vars: &[(&str, &str)]) -> Config {
+        Config::load_from(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+            env,
+            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn environment_variables_reach_the_sections() {
+        let c = load(
+            AppEnv::Development,
+            &[
+                ("SMTP_HOST", "smtp.example.com"),
+                ("SMTP_PORT", "2525"),
+                ("SMTP_TLS", "tls"),
+                ("EMAIL_FROM", "Team <team@example.com>"),
+                ("PUBLIC_URL", "https://app.example.com"),
+            ],
+        );
+        assert_eq!(c.smtp.host.as_deref(), Some("smtp.example.com"));
+        assert_eq!(c.smtp.port, Some(2525));
+        assert_eq!(c.smtp.tls, SmtpTls::Tls);
+        assert_eq!(c.email.from, "Team <team@example.com>");
+        assert_eq!(c.accounts.public_url, "https://app.example.com");
+        assert!(
+            c.accounts.unverified_may_spend,
+            "development lets unverified accounts chat"
+        );
+        assert!(
+            c.email.worker_in_serve,
+            "development runs the worker in serve"
+        );
+        assert!(!load(AppEnv::Production, &[]).accounts.unverified_may_spend);
+        assert_eq!(c.problems(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_email_problem_is_listed() {
+        let mut c = load(AppEnv::Development, &[]);
+        c.accounts.public_url = "ftp://x".into();
+        c.email.from = "not a mailbox".into();
+        c.email.queue = "bad queue!".into();
+        c.email.max_attempts = 0;
+        c.email.retry_max_ms = 1;
+        c.email.worker_addr = "nowhere".into();
+        c.smtp.user = Some("me".into());
+        let p = c.problems();
+        for needle in [
+            "PUBLIC_URL",
+            "EMAIL_FROM",
+            "email.queue",
+            "email.max_attempts",
+            "email.retry_max_ms",
+            "email.worker_addr",
+            "SMTP_USER and SMTP_PASS",
+        ] {
+            assert!(p.iter().any(|x| x.contains(needle)), "{needle} in {p:#?}");
         }
     }
 }

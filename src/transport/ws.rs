@@ -349,7 +349,10 @@ impl Session {
             }
             Err(e) => {
                 tracing::error!(error = %e, "membership check failed");
-                self.error(ErrorCode::Unavailable, "storage unavailable, retry");
+                self.error(
+                    ErrorCode::Unavailable,
+                    "storage unavailable: not saved, nothing done; retry",
+                );
                 false
             }
         }
