@@ -25,6 +25,17 @@ pub fn link(public_url: &str, page: &str, token: &str) -> String {
     format!("{}/{page}?token={token}", public_url.trim_end_matches('/'))
 }
 
+/// A lifetime as the email says it: "24 hours", "7 days", "30 minutes".
+pub fn human(secs: u64) -> String {
+    let (n, unit) = match secs {
+        s if s >= 86_400 && s % 86_400 == 0 => (s / 86_400, "day"),
+        s if s >= 3_600 && s % 3_600 == 0 => (s / 3_600, "hour"),
+        s if s >= 60 => (s / 60, "minute"),
+        s => (s, "second"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
 fn ttl(secs: u64) -> Duration {
     Duration::seconds(
         i64::try_from(secs)
@@ -87,6 +98,7 @@ async fn queue_user_link(
     let payload = json!({
         "username": to.username,
         "link": link(&config.accounts.public_url, page, &token),
+        "expires_in": human(secs),
     });
     outbox::enqueue(tx, to.email, purpose.as_str(), &payload).await?;
     Ok(())
@@ -128,6 +140,7 @@ pub async fn queue_invitation(
         "inviter": inv.inviter_name,
         "role": inv.role,
         "link": link(&config.accounts.public_url, "invite", &token),
+        "expires_in": human(config.accounts.invite_token_ttl_secs),
     });
     outbox::enqueue(tx, inv.email, "invite", &payload).await?;
     Ok(stored)
@@ -147,5 +160,15 @@ mod tests {
             link("http://127.0.0.1:8080", "invite", "ff"),
             "http://127.0.0.1:8080/invite?token=ff"
         );
+    }
+
+    #[test]
+    fn lifetimes_read_as_people_say_them() {
+        assert_eq!(human(86_400), "1 day");
+        assert_eq!(human(604_800), "7 days");
+        assert_eq!(human(3_600), "1 hour");
+        assert_eq!(human(90_000), "25 hours");
+        assert_eq!(human(1_800), "30 minutes");
+        assert_eq!(human(5), "5 seconds");
     }
 }

@@ -3,9 +3,9 @@
 //!
 //! | template         | payload                                                      |
 //! |------------------|--------------------------------------------------------------|
-//! | `verify_email`   | `username`, `link`                                           |
-//! | `password_reset` | `username`, `link`                                           |
-//! | `invite`         | `workspace_name`, `inviter`, `role`, `link`                  |
+//! | `verify_email`   | `username`, `link`, `expires_in`                             |
+//! | `password_reset` | `username`, `link`, `expires_in`                             |
+//! | `invite`         | `workspace_name`, `inviter`, `role`, `link`, `expires_in`    |
 //! | `budget_alert`   | `scope`, `period`, `threshold_pct`, `spent_micros`, `limit_micros` (src/admission.rs) |
 //! | `payment_failed` | `workspace_name`, optional `amount_micros`, optional `link`  |
 
@@ -59,17 +59,20 @@ fn text_or<'a>(p: &'a Value, field: &str, default: &'a str) -> &'a str {
 fn verify_email(p: &Value) -> Result<Rendered, RenderError> {
     let link = field(p, "verify_email", "link")?;
     let name = text_or(p, "username", "there");
+    let expires = text_or(p, "expires_in", "24 hours");
     Ok(Rendered {
         subject: "Verify your email address".into(),
         text: format!(
             "Hi {name},\n\nConfirm that this is your address by opening this link:\n\n{link}\n\n\
-             The link works once and expires in 24 hours. If you did not sign up, ignore this email.\n"
+             The link works once and expires in {expires}. If you did not sign up, ignore this email.\n"
         ),
         html: page(
             &format!("Hi {},", escape(name)),
             "Confirm that this is your address:",
             Some(("Verify email", link)),
-            "The link works once and expires in 24 hours. If you did not sign up, ignore this email.",
+            &format!(
+                "The link works once and expires in {expires}. If you did not sign up, ignore this email."
+            ),
         ),
     })
 }
@@ -77,19 +80,22 @@ fn verify_email(p: &Value) -> Result<Rendered, RenderError> {
 fn password_reset(p: &Value) -> Result<Rendered, RenderError> {
     let link = field(p, "password_reset", "link")?;
     let name = text_or(p, "username", "there");
+    let expires = text_or(p, "expires_in", "1 hour");
     Ok(Rendered {
         subject: "Reset your password".into(),
         text: format!(
             "Hi {name},\n\nSomeone (hopefully you) asked to reset your password. Choose a new one here:\n\n\
-             {link}\n\nThe link works once and expires in an hour; every signed-in session is signed \
+             {link}\n\nThe link works once and expires in {expires}; every signed-in session is signed \
              out when you use it. If you did not ask, ignore this email: your password is unchanged.\n"
         ),
         html: page(
             &format!("Hi {},", escape(name)),
             "Someone (hopefully you) asked to reset your password.",
             Some(("Choose a new password", link)),
-            "The link works once and expires in an hour. If you did not ask, ignore this email: \
-             your password is unchanged.",
+            &format!(
+                "The link works once and expires in {expires}. If you did not ask, ignore this \
+                 email: your password is unchanged."
+            ),
         ),
     })
 }
@@ -99,12 +105,13 @@ fn invite(p: &Value) -> Result<Rendered, RenderError> {
     let workspace = field(p, "invite", "workspace_name")?;
     let inviter = text_or(p, "inviter", "A teammate");
     let role = text_or(p, "role", "member");
+    let expires = text_or(p, "expires_in", "7 days");
     Ok(Rendered {
         subject: format!("{inviter} invited you to {workspace} on Switchboard"),
         text: format!(
             "{inviter} invited you to join the workspace \"{workspace}\" as {role}.\n\n\
              Accept the invitation (sign in or sign up with this email address first):\n\n{link}\n\n\
-             The invitation works once and expires in 7 days.\n"
+             The invitation works once and expires in {expires}.\n"
         ),
         html: page(
             &format!(
@@ -115,7 +122,7 @@ fn invite(p: &Value) -> Result<Rendered, RenderError> {
             ),
             "Sign in or sign up with this email address, then accept:",
             Some(("Accept invitation", link)),
-            "The invitation works once and expires in 7 days.",
+            &format!("The invitation works once and expires in {expires}."),
         ),
     })
 }
