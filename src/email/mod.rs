@@ -181,9 +181,10 @@ pub async fn run_worker(
 ) -> Result<(), String> {
     crate::telemetry::install_metrics();
     let db = crate::app::db_pool(&config).map_err(|e| e.to_string())?;
-    crate::app::migrate(&db).await.map_err(|e| e.to_string())?;
     let status = Arc::new(EmailStatus::default());
-    let worker = build_worker(&config, db, status.clone()).map_err(|e| e.to_string())?;
+    // Settings first (SMTP_HOST, EMAIL_FROM), so a misconfigured worker touches nothing.
+    let worker = build_worker(&config, db.clone(), status.clone()).map_err(|e| e.to_string())?;
+    crate::app::migrate(&db).await.map_err(|e| e.to_string())?;
     let mailer = worker.mailer.clone();
     let listener = tokio::net::TcpListener::bind(&config.email.worker_addr)
         .await

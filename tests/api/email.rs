@@ -402,3 +402,52 @@ async fn readiness_and_metrics_report_email() {
         assert!(m.contains(name), "{name} in {m}");
     }
 }
+
+#[tokio::test]
+async fn two_nodes_relay_and_send_a_burst_each_once() {
+    let sink = SmtpSink::start().await;
+    let first = email_app(&sink, |_| {}).await;
+    // A second node on the same database and queue: both relay, both send.
+    let (db_url, queue) = (
+        first.config.database.url.clone(),
+        first.config.email.queue.clone(),
+    );
+    let second = email_app(&sink, |c| {
+        c.database.url = db_url;
+        c.email.queue = queue;
+    })
+    .await;
+    let started = std::time::Instant::now();
+    const N: usize = 300;
+    let mut tx = first.db.begin().await.unwrap();
+    for i in 0..N {
+        let payload = json!({"threshold_pct": 50, "scope": "user", "period": "daily",
+                             "spent_micros": i, "limit_micros": 1_000});
+        switchboard::store::outbox::enqueue(
+            &mut tx,
+            &format!("burst{i}@example.com"),
+            "budget_alert",
+            &payload,
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let mails = sink.wait_for_count(N).await;
+    let elapsed = started.elapsed();
+    assert_each_once(&mails);
+    // Each row was published by exactly one relay, once.
+    let attempts: Vec<i32> = sqlx::query_scalar("select attempts from email_outbox")
+        .fetch_all(&first.db)
+        .await
+        .unwrap();
+    assert_eq!(attempts.len(), N);
+    assert!(attempts.iter().all(|a| *a == 1), "{attempts:?}");
+    let sent: i64 =
+        sqlx::query_scalar("select count(*) from email_deliveries where status = 'sent'")
+            .fetch_one(&second.db)
+            .await
+            .unwrap();
+    assert_eq!(sent, N as i64);
+    eprintln!("{N} emails through two relays and two workers in {elapsed:?}");
+}
