@@ -150,12 +150,13 @@ impl App {
         let actors = Actors::start(&config, db.clone(), redis.clone(), counters.clone()).await?;
 
         let embedder = crate::providers::embedding::configured(&config);
-        let email = crate::email::EmailTasks::start(&config, &db)
-            .map_err(|e| StartError::Config(vec![e.to_string()]))?;
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
+        // Started last, so a failed start leaves no email task running.
+        let email = crate::email::EmailTasks::start(&config, &db)
+            .map_err(|e| StartError::Config(vec![e.to_string()]))?;
         let state = AppState(Arc::new(AppInner {
             config,
             db,

@@ -451,3 +451,40 @@ async fn two_nodes_relay_and_send_a_burst_each_once() {
     assert_eq!(sent, N as i64);
     eprintln!("{N} emails through two relays and two workers in {elapsed:?}");
 }
+
+#[tokio::test]
+async fn the_send_lease_admits_one_sender_and_lapses() {
+    use switchboard::store::outbox::{self, Claim};
+    let app = crate::helpers::spawn_app().await;
+    let id = Uuid::now_v7();
+    assert_eq!(outbox::claim(&app.db, id, 60).await.unwrap(), Claim::Mine);
+    assert_eq!(
+        outbox::claim(&app.db, id, 60).await.unwrap(),
+        Claim::Busy,
+        "held by the first"
+    );
+    // A lease older than its length (its worker died) is taken over.
+    sqlx::query("update email_deliveries set claimed_at = now() - interval '2 minutes'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(outbox::claim(&app.db, id, 60).await.unwrap(), Claim::Mine);
+    // Released after a failure: the retry takes it at once.
+    outbox::release(&app.db, id).await.unwrap();
+    assert_eq!(outbox::claim(&app.db, id, 60).await.unwrap(), Claim::Mine);
+    outbox::mark_sent(&app.db, id).await.unwrap();
+    assert_eq!(
+        outbox::claim(&app.db, id, 60).await.unwrap(),
+        Claim::AlreadySent
+    );
+    sqlx::query("update email_deliveries set claimed_at = now() - interval '1 day'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    outbox::release(&app.db, id).await.unwrap();
+    assert_eq!(
+        outbox::claim(&app.db, id, 60).await.unwrap(),
+        Claim::AlreadySent,
+        "sent stays sent"
+    );
+}
