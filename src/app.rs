@@ -6,7 +6,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use axum::serve::ListenerExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::{
@@ -43,23 +43,16 @@ pub struct App {
     state: AppState,
 }
 
-/// Connects a pool without touching the database, so the server can start
-/// (and report itself not ready) while Postgres is down.
+/// The pool, connected lazily: the server can start (and report itself not
+/// ready) while Postgres is down.
 pub fn db_pool(config: &Config) -> Result<PgPool, StartError> {
-    let url = config
-        .database
-        .url
-        .as_ref()
-        .ok_or_else(|| StartError::Config(vec!["DATABASE_URL is required".into()]))?;
-    Ok(PgPoolOptions::new()
-        .max_connections(config.database.max_connections)
-        .acquire_timeout(Duration::from_secs(config.database.acquire_timeout_secs))
-        .connect_lazy(url.expose())?)
+    crate::store::pool(config)
+        .ok_or_else(|| StartError::Config(vec!["DATABASE_URL is required".into()]))?
+        .map_err(StartError::from)
 }
 
 pub async fn migrate(db: &PgPool) -> Result<(), StartError> {
-    sqlx::migrate!("./migrations").run(db).await?;
-    Ok(())
+    Ok(crate::store::migrate(db).await?)
 }
 
 impl App {
@@ -130,6 +123,9 @@ impl App {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
+        // Started last, so a failed start leaves no email task running.
+        let email = crate::email::EmailTasks::start(&config, &db)
+            .map_err(|e| StartError::Config(vec![e.to_string()]))?;
         let state = AppState::new(AppInner {
             config,
             db,
@@ -140,6 +136,7 @@ impl App {
             actors,
             embedder,
             key_touches: dashmap::DashMap::new(),
+            email,
         });
         Ok(Self { listener, state })
     }
@@ -201,6 +198,7 @@ impl App {
             }
         };
         self.state.actors.stop(Duration::from_secs(1)).await;
+        self.state.email.shutdown().await;
         res
     }
 }

@@ -13,6 +13,8 @@
 //! - [`limits`]: fixed-window counters shared through Redis, per node when it is down.
 //! - [`budget`]: cost budgets: reserve the worst case, settle the real cost, alert at thresholds.
 //! - [`admission`]: per-minute limits and the budget reservation for each generation.
+//! - [`accounts`]: verification, password-reset and invitation emails, queued in the caller's transaction.
+//! - [`email`]: the outbox relay to RabbitMQ and the worker that renders and sends over SMTP.
 //! - [`providers`]: one trait for chat providers (simulated, OpenAI-compatible,
 //!   Anthropic, Cloudflare), embedders, the router, the tokenizer.
 //! - [`actors`] (lower half): provider actors, the usage writer, the chat hub, the registry.
@@ -23,12 +25,14 @@
 //! - [`app`]: `App::build(config)` → `local_addr()` → `run_until(signal)`.
 //! - [`telemetry`]: tracing logs and the Prometheus recorder.
 
+pub mod accounts;
 pub mod actors;
 pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod budget;
 pub mod config;
+pub mod email;
 pub mod error;
 pub mod generation;
 pub mod limits;

@@ -24,6 +24,17 @@ enum Command {
     Migrate,
     /// Check the settings, print every problem, exit non-zero if there is one.
     ValidateConfig,
+    /// Run a background worker.
+    Worker {
+        #[command(subcommand)]
+        kind: WorkerKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkerKind {
+    /// Consume the email queue and send over SMTP (docs/EMAIL.md).
+    Email,
 }
 
 #[tokio::main]
@@ -63,6 +74,18 @@ async fn main() -> ExitCode {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "migration failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Worker {
+            kind: WorkerKind::Email,
+        } => {
+            telemetry::init_tracing(config.server.log_format);
+            match switchboard::email::run_worker(config, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("email worker failed: {e}");
                     ExitCode::FAILURE
                 }
             }

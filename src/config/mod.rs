@@ -12,8 +12,10 @@ use figment::{
 };
 use serde::Deserialize;
 
+mod accounts;
 pub mod pricing;
 mod validate;
+pub use accounts::{AccountsConfig, EmailConfig, SmtpTls};
 
 /// The seed's environment names and where each lands in the settings tree.
 pub const ENV_MAP: &[(&str, &str)] = &[
@@ -43,6 +45,10 @@ pub const ENV_MAP: &[(&str, &str)] = &[
     ("SMTP_HOST", "smtp.host"),
     ("SMTP_USER", "smtp.user"),
     ("SMTP_PASS", "smtp.pass"),
+    ("SMTP_PORT", "smtp.port"),
+    ("SMTP_TLS", "smtp.tls"),
+    ("EMAIL_FROM", "email.from"),
+    ("PUBLIC_URL", "accounts.public_url"),
     ("SENTRY_DSN", "telemetry.sentry_dsn"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
 ];
@@ -137,6 +143,10 @@ pub struct Config {
     pub alerts: AlertsConfig,
     #[serde(default)]
     pub simulated: SimulatedConfig,
+    #[serde(default)]
+    pub accounts: AccountsConfig,
+    #[serde(default)]
+    pub email: EmailConfig,
 }
 
 fn default_env() -> AppEnv {
@@ -258,6 +268,17 @@ pub struct SmtpConfig {
     pub host: Option<String>,
     pub user: Option<String>,
     pub pass: Option<Secret>,
+    /// Default: 587 with starttls, 465 with tls, 25 with none.
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    /// Connect and command timeout.
+    #[serde(default = "smtp_timeout_default")]
+    pub timeout_secs: u64,
+}
+
+fn smtp_timeout_default() -> u64 {
+    10
 }
 
 /// How requests are routed and how providers are protected.
@@ -429,7 +450,7 @@ impl Config {
                     continue;
                 }
                 // Keep secrets and URLs as strings even when they look like numbers.
-                figment = if *path == "server.port" {
+                figment = if *path == "server.port" || *path == "smtp.port" {
                     figment.merge((*path, typed(&value)))
                 } else {
                     figment.merge((*path, value))

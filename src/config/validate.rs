@@ -86,6 +86,7 @@ impl Config {
         self.check_providers(&mut p);
         self.check_plans(&mut p);
         self.check_chat(&mut p);
+        self.check_accounts(&mut p);
         p
     }
 
@@ -242,7 +243,7 @@ impl Config {
     }
 }
 
-fn check_secret(
+pub(super) fn check_secret(
     p: &mut Vec<String>,
     name: &str,
     secret: Option<&Secret>,
@@ -265,7 +266,7 @@ fn check_secret(
     }
 }
 
-fn check_url(p: &mut Vec<String>, name: &str, value: &str, schemes: &[&str]) {
+pub(super) fn check_url(p: &mut Vec<String>, name: &str, value: &str, schemes: &[&str]) {
     match url::Url::parse(value) {
         Err(e) => p.push(format!("{name} is not a valid URL ({e})")),
         Ok(u) if !schemes.contains(&u.scheme()) => p.push(format!(

@@ -3,11 +3,32 @@
 
 pub mod api_keys;
 pub mod chats;
+pub mod email_tokens;
+pub mod members;
 pub mod messages;
+pub mod outbox;
 pub mod refresh_tokens;
 pub mod usage;
 pub mod users;
 pub mod workspaces;
+
+/// A pool for `database.url`, connected lazily (`None` when no URL is set).
+pub fn pool(config: &crate::config::Config) -> Option<Result<sqlx::PgPool, sqlx::Error>> {
+    let url = config.database.url.as_ref()?;
+    Some(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(config.database.max_connections)
+            .acquire_timeout(std::time::Duration::from_secs(
+                config.database.acquire_timeout_secs,
+            ))
+            .connect_lazy(url.expose()),
+    )
+}
+
+/// Applies `migrations/`.
+pub async fn migrate(db: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    sqlx::migrate!("./migrations").run(db).await
+}
 
 /// True when `e` is a unique violation of the named constraint or index.
 pub fn is_unique_violation(e: &sqlx::Error, constraint: &str) -> bool {

@@ -84,3 +84,17 @@ pub async fn revoke_family_of(db: &PgPool, token_hash: &str) -> Result<(), sqlx:
     .await?;
     Ok(())
 }
+
+/// Revokes every live refresh token of the user (password reset).
+pub async fn revoke_all_for_user(
+    tx: &mut sqlx::PgConnection,
+    user_id: Uuid,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "update refresh_tokens set revoked_at = now() where user_id = $1 and revoked_at is null",
+    )
+    .bind(user_id)
+    .execute(tx)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -193,7 +193,6 @@ async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) 
         tx,
         overflow,
         subscribed: HashSet::new(),
-        allowed: HashSet::new(),
     };
     read_loop(&mut session, &mut stream, &close_tx, started, &last_seen).await;
 
@@ -331,8 +330,6 @@ struct Session {
     tx: mpsc::Sender<Outbound>,
     overflow: CancellationToken,
     subscribed: HashSet<Uuid>,
-    /// Chats already checked for membership on this socket.
-    allowed: HashSet<Uuid>,
 }
 
 impl Session {
@@ -358,24 +355,21 @@ impl Session {
     }
 
     /// Whether the user may see the chat; answers `not_found` itself when not.
+    /// Read from Postgres every time: a member removed from the workspace loses
+    /// the chat at their next frame, on every node.
     async fn may_see(&mut self, chat_id: Uuid) -> bool {
-        if self.allowed.contains(&chat_id) {
-            return true;
-        }
         match store::chats::get_for_user(&self.state.db, self.user_id, chat_id).await {
-            Ok(Some(_)) => {
-                if self.allowed.len() < 4 * MAX_SUBSCRIPTIONS {
-                    self.allowed.insert(chat_id);
-                }
-                true
-            }
+            Ok(Some(_)) => true,
             Ok(None) => {
                 self.error(ErrorCode::NotFound, "chat not found");
                 false
             }
             Err(e) => {
                 tracing::error!(error = %e, "membership check failed");
-                self.error(ErrorCode::Unavailable, "storage unavailable, retry");
+                self.error(
+                    ErrorCode::Unavailable,
+                    "storage unavailable: not saved, nothing done; retry",
+                );
                 false
             }
         }
@@ -413,6 +407,15 @@ impl Session {
             } => {
                 if !self.may_see(chat_id).await {
                     return;
+                }
+                if let Err(e) = crate::auth::spend::may_spend(
+                    &self.state.db,
+                    &self.state.config.accounts,
+                    self.user_id,
+                )
+                .await
+                {
+                    return self.error(e.code, e.message);
                 }
                 // The sender follows the chat it writes to, so it sees the answer.
                 if !self.subscribed.contains(&chat_id) && !self.subscribe_live(chat_id, None).await

@@ -9,10 +9,12 @@
     reason = "a test fails by panicking, helpers included; tests own their tasks; a scenario reads best whole"
 )]
 
+mod accounts;
 mod auth;
 mod chat_stream;
 mod chats;
 mod config;
+mod email;
 mod generation;
 mod health;
 mod helpers;
@@ -22,5 +24,7 @@ mod mock_llm;
 mod openai_api;
 mod providers;
 mod routing;
+mod smtp_sink;
+mod workspaces;
 mod ws;
 mod ws_client;

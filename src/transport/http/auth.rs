@@ -1,4 +1,5 @@
-//! `/api/auth`: sign-up, sign-in, refresh, sign-out, me.
+//! `/api/auth`: sign-up, sign-in, refresh, sign-out, me (verification and
+//! password reset are in `accounts`).
 //!
 //! Sign-in answers the same message, after the same argon2 work, for an unknown
 //! email and a wrong password, so neither the text nor the timing tells which.
@@ -39,6 +40,7 @@ pub fn router() -> Router<AppState> {
         .route("/refresh", post(refresh))
         .route("/signout", post(signout))
         .route("/me", get(me))
+        .merge(super::accounts::router())
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -86,7 +88,7 @@ pub async fn signup(
     let hash = password::hash(pw.expose().to_owned())
         .await
         .map_err(ApiError::internal)?;
-    match users::create_with_workspace(&state.db, email.as_str(), username.as_str(), &hash).await {
+    match super::accounts::create_user(&state, &email, &username, &hash).await {
         Ok(user) => {
             tracing::info!(user_id = %user.id, "user signed up");
             metrics::counter!("switchboard_auth_signups_total").increment(1);

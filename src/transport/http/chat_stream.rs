@@ -153,6 +153,7 @@ pub async fn send_message(
     headers: HeaderMap,
     ApiJson(body): ApiJson<SendMessage>,
 ) -> ApiResult<Response> {
+    crate::auth::spend::may_spend(&state.db, &state.config.accounts, user.id).await?;
     store::chats::get_for_user(&state.db, user.id, chat_id)
         .await?
         .ok_or_else(|| ApiError::not_found("chat"))?;

@@ -84,6 +84,8 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         "rabbitmq": status_of(&checks[2].1),
         // Rate limits and throttles count per node while Redis is unreachable.
         "limits": if state.counters.is_degraded() || checks[1].1.is_err() { "local" } else { "shared" },
+        // Informative: email waits in the outbox or queue, so it never takes a node out.
+        "email": state.email.status.readiness(),
     });
     if down.is_empty() {
         (

@@ -68,6 +68,7 @@ pub async fn create_key(
     user: AuthUser,
     ApiJson(req): ApiJson<CreateKey>,
 ) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
+    crate::auth::spend::may_spend(&state.db, &state.config.accounts, user.id).await?;
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
         return Err(ApiError::invalid(

@@ -2,6 +2,7 @@
 //! layers every request passes (request id, tracing, metrics, CORS, body limit,
 //! and the error envelope).
 
+mod accounts;
 mod analytics;
 mod auth;
 mod chat_stream;
@@ -11,6 +12,7 @@ mod health;
 mod keys;
 mod openai_api;
 mod openapi;
+mod workspaces;
 
 use std::time::{Duration, Instant};
 
@@ -48,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/auth", auth::router())
         .nest("/api/analytics", analytics::router())
         .nest("/api/keys", keys::router())
+        .nest("/api/workspaces", workspaces::router())
         .nest("/v1", openai_api::router())
         .nest("/api/chats", chats::router().merge(chat_stream::router()))
         .fallback(|| async { ApiError::not_found("route") })

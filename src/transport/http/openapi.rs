@@ -47,6 +47,10 @@ impl Modify for BearerAuth {
 pub fn router() -> Router<AppState> {
     Router::new().route(
         "/api/openapi.json",
-        get(|| async { Json(ApiDoc::openapi()) }),
+        get(|| async {
+            let mut doc = ApiDoc::openapi();
+            doc.merge(super::workspaces::AccountsApiDoc::openapi());
+            Json(doc)
+        }),
     )
 }
