@@ -154,6 +154,25 @@ impl WindowCounter {
         }
     }
 
+    /// Takes one back from a key counted ahead of time (a sign-in counted as
+    /// a failure until it turned out not to be one).
+    pub async fn give_back(&self, key: &str) {
+        if let Some(mut e) = self.local.get_mut(key) {
+            e.0 = e.0.saturating_sub(1);
+        }
+        let mut conn = self.redis.clone();
+        // Only a live window: a DECR on an expired key would start one at -1 with no TTL.
+        let res = Script::new(
+            "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end return 0",
+        )
+        .key(self.key(key))
+        .invoke_async::<i64>(&mut conn)
+        .await;
+        if let Err(e) = res {
+            self.set_degraded(true, Some(&e));
+        }
+    }
+
     /// Forgets a key, in Redis and locally.
     pub async fn reset(&self, key: &str) {
         self.local.remove(key);

@@ -1,7 +1,9 @@
 //! Password hashing: argon2id with OWASP's parameters (19 MiB, 2 passes, 1 lane).
 //!
-//! Hashing is deliberately slow, so it runs on the blocking pool and a semaphore
-//! caps how many run at once: a sign-in flood queues instead of exhausting memory.
+//! Hashing is deliberately slow, so it runs on the blocking pool and semaphores
+//! cap how many run at once: a flood queues instead of exhausting memory.
+//! Sign-in (verify) and sign-up (hash) queue separately, so a sign-up flood
+//! never makes a returning user wait behind it.
 
 use std::sync::{LazyLock, OnceLock};
 
@@ -18,10 +20,14 @@ fn argon2() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
-static HASHING: LazyLock<Semaphore> = LazyLock::new(|| {
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    Semaphore::new(cpus * 2)
-});
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// Verifications (sign-in) in flight.
+static VERIFYING: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(cpus() * 2));
+/// New hashes (sign-up, password reset) in flight: fewer, and apart from sign-in.
+static HASHING: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(cpus()));
 
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {
@@ -32,9 +38,10 @@ pub enum PasswordError {
 }
 
 async fn on_blocking_pool<T: Send + 'static>(
+    gate: &Semaphore,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, PasswordError> {
-    let _permit = HASHING
+    let _permit = gate
         .acquire()
         .await
         .map_err(|e| PasswordError::Hash(e.to_string()))?;
@@ -42,7 +49,7 @@ async fn on_blocking_pool<T: Send + 'static>(
 }
 
 pub async fn hash(password: String) -> Result<String, PasswordError> {
-    on_blocking_pool(move || {
+    on_blocking_pool(&HASHING, move || {
         argon2()
             .hash_password(password.as_bytes())
             .map(|h| h.to_string())
@@ -54,7 +61,7 @@ pub async fn hash(password: String) -> Result<String, PasswordError> {
 /// Checks `password` against a stored hash. With no stored hash (unknown user)
 /// it verifies against a dummy, so the answer takes as long either way.
 pub async fn verify(password: String, stored: Option<String>) -> Result<bool, PasswordError> {
-    on_blocking_pool(move || -> Result<bool, PasswordError> {
+    on_blocking_pool(&VERIFYING, move || -> Result<bool, PasswordError> {
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| dummy_hash().to_owned());
         let ok = argon2()

@@ -205,6 +205,10 @@ pub struct AuthConfig {
     pub signin_window_secs: u64,
     pub signin_max_per_email: u32,
     pub signin_max_per_ip: u32,
+    /// Sign-ups counted per client IP and in total, per window.
+    pub signup_window_secs: u64,
+    pub signup_max_per_ip: u32,
+    pub signup_max_global: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

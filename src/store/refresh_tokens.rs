@@ -34,55 +34,102 @@ pub async fn insert(
     Ok(())
 }
 
-/// Marks the token used in one conditional update, so two concurrent
-/// refreshes with the same token cannot both succeed.
-pub async fn redeem(db: &PgPool, token_hash: &str) -> Result<Redeemed, sqlx::Error> {
-    let used: Option<(Uuid, Uuid)> = sqlx::query_as(
-        "update refresh_tokens set used_at = now()
-         where token_hash = $1 and used_at is null and revoked_at is null and expires_at > now()
-         returning user_id, family_id",
-    )
-    .bind(token_hash)
-    .fetch_optional(db)
-    .await?;
-    if let Some((user_id, family_id)) = used {
-        return Ok(Redeemed::Fresh { user_id, family_id });
-    }
-    let reused: Option<(Uuid,)> = sqlx::query_as(
-        "select family_id from refresh_tokens where token_hash = $1 and used_at is not null",
-    )
-    .bind(token_hash)
-    .fetch_optional(db)
-    .await?;
-    match reused {
-        Some((family_id,)) => {
-            revoke_family(db, family_id).await?;
-            Ok(Redeemed::Reused)
-        }
-        None => Ok(Redeemed::Invalid),
-    }
+/// Serialises everything done to one family (rotation, revocation) in the
+/// calling transaction, so a successor is never inserted beside a revocation.
+async fn lock_family(tx: &mut sqlx::PgConnection, family_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1::text, 7))")
+        .bind(family_id)
+        .execute(&mut *tx)
+        .await
+        .map(|_| ())
 }
 
-pub async fn revoke_family(db: &PgPool, family_id: Uuid) -> Result<(), sqlx::Error> {
+async fn family_of(
+    tx: &mut sqlx::PgConnection,
+    token_hash: &str,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("select family_id from refresh_tokens where token_hash = $1")
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await
+}
+
+/// Spends `token_hash` and stores `successor` in its family, in one
+/// transaction under the family's lock: two concurrent refreshes with one
+/// token cannot both succeed, a reuse revokes every token of the family
+/// including a successor just issued, and a sign-out racing a refresh leaves
+/// nothing alive.
+pub async fn rotate(
+    db: &PgPool,
+    token_hash: &str,
+    successor_hash: &str,
+    expires_at: DateTime<Utc>,
+) -> Result<Redeemed, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let Some(family_id) = family_of(&mut tx, token_hash).await? else {
+        return Ok(Redeemed::Invalid);
+    };
+    lock_family(&mut tx, family_id).await?;
+    let used: Option<Uuid> = sqlx::query_scalar(
+        "update refresh_tokens set used_at = now()
+         where token_hash = $1 and used_at is null and revoked_at is null and expires_at > now()
+         returning user_id",
+    )
+    .bind(token_hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let outcome = match used {
+        Some(user_id) => {
+            sqlx::query(
+                "insert into refresh_tokens (id, user_id, family_id, token_hash, expires_at) values ($1, $2, $3, $4, $5)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(user_id)
+            .bind(family_id)
+            .bind(successor_hash)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+            Redeemed::Fresh { user_id, family_id }
+        }
+        None => {
+            let spent: bool = sqlx::query_scalar(
+                "select used_at is not null from refresh_tokens where token_hash = $1",
+            )
+            .bind(token_hash)
+            .fetch_one(&mut *tx)
+            .await?;
+            if spent {
+                revoke(&mut tx, family_id).await?;
+                Redeemed::Reused
+            } else {
+                Redeemed::Invalid
+            }
+        }
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+async fn revoke(tx: &mut sqlx::PgConnection, family_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query(
         "update refresh_tokens set revoked_at = now() where family_id = $1 and revoked_at is null",
     )
     .bind(family_id)
-    .execute(db)
-    .await?;
-    Ok(())
+    .execute(&mut *tx)
+    .await
+    .map(|_| ())
 }
 
-/// Revokes the family of the given token (sign-out); unknown tokens are ignored.
+/// Revokes the family of the given token (sign-out), under the family's lock;
+/// unknown tokens are ignored.
 pub async fn revoke_family_of(db: &PgPool, token_hash: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "update refresh_tokens set revoked_at = now()
-         where revoked_at is null and family_id = (select family_id from refresh_tokens where token_hash = $1)",
-    )
-    .bind(token_hash)
-    .execute(db)
-    .await?;
-    Ok(())
+    let mut tx = db.begin().await?;
+    if let Some(family_id) = family_of(&mut tx, token_hash).await? {
+        lock_family(&mut tx, family_id).await?;
+        revoke(&mut tx, family_id).await?;
+    }
+    tx.commit().await
 }
 
 /// Revokes every live refresh token of the user (password reset).

@@ -11,6 +11,7 @@
 
 mod accounts;
 mod auth;
+mod auth_races;
 mod chat_stream;
 mod chats;
 mod config;

@@ -79,8 +79,30 @@ const REFRESH_TOKEN_MAX: usize = 128;
               (status = 409, description = "email or username taken")))]
 pub async fn signup(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<SignupRequest>,
 ) -> ApiResult<impl IntoResponse> {
+    // Each account comes with a fresh free budget: cap how fast one address,
+    // and everyone together, can make them, before any hashing is spent.
+    let cfg = &state.config.auth;
+    let counts = state
+        .counters
+        .incr(
+            &[format!("signup:ip:{ip}"), "signup:all".to_owned()],
+            Duration::from_secs(cfg.signup_window_secs),
+        )
+        .await;
+    if counts[0].count > u64::from(cfg.signup_max_per_ip)
+        || counts[1].count > u64::from(cfg.signup_max_global)
+    {
+        metrics::counter!("switchboard_auth_signup_throttled_total").increment(1);
+        let after = if counts[0].count > u64::from(cfg.signup_max_per_ip) {
+            counts[0].resets_in
+        } else {
+            counts[1].resets_in
+        };
+        return Err(ApiError::rate_limited(after));
+    }
     let invalid = |e: crate::auth::credentials::CredentialError| ApiError::invalid(e.to_string());
     let email = Email::parse(&req.email).map_err(invalid)?;
     let username = Username::parse(&req.username).map_err(invalid)?;
@@ -122,19 +144,23 @@ pub async fn signin(
     let ip_key = format!("signin:ip:{ip}");
     // Every attempt counts against the email (reset on success); only failures count against the IP,
     // so a busy office behind one address is not locked out by its own successful sign-ins.
-    let attempts = state
+    // The IP's count takes this attempt as a failure up front (one atomic
+    // step, so concurrent attempts cannot all read the same count) and is
+    // given back if the attempt succeeds or is refused unprocessed.
+    let counts = state
         .counters
-        .incr(std::slice::from_ref(&email_key), window)
-        .await[0];
-    let ip_failures = state.counters.get(&ip_key).await;
+        .incr(&[email_key.clone(), ip_key.clone()], window)
+        .await;
+    let (attempts, ip_failures) = (counts[0], counts[1]);
     let throttled = if attempts.count > u64::from(cfg.signin_max_per_email) {
         Some(attempts.resets_in)
-    } else if ip_failures.count >= u64::from(cfg.signin_max_per_ip) {
+    } else if ip_failures.count > u64::from(cfg.signin_max_per_ip) {
         Some(ip_failures.resets_in)
     } else {
         None
     };
     if let Some(retry_after) = throttled {
+        state.counters.give_back(&ip_key).await;
         metrics::counter!("switchboard_auth_signin_throttled_total").increment(1);
         return Err(ApiError::rate_limited(retry_after));
     }
@@ -147,11 +173,11 @@ pub async fn signin(
     .await
     .map_err(ApiError::internal)?;
     let Some(creds) = creds.filter(|_| ok) else {
-        state.counters.incr(&[ip_key], window).await;
         metrics::counter!("switchboard_auth_signin_failures_total").increment(1);
         return Err(ApiError::unauthorized("invalid email or password"));
     };
     state.counters.reset(&email_key).await;
+    state.counters.give_back(&ip_key).await;
     let tokens = issue_tokens(&state, creds.id, Uuid::now_v7()).await?;
     Ok(Json(tokens))
 }
@@ -167,9 +193,12 @@ pub async fn refresh(
         return Err(ApiError::unauthorized("invalid refresh token"));
     }
     let hash = state.tokens.hash_refresh_token(&req.refresh_token);
-    match refresh_tokens::redeem(&state.db, &hash).await? {
-        Redeemed::Fresh { user_id, family_id } => {
-            Ok(Json(issue_tokens(&state, user_id, family_id).await?))
+    let successor = state.tokens.new_refresh_token();
+    let expires_at = Utc::now() + state.tokens.refresh_ttl;
+    let successor_hash = state.tokens.hash_refresh_token(&successor);
+    match refresh_tokens::rotate(&state.db, &hash, &successor_hash, expires_at).await? {
+        Redeemed::Fresh { user_id, .. } => {
+            Ok(Json(token_response(&state, user_id, successor).await?))
         }
         Redeemed::Reused => {
             tracing::warn!("refresh token reused: its family is revoked");
@@ -202,18 +231,12 @@ pub async fn me(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json
         .ok_or_else(|| ApiError::unauthorized("invalid or expired token"))
 }
 
+/// A new family (sign-in): its first refresh token stored, then the response.
 async fn issue_tokens(
     state: &AppState,
     user_id: Uuid,
     family_id: Uuid,
 ) -> ApiResult<TokenResponse> {
-    let user = users::by_id(&state.db, user_id)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("invalid refresh token"))?;
-    let access_token = state
-        .tokens
-        .issue_access(user_id)
-        .map_err(ApiError::internal)?;
     let refresh_token = state.tokens.new_refresh_token();
     let expires_at = Utc::now() + state.tokens.refresh_ttl;
     refresh_tokens::insert(
@@ -224,6 +247,22 @@ async fn issue_tokens(
         expires_at,
     )
     .await?;
+    token_response(state, user_id, refresh_token).await
+}
+
+/// An access token for the user, with the refresh token already stored.
+async fn token_response(
+    state: &AppState,
+    user_id: Uuid,
+    refresh_token: String,
+) -> ApiResult<TokenResponse> {
+    let user = users::by_id(&state.db, user_id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid refresh token"))?;
+    let access_token = state
+        .tokens
+        .issue_access(user_id)
+        .map_err(ApiError::internal)?;
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer",
