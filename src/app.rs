@@ -33,6 +33,8 @@ pub struct AppInner {
     pub embedder: Arc<dyn crate::providers::embedding::Embedder>,
     /// When each API key's `last_used_at` was last written by this node.
     pub key_touches: dashmap::DashMap<uuid::Uuid, std::time::Instant>,
+    /// The Stripe client and price map.
+    pub billing: crate::billing::Billing,
 }
 
 impl std::ops::Deref for AppState {
@@ -152,7 +154,9 @@ impl App {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
+        let billing = crate::billing::Billing::new(&config);
         let state = AppState(Arc::new(AppInner {
+            billing,
             config,
             db,
             redis,
@@ -184,6 +188,7 @@ impl App {
     ) -> std::io::Result<()> {
         let grace = Duration::from_secs(self.state.config.server.shutdown_grace_secs);
         let router = http::router(self.state.clone());
+        let billing_sweep = crate::billing::sweep::Sweeper::start(self.state.db.clone(), &self.state.config);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         // Small frames (acks, deltas) must not wait out Nagle's algorithm
         // against the peer's delayed ACK: that alone cost ~40 ms per ack.
@@ -218,6 +223,7 @@ impl App {
                 Ok(())
             }
         };
+        billing_sweep.stop().await;
         self.state.actors.stop().await;
         res
     }

@@ -37,6 +37,10 @@ pub const ENV_MAP: &[(&str, &str)] = &[
     ("LLM_PROVIDER_PAID_TIER", "providers.paid_tier"),
     ("STRIPE_SECRET_KEY", "stripe.secret_key"),
     ("STRIPE_WEBHOOK_SECRET", "stripe.webhook_secret"),
+    ("STRIPE_WEBHOOK_SECRETS_PREVIOUS", "billing.previous_webhook_secrets"),
+    ("STRIPE_API_BASE", "billing.api_base"),
+    ("STRIPE_PRICE_PRO", "billing.price_pro"),
+    ("STRIPE_PRICE_TEAM", "billing.price_team"),
     ("SMTP_HOST", "smtp.host"),
     ("SMTP_USER", "smtp.user"),
     ("SMTP_PASS", "smtp.pass"),
@@ -118,6 +122,8 @@ pub struct Config {
     pub stripe: StripeConfig,
     #[serde(default)]
     pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub billing: crate::billing::BillingConfig,
     pub plans: BTreeMap<String, PlanConfig>,
     pub chat: ChatConfig,
     pub ws: WsConfig,
@@ -514,6 +520,7 @@ impl Config {
         self.check_providers(&mut p);
         self.check_plans(&mut p);
         self.check_chat(&mut p);
+        p.extend(crate::billing::config::problems(self));
         p
     }
 

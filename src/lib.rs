@@ -12,6 +12,7 @@
 //! - [`limits`]: fixed-window counters shared through Redis, per node when it is down.
 //! - [`admission`]: per-minute limits and the budget reservation for each generation.
 //! - [`budget`]: cost budgets: reserve the worst case, settle the real cost, alert at thresholds.
+//! - [`billing`]: Stripe plans, checkout, verified webhooks applied once, revenue.
 //! - [`store`]: thin SQL over Postgres; the schema is in `migrations/`.
 //! - [`error`]: the error-code table behind every REST error and WS error frame.
 //! - [`telemetry`]: tracing logs and the Prometheus recorder.
@@ -20,6 +21,7 @@ pub mod actors;
 pub mod admission;
 pub mod app;
 pub mod auth;
+pub mod billing;
 pub mod budget;
 pub mod config;
 pub mod error;

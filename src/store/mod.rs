@@ -2,6 +2,7 @@
 //! callers decide; these read and write rows.
 
 pub mod api_keys;
+pub mod billing;
 pub mod chats;
 pub mod messages;
 pub mod refresh_tokens;

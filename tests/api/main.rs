@@ -2,6 +2,7 @@
 //! own freshly migrated database and its own Redis key prefix.
 
 mod auth;
+mod billing;
 mod chat_stream;
 mod chats;
 mod config;
@@ -9,6 +10,7 @@ mod health;
 mod helpers;
 mod http_basics;
 mod mock_llm;
+mod mock_stripe;
 mod openai_api;
 mod providers;
 mod routing;

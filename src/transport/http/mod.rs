@@ -4,11 +4,13 @@
 
 mod analytics;
 mod auth;
+mod billing;
 mod chat_stream;
 mod chats;
 pub mod extract;
 mod health;
 mod keys;
+mod margin;
 mod openai_api;
 mod openapi;
 
@@ -48,6 +50,8 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/auth", auth::router())
         .nest("/api/analytics", analytics::router())
         .nest("/api/keys", keys::router())
+        .nest("/api/billing", billing::router())
+        .merge(margin::router())
         .nest("/v1", openai_api::router())
         .nest("/api/chats", chats::router().merge(chat_stream::router()))
         .fallback(|| async { ApiError::not_found("route") })

@@ -47,6 +47,6 @@ impl Modify for BearerAuth {
 pub fn router() -> Router<AppState> {
     Router::new().route(
         "/api/openapi.json",
-        get(|| async { Json(ApiDoc::openapi()) }),
+        get(|| async { Json(ApiDoc::openapi().merge_from(super::billing::BillingDoc::openapi())) }),
     )
 }
