@@ -188,7 +188,8 @@ impl App {
     ) -> std::io::Result<()> {
         let grace = Duration::from_secs(self.state.config.server.shutdown_grace_secs);
         let router = http::router(self.state.clone());
-        let billing_sweep = crate::billing::sweep::Sweeper::start(self.state.db.clone(), &self.state.config);
+        let billing_sweep =
+            crate::billing::sweep::Sweeper::start(self.state.db.clone(), &self.state.config);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         // Small frames (acks, deltas) must not wait out Nagle's algorithm
         // against the peer's delayed ACK: that alone cost ~40 ms per ack.

@@ -37,7 +37,10 @@ pub const ENV_MAP: &[(&str, &str)] = &[
     ("LLM_PROVIDER_PAID_TIER", "providers.paid_tier"),
     ("STRIPE_SECRET_KEY", "stripe.secret_key"),
     ("STRIPE_WEBHOOK_SECRET", "stripe.webhook_secret"),
-    ("STRIPE_WEBHOOK_SECRETS_PREVIOUS", "billing.previous_webhook_secrets"),
+    (
+        "STRIPE_WEBHOOK_SECRETS_PREVIOUS",
+        "billing.previous_webhook_secrets",
+    ),
     ("STRIPE_API_BASE", "billing.api_base"),
     ("STRIPE_PRICE_PRO", "billing.price_pro"),
     ("STRIPE_PRICE_TEAM", "billing.price_team"),

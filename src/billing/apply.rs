@@ -77,15 +77,13 @@ impl Applier<'_> {
             Effect::Subscription(s) => self.subscription(&mut tx, s, created, None).await?,
             Effect::CheckoutCompleted(c) => self.checkout(&mut tx, c, fetched).await?,
             Effect::InvoicePaid(i) => self.invoice_paid(&mut tx, i, created).await?,
-            Effect::InvoicePaymentFailed(i) => {
-                match i.subscription_id() {
-                    Some(sub) => match store::mark_failed(&mut tx, sub, created).await? {
-                        Some(ws) => (Outcome::Applied, Some(ws)),
-                        None => (Outcome::Unmatched, None),
-                    },
-                    None => (Outcome::Ignored, None),
-                }
-            }
+            Effect::InvoicePaymentFailed(i) => match i.subscription_id() {
+                Some(sub) => match store::mark_failed(&mut tx, sub, created).await? {
+                    Some(ws) => (Outcome::Applied, Some(ws)),
+                    None => (Outcome::Unmatched, None),
+                },
+                None => (Outcome::Ignored, None),
+            },
         };
         if let Some(ws) = workspace {
             let plan = store::apply_effective_plan(&mut tx, ws, self.grace_secs).await?;

@@ -98,7 +98,9 @@ pub fn problems(config: &Config) -> Vec<String> {
     let prices = b.all_prices();
     for (i, price) in prices.iter().enumerate() {
         if price.id.trim().is_empty() || price.id.len() > 255 {
-            p.push(format!("billing.prices[{i}]: id must be 1 to 255 characters"));
+            p.push(format!(
+                "billing.prices[{i}]: id must be 1 to 255 characters"
+            ));
         }
         if !PAID_PLANS.contains(&price.plan.as_str()) {
             p.push(format!(
@@ -208,7 +210,10 @@ mod tests {
         assert_eq!(c.billing.previous_webhook_secrets.len(), 2);
         let prices = c.billing.all_prices();
         assert_eq!(prices.len(), 1);
-        assert_eq!((prices[0].id.as_str(), prices[0].plan.as_str()), ("price_env_pro", "pro"));
+        assert_eq!(
+            (prices[0].id.as_str(), prices[0].plan.as_str()),
+            ("price_env_pro", "pro")
+        );
         assert!(problems(&c).is_empty(), "{:?}", problems(&c));
     }
 
@@ -217,18 +222,42 @@ mod tests {
         let mut c = config();
         c.stripe.secret_key = Some(Secret::new("sk_test_x"));
         c.billing.price_pro = None;
-        assert!(problems(&c).iter().any(|p| p.contains("no price is mapped")));
+        assert!(
+            problems(&c)
+                .iter()
+                .any(|p| p.contains("no price is mapped"))
+        );
         c.billing.prices = vec![
-            PriceConfig { id: "price_a".into(), plan: "free".into(), per_seat: false },
-            PriceConfig { id: "price_a".into(), plan: "pro".into(), per_seat: false },
+            PriceConfig {
+                id: "price_a".into(),
+                plan: "free".into(),
+                per_seat: false,
+            },
+            PriceConfig {
+                id: "price_a".into(),
+                plan: "pro".into(),
+                per_seat: false,
+            },
         ];
         c.billing.api_base = "ftp://stripe".into();
         c.billing.webhook_tolerance_secs = 0;
         c.billing.previous_webhook_secrets = vec![Secret::new("short")];
         let p = problems(&c);
-        for needle in ["plan must be one of", "listed twice", "STRIPE_API_BASE", "webhook_tolerance_secs", "STRIPE_WEBHOOK_SECRETS_PREVIOUS"] {
-            assert!(p.iter().any(|x| x.contains(needle)), "{needle} not in {p:?}");
+        for needle in [
+            "plan must be one of",
+            "listed twice",
+            "STRIPE_API_BASE",
+            "webhook_tolerance_secs",
+            "STRIPE_WEBHOOK_SECRETS_PREVIOUS",
+        ] {
+            assert!(
+                p.iter().any(|x| x.contains(needle)),
+                "{needle} not in {p:?}"
+            );
         }
-        assert!(!p.iter().any(|x| x.contains("short")), "a secret never appears in a problem");
+        assert!(
+            !p.iter().any(|x| x.contains("short")),
+            "a secret never appears in a problem"
+        );
     }
 }

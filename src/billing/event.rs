@@ -83,12 +83,22 @@ impl Subscription {
         self.items.data.first().map(|i| i.price.id.as_str())
     }
     pub fn seats(&self) -> i32 {
-        let q = self.items.data.first().and_then(|i| i.quantity).unwrap_or(1);
+        let q = self
+            .items
+            .data
+            .first()
+            .and_then(|i| i.quantity)
+            .unwrap_or(1);
         i32::try_from(q).unwrap_or(i32::MAX).max(1)
     }
     pub fn period_end(&self) -> Option<i64> {
-        self.current_period_end
-            .or_else(|| self.items.data.iter().filter_map(|i| i.current_period_end).max())
+        self.current_period_end.or_else(|| {
+            self.items
+                .data
+                .iter()
+                .filter_map(|i| i.current_period_end)
+                .max()
+        })
     }
 }
 
@@ -243,11 +253,15 @@ mod tests {
 
     #[test]
     fn reads_invoice_subscription_from_either_place() {
-        let old = json!({"id": "in_1", "subscription": "sub_1", "amount_paid": 1500, "currency": "usd"});
+        let old =
+            json!({"id": "in_1", "subscription": "sub_1", "amount_paid": 1500, "currency": "usd"});
         let (_, Effect::InvoicePaid(i)) = parse(&event("invoice.paid", old)).unwrap() else {
             panic!()
         };
-        assert_eq!((i.subscription_id(), i.amount_micros()), (Some("sub_1"), 15_000_000));
+        assert_eq!(
+            (i.subscription_id(), i.amount_micros()),
+            (Some("sub_1"), 15_000_000)
+        );
         let new = json!({"id": "in_2", "amount_paid": 900, "currency": "eur",
             "parent": {"subscription_details": {"subscription": "sub_2"}}});
         let (_, Effect::InvoicePaymentFailed(i)) =
@@ -261,10 +275,18 @@ mod tests {
     #[test]
     fn unknown_types_are_ignored_and_bad_objects_refused() {
         assert!(matches!(
-            parse(&event("charge.refunded", json!({"anything": 1}))).unwrap().1,
+            parse(&event("charge.refunded", json!({"anything": 1})))
+                .unwrap()
+                .1,
             Effect::Ignored
         ));
-        assert!(parse(&event("customer.subscription.updated", json!({"id": "sub_1"}))).is_err());
+        assert!(
+            parse(&event(
+                "customer.subscription.updated",
+                json!({"id": "sub_1"})
+            ))
+            .is_err()
+        );
         assert!(parse(b"{not json").is_err());
         assert!(parse(br#"{"id":"evt_1","type":"x"}"#).is_err());
     }

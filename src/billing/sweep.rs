@@ -31,8 +31,12 @@ impl Sweeper {
                 }
                 match sweep_once(&db, grace).await {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(workspaces = n, "billing grace periods ended: plans reset"),
-                    Err(e) => tracing::warn!(error = %e, "billing sweep failed; retrying next tick"),
+                    Ok(n) => {
+                        tracing::info!(workspaces = n, "billing grace periods ended: plans reset")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "billing sweep failed; retrying next tick")
+                    }
                 }
             }
         });

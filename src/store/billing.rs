@@ -66,10 +66,11 @@ pub async fn workspace_of_customer(
 }
 
 pub async fn workspace_exists(db: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
-    let (exists,): (bool,) = sqlx::query_as("select exists (select 1 from workspaces where id = $1)")
-        .bind(id)
-        .fetch_one(db)
-        .await?;
+    let (exists,): (bool,) =
+        sqlx::query_as("select exists (select 1 from workspaces where id = $1)")
+            .bind(id)
+            .fetch_one(db)
+            .await?;
     Ok(exists)
 }
 

@@ -66,9 +66,7 @@ impl MockStripe {
             .route("/v1/checkout/sessions", post(create_checkout))
             .route("/v1/billing_portal/sessions", post(create_portal))
             .route("/v1/subscriptions/{id}", get(get_subscription))
-            .fallback(|| async {
-                stripe_error(StatusCode::NOT_FOUND, "Unrecognized request URL")
-            })
+            .fallback(|| async { stripe_error(StatusCode::NOT_FOUND, "Unrecognized request URL") })
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -117,7 +115,10 @@ fn accept(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if auth != format!("Bearer {SECRET_KEY}") {
-        return Err(stripe_error(StatusCode::UNAUTHORIZED, "Invalid API Key provided"));
+        return Err(stripe_error(
+            StatusCode::UNAUTHORIZED,
+            "Invalid API Key provided",
+        ));
     }
     let form: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
     let rec = Recorded {
@@ -222,7 +223,10 @@ async fn get_subscription(
     }
     match inner.lock().unwrap().subscriptions.get(&id) {
         Some(sub) => Json(sub.clone()).into_response(),
-        None => stripe_error(StatusCode::NOT_FOUND, &format!("No such subscription: '{id}'")),
+        None => stripe_error(
+            StatusCode::NOT_FOUND,
+            &format!("No such subscription: '{id}'"),
+        ),
     }
 }
 
@@ -246,7 +250,8 @@ pub fn checkout_session_json(
     subscription: Option<&str>,
     status: &str,
 ) -> Value {
-    json!({
+    // Two halves: one json! this long would pass the macro recursion limit.
+    let session = json!({
         "id": id, "object": "checkout.session",
         "adaptive_pricing": null, "after_expiration": null, "allow_promotion_codes": null,
         "amount_subtotal": 2000, "amount_total": 2000,
@@ -259,6 +264,8 @@ pub fn checkout_session_json(
                                              "submit": null, "terms_of_service_acceptance": null},
         "customer": customer, "customer_creation": null, "customer_details": null,
         "customer_email": null, "discounts": [], "expires_at": now() + 86_400,
+    });
+    let rest = json!({
         "invoice": null, "invoice_creation": null, "livemode": false, "locale": null,
         "metadata": {}, "mode": "subscription", "payment_intent": null, "payment_link": null,
         "payment_method_collection": "always", "payment_method_configuration_details": null,
@@ -270,9 +277,10 @@ pub fn checkout_session_json(
         "shipping_address_collection": null, "shipping_cost": null, "shipping_options": [],
         "status": status, "submit_type": null, "subscription": subscription,
         "success_url": "http://127.0.0.1/success", "total_details": null,
-        "ui_mode": "hosted", "url": if status == "open" { json!(format!("https://checkout.stripe.test/c/pay/{id}")) } else { Value::Null },
-        "wallet_options": null,
-    })
+        "ui_mode": "hosted", "wallet_options": null,
+        "url": if status == "open" { json!(format!("https://checkout.stripe.test/c/pay/{id}")) } else { Value::Null },
+    });
+    merge(session, rest)
 }
 
 /// A subscription object as the API (and webhooks) carry it.
@@ -285,7 +293,14 @@ pub fn subscription_json(
     workspace_id: &str,
 ) -> Value {
     let t = now();
-    json!({
+    let item = json!({
+        "id": format!("si_{id}"), "object": "subscription_item", "billing_thresholds": null,
+        "created": t, "current_period_end": t + 30 * 86_400, "current_period_start": t,
+        "discounts": [], "metadata": {}, "plan": plan_json(price),
+        "price": price_json(price), "quantity": quantity, "subscription": id,
+        "tax_rates": [],
+    });
+    let head = json!({
         "id": id, "object": "subscription", "application": null,
         "application_fee_percent": null,
         "automatic_tax": {"disabled_reason": null, "enabled": false, "liability": null},
@@ -298,17 +313,13 @@ pub fn subscription_json(
         "collection_method": "charge_automatically", "created": t, "currency": "usd",
         "customer": customer, "customer_account": null, "days_until_due": null,
         "default_payment_method": null, "default_source": null, "default_tax_rates": [],
+    });
+    let tail = json!({
         "description": null, "discounts": [], "ended_at": null,
         "invoice_settings": {"account_tax_ids": null, "issuer": {"type": "self"}},
         "items": {
-            "object": "list", "has_more": false, "url": format!("/v1/subscription_items?subscription={id}"),
-            "data": [{
-                "id": format!("si_{id}"), "object": "subscription_item", "billing_thresholds": null,
-                "created": t, "current_period_end": t + 30 * 86_400, "current_period_start": t,
-                "discounts": [], "metadata": {}, "plan": plan_json(price),
-                "price": price_json(price), "quantity": quantity, "subscription": id,
-                "tax_rates": [],
-            }],
+            "object": "list", "has_more": false, "data": [item],
+            "url": format!("/v1/subscription_items?subscription={id}"),
         },
         "latest_invoice": null, "livemode": false,
         "metadata": {"workspace_id": workspace_id},
@@ -318,7 +329,16 @@ pub fn subscription_json(
         "pending_update": null, "presentment_details": null, "schedule": null,
         "start_date": t, "status": status, "test_clock": null, "transfer_data": null,
         "trial_end": null, "trial_settings": null, "trial_start": null,
-    })
+    });
+    merge(head, tail)
+}
+
+/// The fields of `a` and `b` in one object.
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Value::Object(a), Value::Object(b)) = (&mut a, b) {
+        a.extend(b);
+    }
+    a
 }
 
 /// The legacy `plan` every subscription item still carries.

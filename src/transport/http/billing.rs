@@ -75,7 +75,9 @@ pub async fn create_checkout_session(
         .prices()
         .get(req.price_id.trim())
         .cloned()
-        .ok_or_else(|| ApiError::invalid("priceId: not a price on sale (see /api/billing/plans)"))?;
+        .ok_or_else(|| {
+            ApiError::invalid("priceId: not a price on sale (see /api/billing/plans)")
+        })?;
     if req.seats.is_some_and(|s| s == 0 || s > MAX_SEATS) {
         return Err(ApiError::invalid(format!(
             "seats: must be 1 to {MAX_SEATS}"
@@ -95,7 +97,14 @@ pub async fn create_checkout_session(
         .ok_or_else(|| ApiError::unauthorized("invalid or expired token"))?;
     let session = state
         .billing
-        .checkout(&state.db, &state.config, workspace_id, &email, &price, seats)
+        .checkout(
+            &state.db,
+            &state.config,
+            workspace_id,
+            &email,
+            &price,
+            seats,
+        )
         .await?;
     Ok(Json(session))
 }
@@ -238,11 +247,29 @@ async fn managed_workspace(
 /// The billing and margin part of `/api/openapi.json`, merged into `ApiDoc`.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(plans, create_checkout_session, portal_session, subscription, webhook,
-          super::margin::margin, super::margin::worst_workspaces),
-    components(schemas(PlanList, PlanOffer, billing::plans::PlanLimits, billing::plans::PriceOffer,
-                       CheckoutRequest, PortalRequest, Redirect, SubscriptionView, WebhookAck,
-                       super::margin::MarginView, super::margin::WorstMargins,
-                       store::billing::MarginRow, store::billing::WorkspaceMargin))
+    paths(
+        plans,
+        create_checkout_session,
+        portal_session,
+        subscription,
+        webhook,
+        super::margin::margin,
+        super::margin::worst_workspaces
+    ),
+    components(schemas(
+        PlanList,
+        PlanOffer,
+        billing::plans::PlanLimits,
+        billing::plans::PriceOffer,
+        CheckoutRequest,
+        PortalRequest,
+        Redirect,
+        SubscriptionView,
+        WebhookAck,
+        super::margin::MarginView,
+        super::margin::WorstMargins,
+        store::billing::MarginRow,
+        store::billing::WorkspaceMargin
+    ))
 )]
 pub struct BillingDoc;

@@ -72,8 +72,7 @@ pub async fn margin(
             .ok_or_else(|| ApiError::not_found("workspace"))?,
     };
     let since = Utc::now() - Duration::days(days);
-    let periods =
-        store::billing::margin_by_period(&state.db, workspace_id, period, since).await?;
+    let periods = store::billing::margin_by_period(&state.db, workspace_id, period, since).await?;
     let revenue = periods.iter().map(|p| p.revenue_micros).sum::<i64>();
     let cost = periods.iter().map(|p| p.cost_micros).sum::<i64>();
     Ok(Json(MarginView {
