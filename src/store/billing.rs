@@ -248,7 +248,8 @@ pub async fn record_revenue(db: &mut PgConnection, r: &Revenue<'_>) -> Result<bo
     Ok(n == 1)
 }
 
-/// Sets the workspace's plan from its subscriptions; returns the plan.
+/// Sets the workspace's plan from its subscriptions and returns it; a
+/// workspace without any subscription keeps the plan it has (set by hand).
 pub async fn apply_effective_plan(
     db: &mut PgConnection,
     workspace_id: Uuid,
@@ -256,7 +257,8 @@ pub async fn apply_effective_plan(
 ) -> Result<Option<String>, sqlx::Error> {
     let row: Option<(String,)> = sqlx::query_as(
         "update workspaces set plan = billing_effective_plan(id, make_interval(secs => $2))
-         where id = $1 returning plan",
+         where id = $1 and exists (select 1 from subscriptions s where s.workspace_id = $1)
+         returning plan",
     )
     .bind(workspace_id)
     .bind(grace_secs)

@@ -3,6 +3,8 @@
 
 mod auth;
 mod billing;
+mod billing_margin;
+mod billing_webhooks;
 mod chat_stream;
 mod chats;
 mod config;

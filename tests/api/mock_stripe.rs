@@ -103,22 +103,18 @@ fn stripe_error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// Checks the key and records the form body; Err is Stripe's 401.
-fn accept(
-    inner: &Mutex<Inner>,
-    path: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Recorded, Response> {
+fn unauthorized() -> Response {
+    stripe_error(StatusCode::UNAUTHORIZED, "Invalid API Key provided")
+}
+
+/// Checks the key and records the form body; None when the key is wrong.
+fn accept(inner: &Mutex<Inner>, path: &str, headers: &HeaderMap, body: &[u8]) -> Option<Recorded> {
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if auth != format!("Bearer {SECRET_KEY}") {
-        return Err(stripe_error(
-            StatusCode::UNAUTHORIZED,
-            "Invalid API Key provided",
-        ));
+        return None;
     }
     let form: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
     let rec = Recorded {
@@ -130,7 +126,7 @@ fn accept(
             .map(str::to_owned),
     };
     inner.lock().unwrap().requests.push(rec.clone());
-    Ok(rec)
+    Some(rec)
 }
 
 fn next_id(inner: &Mutex<Inner>, prefix: &str) -> String {
@@ -148,9 +144,8 @@ async fn create_customer(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let rec = match accept(&inner, "/v1/customers", &headers, &body) {
-        Ok(r) => r,
-        Err(res) => return res,
+    let Some(rec) = accept(&inner, "/v1/customers", &headers, &body) else {
+        return unauthorized();
     };
     let key = rec.idempotency_key.clone();
     let existing = key
@@ -177,9 +172,8 @@ async fn create_checkout(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let rec = match accept(&inner, "/v1/checkout/sessions", &headers, &body) {
-        Ok(r) => r,
-        Err(res) => return res,
+    let Some(rec) = accept(&inner, "/v1/checkout/sessions", &headers, &body) else {
+        return unauthorized();
     };
     let id = next_id(&inner, "cs_test");
     Json(checkout_session_json(
@@ -197,9 +191,8 @@ async fn create_portal(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let rec = match accept(&inner, "/v1/billing_portal/sessions", &headers, &body) {
-        Ok(r) => r,
-        Err(res) => return res,
+    let Some(rec) = accept(&inner, "/v1/billing_portal/sessions", &headers, &body) else {
+        return unauthorized();
     };
     let id = next_id(&inner, "bps");
     Json(json!({
@@ -218,8 +211,8 @@ async fn get_subscription(
     Path(id): Path<String>,
 ) -> Response {
     let path = format!("/v1/subscriptions/{id}");
-    if let Err(res) = accept(&inner, &path, &headers, b"") {
-        return res;
+    if accept(&inner, &path, &headers, b"").is_none() {
+        return unauthorized();
     }
     match inner.lock().unwrap().subscriptions.get(&id) {
         Some(sub) => Json(sub.clone()).into_response(),
