@@ -136,6 +136,7 @@ pub struct SubscriptionState<'a> {
 
 /// Inserts or updates the subscription unless the stored state is newer.
 /// `canceled` is final in Stripe, so nothing but another `canceled` replaces it.
+/// An `active` or `trialing` state newer than a payment failure clears it.
 /// Returns whether the row changed.
 pub async fn upsert_subscription(
     db: &mut PgConnection,
@@ -154,6 +155,12 @@ pub async fn upsert_subscription(
              cancel_at_period_end = excluded.cancel_at_period_end,
              current_period_end = excluded.current_period_end,
              state_at = excluded.state_at,
+             -- Stripe calling it active after the failure means it was paid,
+             -- even if that invoice.paid never reaches us.
+             payment_failed_at = case
+                 when excluded.status in ('active', 'trialing')
+                      and subscriptions.payment_failed_at < excluded.state_at then null
+                 else subscriptions.payment_failed_at end,
              updated_at = now()
          where excluded.state_at >= subscriptions.state_at
            and (subscriptions.status <> 'canceled' or excluded.status = 'canceled')",

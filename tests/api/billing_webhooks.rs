@@ -229,6 +229,45 @@ async fn a_payment_delivered_before_an_older_failure_wins() {
 }
 
 #[tokio::test]
+async fn a_subscription_active_after_a_failure_clears_it() {
+    let (app, _stripe) = billing_app(|_| {}).await;
+    let user = app.new_user().await;
+    let ws = workspace_of(&app, &user).await.to_string();
+    let t0 = Utc::now().timestamp();
+    let sub = |status: &str| subscription_json("sub_f", "cus_f", PRICE_PRO, status, 1, &ws);
+    let failing = "select count(*) from subscriptions where payment_failed_at is not null";
+    deliver_signed(
+        &app,
+        &event_json("evt_f0", "customer.subscription.created", t0, sub("active")),
+    )
+    .await;
+    let failed = invoice_json("in_f", "cus_f", "sub_f", 2000, None);
+    deliver_signed(
+        &app,
+        &event_json("evt_f1", "invoice.payment_failed", t0 + 5, failed),
+    )
+    .await;
+    // Past due in the same second as the failure: the clock keeps running.
+    let due = event_json(
+        "evt_f2",
+        "customer.subscription.updated",
+        t0 + 5,
+        sub("past_due"),
+    );
+    deliver_signed(&app, &due).await;
+    assert_eq!(count(&app, failing).await, 1);
+    // Active again later: recovered, even with no invoice.paid.
+    let ok = event_json(
+        "evt_f3",
+        "customer.subscription.updated",
+        t0 + 9,
+        sub("active"),
+    );
+    assert_eq!(deliver_signed(&app, &ok).await, "applied");
+    assert_eq!(count(&app, failing).await, 0);
+}
+
+#[tokio::test]
 async fn unknown_types_are_recorded_and_orphans_are_not_applied() {
     let (app, _stripe) = billing_app(|_| {}).await;
     let now = Utc::now().timestamp();

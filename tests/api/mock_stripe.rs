@@ -270,7 +270,7 @@ pub fn checkout_session_json(
         "shipping_address_collection": null, "shipping_cost": null, "shipping_options": [],
         "status": status, "submit_type": null, "subscription": subscription,
         "success_url": "http://127.0.0.1/success", "total_details": null,
-        "ui_mode": "hosted", "wallet_options": null,
+        "ui_mode": "hosted_page", "wallet_options": null,
         "url": if status == "open" { json!(format!("https://checkout.stripe.test/c/pay/{id}")) } else { Value::Null },
     });
     merge(session, rest)
