@@ -126,7 +126,9 @@ impl App {
         // Started last, so a failed start leaves no email task running.
         let email = crate::email::EmailTasks::start(&config, &db)
             .map_err(|e| StartError::Config(vec![e.to_string()]))?;
+        let billing = crate::billing::Billing::new(&config);
         let state = AppState::new(AppInner {
+            billing,
             config,
             db,
             redis,
@@ -163,6 +165,8 @@ impl App {
     ) -> std::io::Result<()> {
         let grace = Duration::from_secs(self.state.config.server.shutdown_grace_secs);
         let router = http::router(self.state.clone());
+        let billing_sweep =
+            crate::billing::sweep::Sweeper::start(self.state.db.clone(), &self.state.config);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         // Small frames (acks, deltas) must not wait out Nagle's algorithm
         // against the peer's delayed ACK: that alone cost ~40 ms per ack.
@@ -197,6 +201,7 @@ impl App {
                 Ok(())
             }
         };
+        billing_sweep.stop().await;
         self.state.actors.stop(Duration::from_secs(1)).await;
         self.state.email.shutdown().await;
         res

@@ -9,6 +9,7 @@
 //! - [`error`]: the error-code table behind every REST error and WS/SSE error frame.
 //! - [`protocol`]: the chat event vocabulary, the frames both streaming doors speak.
 //! - [`auth`]: credentials, argon2id hashing, JWT access and rotating refresh tokens.
+//! - [`billing`]: Stripe plans, checkout, verified webhooks applied once, revenue.
 //! - [`store`]: thin SQL over Postgres; the schema is in `migrations/`.
 //! - [`limits`]: fixed-window counters shared through Redis, per node when it is down.
 //! - [`budget`]: cost budgets: reserve the worst case, settle the real cost, alert at thresholds.
@@ -30,6 +31,7 @@ pub mod actors;
 pub mod admission;
 pub mod app;
 pub mod auth;
+pub mod billing;
 pub mod budget;
 pub mod config;
 pub mod email;

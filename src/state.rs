@@ -29,6 +29,8 @@ pub struct AppInner {
     pub embedder: Arc<dyn crate::providers::embedding::Embedder>,
     /// When each API key's `last_used_at` was last written by this node.
     pub key_touches: dashmap::DashMap<uuid::Uuid, std::time::Instant>,
+    /// The Stripe client and price map.
+    pub billing: crate::billing::Billing,
     /// The outbox relay and, when configured, the email worker.
     pub email: crate::email::EmailTasks,
 }

@@ -13,9 +13,11 @@ use figment::{
 use serde::Deserialize;
 
 mod accounts;
+mod billing;
 pub mod pricing;
 mod validate;
 pub use accounts::{AccountsConfig, EmailConfig, SmtpTls};
+pub use billing::{BillingConfig, PriceConfig};
 
 /// The seed's environment names and where each lands in the settings tree.
 pub const ENV_MAP: &[(&str, &str)] = &[
@@ -42,6 +44,13 @@ pub const ENV_MAP: &[(&str, &str)] = &[
     ("LLM_PROVIDER_PAID_TIER", "providers.paid_tier"),
     ("STRIPE_SECRET_KEY", "stripe.secret_key"),
     ("STRIPE_WEBHOOK_SECRET", "stripe.webhook_secret"),
+    (
+        "STRIPE_WEBHOOK_SECRETS_PREVIOUS",
+        "billing.previous_webhook_secrets",
+    ),
+    ("STRIPE_API_BASE", "billing.api_base"),
+    ("STRIPE_PRICE_PRO", "billing.price_pro"),
+    ("STRIPE_PRICE_TEAM", "billing.price_team"),
     ("SMTP_HOST", "smtp.host"),
     ("SMTP_USER", "smtp.user"),
     ("SMTP_PASS", "smtp.pass"),
@@ -133,6 +142,8 @@ pub struct Config {
     pub stripe: StripeConfig,
     #[serde(default)]
     pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub billing: BillingConfig,
     pub plans: BTreeMap<String, PlanConfig>,
     pub chat: ChatConfig,
     pub ws: WsConfig,

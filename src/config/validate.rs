@@ -87,6 +87,7 @@ impl Config {
         self.check_plans(&mut p);
         self.check_chat(&mut p);
         self.check_accounts(&mut p);
+        p.extend(super::billing::problems(self));
         p
     }
 

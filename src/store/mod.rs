@@ -2,6 +2,7 @@
 //! callers decide; these read and write rows.
 
 pub mod api_keys;
+pub mod billing;
 pub mod chats;
 pub mod email_tokens;
 pub mod members;

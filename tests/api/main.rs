@@ -12,6 +12,9 @@
 mod accounts;
 mod auth;
 mod auth_races;
+mod billing;
+mod billing_margin;
+mod billing_webhooks;
 mod chat_stream;
 mod chats;
 mod config;
@@ -22,6 +25,7 @@ mod helpers;
 mod http_basics;
 mod ledger;
 mod mock_llm;
+mod mock_stripe;
 mod openai_api;
 mod providers;
 mod routing;

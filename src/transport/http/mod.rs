@@ -5,11 +5,13 @@
 mod accounts;
 mod analytics;
 mod auth;
+mod billing;
 mod chat_stream;
 mod chats;
 pub mod extract;
 mod health;
 mod keys;
+mod margin;
 mod openai_api;
 mod openapi;
 mod workspaces;
@@ -51,6 +53,8 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/analytics", analytics::router())
         .nest("/api/keys", keys::router())
         .nest("/api/workspaces", workspaces::router())
+        .nest("/api/billing", billing::router())
+        .merge(margin::router())
         .nest("/v1", openai_api::router())
         .nest("/api/chats", chats::router().merge(chat_stream::router()))
         .fallback(|| async { ApiError::not_found("route") })

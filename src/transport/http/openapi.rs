@@ -50,6 +50,7 @@ pub fn router() -> Router<AppState> {
         get(|| async {
             let mut doc = ApiDoc::openapi();
             doc.merge(super::workspaces::AccountsApiDoc::openapi());
+            doc.merge(super::billing::BillingDoc::openapi());
             Json(doc)
         }),
     )
