@@ -115,6 +115,8 @@ pub struct Config {
     #[serde(default)]
     pub telemetry: TelemetryConfig,
     #[serde(default)]
+    pub web: WebConfig,
+    #[serde(default)]
     pub stripe: StripeConfig,
     #[serde(default)]
     pub smtp: SmtpConfig,
@@ -236,6 +238,26 @@ impl ProvidersConfig {
 pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     pub sentry_dsn: Option<Secret>,
+}
+
+/// The browser client (web/), served at `/` by `transport::http::web`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WebConfig {
+    /// Serve the client at all; an API-only deployment turns it off.
+    pub enabled: bool,
+    /// Directory holding index.html and assets/; relative paths are taken from
+    /// the working directory (the repository root under `make run` and tests).
+    pub dir: std::path::PathBuf,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: "web".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -541,6 +563,16 @@ impl Config {
                 "simulated.failure_rate must be between 0 and 1 (got {})",
                 sim.failure_rate
             ));
+        }
+        if self.web.enabled {
+            for file in ["index.html", "assets/vendor/marked.js"] {
+                if !self.web.dir.join(file).is_file() {
+                    p.push(format!(
+                        "web.dir: {} has no {file} (run scripts/build-web.sh, or set web.enabled = false)",
+                        self.web.dir.display()
+                    ));
+                }
+            }
         }
         match crate::providers::pricing::PriceTable::load(Path::new(&chat.pricing_file)) {
             Ok(table) => {

@@ -2,6 +2,8 @@
 //! own freshly migrated database and its own Redis key prefix.
 
 mod auth;
+mod browser;
+mod browser_shots;
 mod chat_stream;
 mod chats;
 mod config;
@@ -12,5 +14,7 @@ mod mock_llm;
 mod openai_api;
 mod providers;
 mod routing;
+mod web;
+mod webdriver;
 mod ws;
 mod ws_client;

@@ -9,8 +9,10 @@ mod chats;
 pub mod extract;
 mod health;
 mod keys;
+mod models;
 mod openai_api;
 mod openapi;
+mod web;
 
 use std::time::{Duration, Instant};
 
@@ -48,6 +50,8 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/auth", auth::router())
         .nest("/api/analytics", analytics::router())
         .nest("/api/keys", keys::router())
+        .nest("/api/models", models::router())
+        .merge(web::router(&state.config.web))
         .nest("/v1", openai_api::router())
         .nest("/api/chats", chats::router().merge(chat_stream::router()))
         .fallback(|| async { ApiError::not_found("route") })

@@ -1,0 +1,324 @@
+//! The browser client (web/) in a real headless Chromium: sign up, chat with a
+//! streamed answer, stop it, reload, lose the network mid-answer, and model
+//! output that tries to run script. The page is loaded through `CutProxy`, a
+//! TCP proxy the test can cut, so "the network drops" is real sockets closing.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use switchboard::providers::simulated::reply_tokens;
+use tokio::{net::TcpListener, task::AbortHandle};
+use uuid::Uuid;
+
+use crate::{
+    helpers::{PASSWORD, TestApp, spawn_app_with},
+    webdriver::{Browser, ENTER, ESCAPE, WAIT},
+};
+
+/// Forwards TCP to the app; `cut` closes every connection and refuses new ones
+/// until `restore`.
+pub struct CutProxy {
+    pub addr: SocketAddr,
+    refusing: Arc<AtomicBool>,
+    live: Arc<Mutex<Vec<AbortHandle>>>,
+    accept: AbortHandle,
+}
+
+impl CutProxy {
+    pub async fn start(upstream: SocketAddr) -> CutProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refusing = Arc::new(AtomicBool::new(false));
+        let live: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (r, l) = (refusing.clone(), live.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if r.load(Ordering::SeqCst) {
+                    continue; // dropped: the browser sees the connection close
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                l.lock().unwrap().push(task.abort_handle());
+            }
+        })
+        .abort_handle();
+        CutProxy {
+            addr,
+            refusing,
+            live,
+            accept,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.refusing.store(true, Ordering::SeqCst);
+        for conn in self.live.lock().unwrap().drain(..) {
+            conn.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.refusing.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// An app whose simulated answers take a few seconds, so a test can act mid-answer.
+pub async fn slow_app() -> TestApp {
+    spawn_app_with(|c| {
+        c.simulated.ttft_ms = 200;
+        c.simulated.token_delay_ms = 50;
+        c.simulated.reply_tokens = 100;
+    })
+    .await
+}
+
+/// The answer the simulated provider gives to `prompt` (deterministic).
+fn expected_answer(prompt: &str) -> String {
+    reply_tokens(prompt, 100).concat()
+}
+
+const ASSISTANT_STATE: &str = "const a = [...document.querySelectorAll('article.msg.assistant')]; \
+    const m = a[arguments[0]]; if (!m) return null; \
+    return {id: m.dataset.id, status: m.dataset.status, text: m.querySelector('.body').textContent, \
+            count: a.length, meta: m.querySelector('.meta').textContent};";
+
+async fn assistant(b: &Browser, i: usize) -> Value {
+    b.js(ASSISTANT_STATE, json!([i])).await
+}
+
+/// Waits until answer `i` satisfies `pred`; returns its state.
+pub async fn wait_answer(b: &Browser, i: usize, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let v = assistant(b, i).await;
+        if !v.is_null() && pred(&v) {
+            return v;
+        }
+        assert!(started.elapsed() < WAIT, "timed out waiting for answer {i} {what}: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn db_message(app: &TestApp, id: &str) -> (String, String) {
+    sqlx::query_as("select status, content from messages where id = $1")
+        .bind(Uuid::parse_str(id).unwrap())
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+pub async fn send(b: &Browser, text: &str) {
+    b.type_into("#composer-input", &format!("{text}{ENTER}")).await;
+}
+
+pub async fn sign_up(b: &Browser, origin: &str) {
+    b.goto(&format!("{origin}/#/signup")).await;
+    let tag = &Uuid::new_v4().simple().to_string()[..10];
+    b.type_into("#email", &format!("web-{tag}@example.com")).await;
+    b.type_into("#username", &format!("web{tag}")).await;
+    b.type_into("#password", &format!("{PASSWORD}{ENTER}")).await;
+    b.wait_for("#new-chat").await;
+}
+
+#[tokio::test]
+async fn browser_chat_streams_stops_reloads_and_survives_a_network_cut() {
+    let app = slow_app().await;
+    let proxy = CutProxy::start(app.base.trim_start_matches("http://").parse().unwrap()).await;
+    let origin = format!("http://{}", proxy.addr);
+    let b = Browser::launch().await;
+    sign_up(&b, &origin).await;
+    b.click("#new-chat").await;
+    b.wait_for("#composer-input").await;
+
+    // 1. A streamed answer becomes visible while it streams; Escape stops it.
+    send(&b, "First question").await;
+    let live = wait_answer(&b, 0, "streaming with text", |v| {
+        v["status"] == "streaming" && v["text"].as_str().unwrap().len() > 20
+    })
+    .await;
+    b.wait_for("#stop-btn").await;
+    b.type_into("#composer-input", ESCAPE).await;
+    let stopped = wait_answer(&b, 0, "cancelled", |v| v["status"] == "cancelled").await;
+    let (status, content) = db_message(&app, live["id"].as_str().unwrap()).await;
+    assert_eq!(status, "cancelled");
+    assert_eq!(stopped["text"].as_str().unwrap().trim(), content.trim());
+    assert!(content.len() < expected_answer("First question").len(), "stopped early");
+    b.wait_for("article.msg.assistant .retry-btn").await;
+    // The chat was named after the first message.
+    b.wait_until("chat title", "return document.querySelector('#chat-list a')?.textContent === 'First question';", json!([])).await;
+
+    // 2. A reload shows the history as stored.
+    b.js("location.reload();", json!([])).await;
+    let reloaded = wait_answer(&b, 0, "reloaded", |v| v["status"] == "cancelled").await;
+    assert_eq!(reloaded["text"].as_str().unwrap().trim(), content.trim());
+    let user_text = b
+        .wait_until("user message", "return document.querySelector('article.msg.user .body')?.textContent;", json!([]))
+        .await;
+    assert_eq!(user_text, "First question");
+
+    // 3. The network drops mid-answer and comes back while it still streams.
+    send(&b, "Second question").await;
+    wait_answer(&b, 1, "some text", |v| v["text"].as_str().unwrap().len() > 30).await;
+    proxy.cut();
+    b.wait_until("offline", "return document.querySelector('#conn').dataset.state === 'offline';", json!([])).await;
+    proxy.restore();
+    let done = wait_answer(&b, 1, "complete", |v| v["status"] == "complete").await;
+    assert_eq!(done["text"], expected_answer("Second question"), "no token lost or doubled");
+    assert_eq!(done["count"], 2, "one article per answer");
+    assert!(done["meta"].as_str().unwrap().contains("simulated · sim-1"), "{done}");
+    b.wait_until("online", "return document.querySelector('#conn').dataset.state === 'online';", json!([])).await;
+
+    // 4. The network drops and the whole rest of the answer, done included, is missed.
+    send(&b, "Third question").await;
+    let third = wait_answer(&b, 2, "some text", |v| v["text"].as_str().unwrap().len() > 30).await;
+    proxy.cut();
+    let id = third["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    while db_message(&app, &id).await.0 != "complete" {
+        assert!(started.elapsed() < WAIT, "answer did not complete on the server");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.restore();
+    let done = wait_answer(&b, 2, "complete after reconnect", |v| v["status"] == "complete").await;
+    assert_eq!(done["text"], expected_answer("Third question"));
+    let user_messages = b
+        .js("return document.querySelectorAll('article.msg.user').length;", json!([]))
+        .await;
+    assert_eq!(user_messages, 3, "no message sent twice");
+}
+
+#[tokio::test]
+async fn browser_two_tabs_on_one_chat_stay_in_sync() {
+    let app = slow_app().await;
+    let origin = app.base.clone();
+    let b = Browser::launch().await;
+    sign_up(&b, &origin).await;
+    b.click("#new-chat").await;
+    b.wait_for("#composer-input").await;
+    let url = b.js("return location.href;", json!([])).await;
+    let (first, _second) = b.new_window().await;
+    b.goto(url.as_str().unwrap()).await;
+    b.wait_for("#composer-input").await;
+    b.wait_until("online", "return document.querySelector('#conn').dataset.state === 'online';", json!([])).await;
+    // Sent from the second tab, seen whole in the first.
+    send(&b, "From the other tab").await;
+    b.switch_to(&first).await;
+    let done = wait_answer(&b, 0, "complete in the first tab", |v| v["status"] == "complete").await;
+    assert_eq!(done["text"], expected_answer("From the other tab"));
+    let user = b
+        .wait_until("user message", "return document.querySelector('article.msg.user .body')?.textContent;", json!([]))
+        .await;
+    assert_eq!(user, "From the other tab");
+}
+
+#[tokio::test]
+async fn browser_model_output_never_runs_script() {
+    let app = slow_app().await;
+    let user = app.new_user().await;
+    let chat: Value = app
+        .client
+        .post(app.url("/api/chats"))
+        .bearer_auth(&user.access_token)
+        .json(&json!({"title": "hostile"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let chat_id = Uuid::parse_str(chat["id"].as_str().unwrap()).unwrap();
+    let hostile = "Here you go <script>window.__pwned = 1</script>\n\n\
+        <img src=x onerror=\"window.__pwned = 2\">\n\n\
+        [click](javascript:window.__pwned=3) <a href=\"javascript:window.__pwned=4\">a</a>\n\n\
+        ```rust\nfn main() { println!(\"hi\"); }\n```\n";
+    insert_answer(&app, chat_id, user.id, "show me", hostile).await;
+
+    let b = Browser::launch().await;
+    b.goto(&app.base).await;
+    // Signed in as that user: the client reads its session from localStorage.
+    b.js(
+        "localStorage.setItem('sb.session', JSON.stringify({access_token: arguments[0], \
+         refresh_token: arguments[1], expires_at: Date.now() + 600000, user: {id: arguments[2]}}));",
+        json!([user.access_token, user.refresh_token, user.id]),
+    )
+    .await;
+    b.goto(&format!("{}/#/chat/{chat_id}", app.base)).await;
+    b.wait_for("article.msg.assistant pre .copy-btn").await;
+    let report = b
+        .js(
+            "const body = document.querySelector('article.msg.assistant .body'); \
+             return {pwned: window.__pwned ?? null, scripts: body.querySelectorAll('script').length, \
+                     imgs: body.querySelectorAll('img[onerror]').length, \
+                     js_links: body.querySelectorAll('a[href^=\"javascript\"]').length, \
+                     text: body.textContent, highlighted: !!body.querySelector('code.hljs .hljs-keyword')};",
+            json!([]),
+        )
+        .await;
+    assert_eq!(report["pwned"], Value::Null, "{report}");
+    assert_eq!(report["scripts"], 0);
+    assert_eq!(report["imgs"], 0);
+    assert_eq!(report["js_links"], 0);
+    assert_eq!(report["highlighted"], true, "code is highlighted: {report}");
+    // Raw HTML is shown as text, not dropped silently.
+    assert!(report["text"].as_str().unwrap().contains("<script>window.__pwned = 1</script>"));
+    // The user's own text is never interpreted either.
+    send(&b, "<img src=x onerror=\"window.__pwned = 5\"> **not bold**").await;
+    wait_answer(&b, 1, "answered", |v| v["status"] == "complete").await;
+    let mine = b
+        .js("const u = document.querySelectorAll('article.msg.user .body'); const last = u[u.length - 1]; \
+             return {html: last.innerHTML.includes('<img'), text: last.textContent, pwned: window.__pwned ?? null};", json!([]))
+        .await;
+    assert_eq!(mine["html"], false);
+    assert_eq!(mine["pwned"], Value::Null);
+    assert_eq!(mine["text"], "<img src=x onerror=\"window.__pwned = 5\"> **not bold**");
+}
+
+/// A finished exchange written straight to the database, as if a provider had said `answer`.
+pub async fn insert_answer(app: &TestApp, chat_id: Uuid, user_id: Uuid, prompt: &str, answer: &str) {
+    let q = Uuid::now_v7();
+    sqlx::query(
+        "insert into messages (id, chat_id, seq, role, author_id, client_msg_id, content, status) \
+         values ($1, $2, 1, 'user', $3, 'seed-1', $4, 'complete')",
+    )
+    .bind(q)
+    .bind(chat_id)
+    .bind(user_id)
+    .bind(prompt)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into messages (id, chat_id, seq, role, reply_to, content, status, provider, model, \
+         finish_reason, input_tokens, output_tokens, cost_micros, completed_at) \
+         values ($1, $2, 2, 'assistant', $3, $4, 'complete', 'simulated', 'sim-1', 'stop', 3, 40, 0, now())",
+    )
+    .bind(Uuid::now_v7())
+    .bind(chat_id)
+    .bind(q)
+    .bind(answer)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query("update chats set last_seq = 2 where id = $1")
+        .bind(chat_id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+}
