@@ -96,7 +96,7 @@ fn expected_answer(prompt: &str) -> String {
 
 const ASSISTANT_STATE: &str = "const a = [...document.querySelectorAll('article.msg.assistant')]; \
     const m = a[arguments[0]]; if (!m) return null; \
-    return {id: m.dataset.id, status: m.dataset.status, text: m.querySelector('.body').textContent, \
+    return {id: m.dataset.id, status: m.dataset.status, text: m.querySelector('.body').textContent.trim(), \
             count: a.length, meta: m.querySelector('.meta').textContent};";
 
 async fn assistant(b: &Browser, i: usize) -> Value {
@@ -111,7 +111,9 @@ pub async fn wait_answer(b: &Browser, i: usize, what: &str, pred: impl Fn(&Value
         if !v.is_null() && pred(&v) {
             return v;
         }
-        assert!(started.elapsed() < WAIT, "timed out waiting for answer {i} {what}: {v}");
+        if started.elapsed() > WAIT {
+            panic!("timed out waiting for answer {i} {what}: {v}; {}", b.diagnostics().await);
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -259,7 +261,9 @@ async fn browser_model_output_never_runs_script() {
         json!([user.access_token, user.refresh_token, user.id]),
     )
     .await;
-    b.goto(&format!("{}/#/chat/{chat_id}", app.base)).await;
+    // A reload, so the client starts with that session.
+    b.js("location.hash = arguments[0]; location.reload();", json!([format!("#/chat/{chat_id}")]))
+        .await;
     b.wait_for("article.msg.assistant pre .copy-btn").await;
     let report = b
         .js(

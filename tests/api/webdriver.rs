@@ -103,6 +103,7 @@ impl Browser {
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": chromium_binary(), "args": args},
+            "goog:loggingPrefs": {"browser": "ALL"},
         }}});
         let res: Value = http
             .post(format!("{root}/session"))
@@ -189,7 +190,9 @@ impl Browser {
             if truthy {
                 return v;
             }
-            assert!(started.elapsed() < WAIT, "timed out waiting for {what}");
+            if started.elapsed() > WAIT {
+                panic!("timed out waiting for {what}; {}", self.diagnostics().await);
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -202,6 +205,25 @@ impl Browser {
             json!([css]),
         )
         .await;
+    }
+
+    /// The page's URL, its main region's text and the browser console, for failure messages.
+    pub async fn diagnostics(&self) -> String {
+        let page = self
+            .js("return location.href + ' | ' + (document.querySelector('main')?.innerText ?? '').slice(0, 2000);", json!([]))
+            .await;
+        let logs = self
+            .http
+            .post(format!("{}/se/log", self.base))
+            .json(&json!({"type": "browser"}))
+            .send()
+            .await
+            .ok();
+        let logs = match logs {
+            Some(r) => r.json::<Value>().await.map(|v| v["value"].to_string()).unwrap_or_default(),
+            None => String::new(),
+        };
+        format!("page: {page}; console: {logs}")
     }
 
     pub async fn resize(&self, width: u32, height: u32) {

@@ -68,7 +68,14 @@ function signedInChrome(on) {
   for (const id of ['#topnav', '#menu-btn', '#conn', '#sidebar']) $(id).hidden = !on;
 }
 
-async function route() {
+// Routing runs one at a time: a sign-in changes both the session and the hash.
+let routing = Promise.resolve();
+function route() {
+  routing = routing.then(doRoute).catch((e) => showMain(h('p', { class: 'error' }, `Could not load: ${e.message}`)));
+  return routing;
+}
+
+async function doRoute() {
   unmount?.();
   unmount = null;
   setMenu(false);
@@ -133,4 +140,4 @@ onSession((s) => {
   route();
 });
 addEventListener('hashchange', route);
-route().catch((e) => showMain(h('p', { class: 'error' }, `Could not start: ${e.message}`)));
+route();

@@ -30,8 +30,9 @@ export class ChatSocket extends EventTarget {
     this.refreshToken = refreshToken;
     this.ws = null;
     this.state = 'idle';
-    if (frame.type !== 'error') this.attempt = 0;
+    this.attempt = 0;
     this.stopped = true;
+    this.gen = 0; // bumped by stop() and each connect(): a stale attempt gives up
     this.subs = new Map(); // chat_id -> () => since_seq | null
     this.outbox = new Map(); // client_msg_id -> {frame, sentAt}
     this.queued = []; // other frames (cancel) waiting for a socket
@@ -56,6 +57,7 @@ export class ChatSocket extends EventTarget {
 
   stop() {
     this.stopped = true;
+    this.gen += 1;
     clearTimeout(this.retryTimer);
     clearInterval(this.tick);
     this.outbox.clear();
@@ -82,15 +84,17 @@ export class ChatSocket extends EventTarget {
 
   async connect() {
     if (this.stopped) return;
+    const gen = ++this.gen;
     this.setState('connecting');
     let token;
     try {
       token = await this.getToken();
     } catch (e) {
+      if (gen !== this.gen) return;
       if (e.status === 401) return this.stop();
       return this.scheduleReconnect();
     }
-    if (this.stopped) return;
+    if (this.stopped || gen !== this.gen) return;
     const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
     const ws = new WebSocket(url);
     this.ws = ws;
