@@ -3,81 +3,17 @@
 //! output that tries to run script. The page is loaded through `CutProxy`, a
 //! TCP proxy the test can cut, so "the network drops" is real sockets closing.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchboard::providers::simulated::reply_tokens;
-use tokio::{net::TcpListener, task::AbortHandle};
 use uuid::Uuid;
 
 use crate::{
+    cut_proxy::CutProxy,
     helpers::{PASSWORD, TestApp, spawn_app_with},
     webdriver::{Browser, ENTER, ESCAPE, WAIT},
 };
-
-/// Forwards TCP to the app; `cut` closes every connection and refuses new ones
-/// until `restore`.
-pub struct CutProxy {
-    pub addr: SocketAddr,
-    refusing: Arc<AtomicBool>,
-    live: Arc<Mutex<Vec<AbortHandle>>>,
-    accept: AbortHandle,
-}
-
-impl CutProxy {
-    pub async fn start(upstream: SocketAddr) -> CutProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let refusing = Arc::new(AtomicBool::new(false));
-        let live: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (r, l) = (refusing.clone(), live.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if r.load(Ordering::SeqCst) {
-                    continue; // dropped: the browser sees the connection close
-                }
-                let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                l.lock().unwrap().push(task.abort_handle());
-            }
-        })
-        .abort_handle();
-        CutProxy {
-            addr,
-            refusing,
-            live,
-            accept,
-        }
-    }
-
-    pub fn cut(&self) {
-        self.refusing.store(true, Ordering::SeqCst);
-        for conn in self.live.lock().unwrap().drain(..) {
-            conn.abort();
-        }
-    }
-
-    pub fn restore(&self) {
-        self.refusing.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for CutProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.cut();
-    }
-}
 
 /// An app whose simulated answers take a few seconds, so a test can act mid-answer.
 pub async fn slow_app() -> TestApp {
@@ -90,7 +26,7 @@ pub async fn slow_app() -> TestApp {
 }
 
 /// The answer the simulated provider gives to `prompt` (deterministic).
-fn expected_answer(prompt: &str) -> String {
+pub fn expected_answer(prompt: &str) -> String {
     reply_tokens(prompt, 100).concat()
 }
 

@@ -68,6 +68,7 @@ async fn browser_screenshots() {
         shoot(&b, &format!("chat-{t}")).await;
         wait_answer(&b, i + 1, "complete", |v| v["status"] == "complete").await;
     }
+    b.resize(1200, 1100).await;
     for t in ["light", "dark"] {
         b.goto(&format!("{}/#/usage", app.base)).await;
         theme(&b, t).await;
@@ -79,6 +80,7 @@ async fn browser_screenshots() {
             b.wait_for("#new-key-value").await;
         }
         b.wait_for("#key-rows code").await;
+        b.js("document.querySelector('#main').scrollTop = 0;", json!([])).await;
         shoot(&b, &format!("usage-{t}")).await;
     }
     b.resize(390, 844).await;

@@ -3,10 +3,12 @@
 
 mod auth;
 mod browser;
+mod browser_session;
 mod browser_shots;
 mod chat_stream;
 mod chats;
 mod config;
+mod cut_proxy;
 mod health;
 mod helpers;
 mod http_basics;

@@ -105,7 +105,7 @@ export class Sidebar {
       h('a', { href: `#/chat/${c.id}`, 'aria-current': c.id === this.current ? 'page' : null, dataset: { chatId: c.id } }, c.title),
       h('span', { class: 'row-actions' },
         h('button', { type: 'button', class: 'icon-btn small', 'aria-label': `Rename ${c.title}`, onclick: () => this.rename(c) }, '✎'),
-        h('button', { type: 'button', class: 'icon-btn small', 'aria-label': `Delete ${c.title}`, onclick: () => this.remove(c) }, '🗑')))));
+        h('button', { type: 'button', class: 'icon-btn small', 'aria-label': `Delete ${c.title}`, onclick: () => this.remove(c) }, '×')))));
     if (this.chats.length === 0) this.list.append(h('li', { class: 'empty' }, 'No chats yet'));
     this.more.hidden = !this.cursor;
   }
