@@ -44,20 +44,34 @@ async fn browser_resends_a_message_whose_ack_was_lost() {
     sign_up(&b, &format!("http://{}", proxy.addr)).await;
     b.click("#new-chat").await;
     b.wait_for("#composer-input").await;
-    b.wait_until("online", "return document.querySelector('#conn').dataset.state === 'online';", json!([]))
-        .await;
+    b.wait_until(
+        "online",
+        "return document.querySelector('#conn').dataset.state === 'online';",
+        json!([]),
+    )
+    .await;
 
     // The send reaches the server and is committed, but nothing comes back.
     proxy.mute_down();
     send(&b, "Lost ack").await;
-    poll("the message stored", async || (chat_rows(&app, "Lost ack").await.0 == 1).then_some(())).await;
+    poll("the message stored", async || {
+        (chat_rows(&app, "Lost ack").await.0 == 1).then_some(())
+    })
+    .await;
     let pending = b
-        .js("return document.querySelector('article.msg.user')?.dataset.status;", json!([]))
+        .js(
+            "return document.querySelector('article.msg.user')?.dataset.status;",
+            json!([]),
+        )
         .await;
     assert_eq!(pending, "pending", "no ack yet: still sending");
     proxy.cut();
-    b.wait_until("offline", "return document.querySelector('#conn').dataset.state === 'offline';", json!([]))
-        .await;
+    b.wait_until(
+        "offline",
+        "return document.querySelector('#conn').dataset.state === 'offline';",
+        json!([]),
+    )
+    .await;
     proxy.restore();
 
     // After the reconnect the same client_msg_id is sent again: one message, one answer.
@@ -65,7 +79,10 @@ async fn browser_resends_a_message_whose_ack_was_lost() {
     assert_eq!(done["text"], expected_answer("Lost ack"));
     assert_eq!(chat_rows(&app, "Lost ack").await, (1, 1));
     let users = b
-        .js("return [...document.querySelectorAll('article.msg.user')].map(e => e.dataset.status);", json!([]))
+        .js(
+            "return [...document.querySelectorAll('article.msg.user')].map(e => e.dataset.status);",
+            json!([]),
+        )
         .await;
     assert_eq!(users, json!(["complete"]));
 }
@@ -81,7 +98,10 @@ async fn browser_refreshes_the_token_once_across_two_tabs() {
     b.goto(url.as_str().unwrap()).await;
     b.wait_for("#new-chat").await;
     let before: Value = b
-        .js("return JSON.parse(localStorage.getItem('sb.session'));", json!([]))
+        .js(
+            "return JSON.parse(localStorage.getItem('sb.session'));",
+            json!([]),
+        )
         .await;
     let user_id = Uuid::parse_str(before["user"]["id"].as_str().unwrap()).unwrap();
 
@@ -101,7 +121,10 @@ async fn browser_refreshes_the_token_once_across_two_tabs() {
     proxy.set_latency(400);
     let after = poll("a refreshed token", async || {
         let s: Value = b
-            .js("return JSON.parse(localStorage.getItem('sb.session'));", json!([]))
+            .js(
+                "return JSON.parse(localStorage.getItem('sb.session'));",
+                json!([]),
+            )
             .await;
         (s["refresh_token"] != before["refresh_token"]).then_some(s)
     })
@@ -126,7 +149,11 @@ async fn browser_refreshes_the_token_once_across_two_tabs() {
     .fetch_one(&app.db)
     .await
     .unwrap();
-    assert_eq!((used, revoked, total), (1, 0, 2), "one refresh, nothing revoked");
+    assert_eq!(
+        (used, revoked, total),
+        (1, 0, 2),
+        "one refresh, nothing revoked"
+    );
     // Both tabs are still signed in and the new token works.
     for handle in [&first, &second] {
         b.switch_to(handle).await;

@@ -25,8 +25,11 @@ async fn shoot(b: &Browser, name: &str) {
 }
 
 async fn theme(b: &Browser, t: &str) {
-    b.js("localStorage.setItem('sb.theme', arguments[0]); location.reload();", json!([t]))
-        .await;
+    b.js(
+        "localStorage.setItem('sb.theme', arguments[0]); location.reload();",
+        json!([t]),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -43,7 +46,10 @@ async fn browser_screenshots() {
     }
     sign_up(&b, &app.base).await;
     let token: Value = b
-        .js("return JSON.parse(localStorage.getItem('sb.session'));", json!([]))
+        .js(
+            "return JSON.parse(localStorage.getItem('sb.session'));",
+            json!([]),
+        )
         .await;
     let user_id = Uuid::parse_str(token["user"]["id"].as_str().unwrap()).unwrap();
     let chat_id: Uuid = sqlx::query_scalar(
@@ -55,7 +61,14 @@ async fn browser_screenshots() {
     .fetch_one(&app.db)
     .await
     .unwrap();
-    insert_answer(&app, chat_id, user_id, "How does Switchboard pick a provider?", SAMPLE).await;
+    insert_answer(
+        &app,
+        chat_id,
+        user_id,
+        "How does Switchboard pick a provider?",
+        SAMPLE,
+    )
+    .await;
     for (i, t) in ["light", "dark"].into_iter().enumerate() {
         b.goto(&format!("{}/#/chat/{chat_id}", app.base)).await;
         theme(&b, t).await;
@@ -80,7 +93,8 @@ async fn browser_screenshots() {
             b.wait_for("#new-key-value").await;
         }
         b.wait_for("#key-rows code").await;
-        b.js("document.querySelector('#main').scrollTop = 0;", json!([])).await;
+        b.js("document.querySelector('#main').scrollTop = 0;", json!([]))
+            .await;
         shoot(&b, &format!("usage-{t}")).await;
     }
     b.resize(390, 844).await;

@@ -82,8 +82,10 @@ impl CutProxy {
                     let _ = outbound.set_nodelay(true);
                     let (in_r, in_w) = inbound.into_split();
                     let (out_r, out_w) = outbound.into_split();
-                    tokio::join!(pump(in_r, out_w, None, Some(lat)),
-                        pump(out_r, in_w, Some(m), None));
+                    tokio::join!(
+                        pump(in_r, out_w, None, Some(lat)),
+                        pump(out_r, in_w, Some(m), None)
+                    );
                 });
                 l.lock().unwrap().push(task.abort_handle());
             }

@@ -3,6 +3,7 @@
 
 mod auth;
 mod browser;
+mod browser_pages;
 mod browser_session;
 mod browser_shots;
 mod chat_stream;

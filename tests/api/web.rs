@@ -13,11 +13,19 @@ async fn index_is_served_with_csp_and_etag_revalidation() {
     let res = app.client.get(app.url("/")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let h = res.headers().clone();
-    assert!(h[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        h[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     assert_eq!(h[header::CACHE_CONTROL], "no-cache");
     assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
     let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     assert!(csp.contains("frame-ancestors 'none'") && csp.contains("object-src 'none'"));
     let body = res.text().await.unwrap();
     assert!(body.contains(r#"<script type="module" src="/assets/main.js">"#));
@@ -64,7 +72,13 @@ async fn assets_have_types_and_nothing_outside_is_reachable() {
     ] {
         let res = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(res.status(), 200, "{path}");
-        assert!(res.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with(ty), "{path}");
+        assert!(
+            res.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with(ty),
+            "{path}"
+        );
         assert_eq!(res.headers()[header::CACHE_CONTROL], "no-cache");
         assert!(res.headers().contains_key(header::ETAG));
     }
@@ -85,7 +99,12 @@ async fn assets_have_types_and_nothing_outside_is_reachable() {
     let res = app.client.post(app.url("/")).send().await.unwrap();
     assert_eq!(res.status(), 405);
     // The API's own 404 is untouched.
-    let res = app.client.get(app.url("/api/nothing-here")).send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/api/nothing-here"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 404);
     assert_eq!(error_code(res).await, "not_found");
 }
@@ -96,7 +115,12 @@ async fn the_client_can_be_switched_off() {
     let res = app.client.get(app.url("/")).send().await.unwrap();
     assert_eq!(res.status(), 404);
     assert_eq!(error_code(res).await, "not_found");
-    let res = app.client.get(app.url("/assets/main.js")).send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/assets/main.js"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 404);
 }
 
@@ -106,7 +130,9 @@ async fn a_missing_client_directory_is_a_config_problem() {
     config.web.dir = "/nonexistent/web".into();
     let problems = config.problems();
     assert!(
-        problems.iter().any(|p| p.starts_with("web.dir:") && p.contains("index.html")),
+        problems
+            .iter()
+            .any(|p| p.starts_with("web.dir:") && p.contains("index.html")),
         "{problems:?}"
     );
     config.web.enabled = false;
@@ -140,13 +166,22 @@ async fn models_lists_routes_and_priced_models_for_signed_in_users() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["plan"], "free");
     let models = body["models"].as_array().unwrap();
-    let sim = models.iter().find(|m| m["id"] == "sim-1").expect("sim-1 listed");
+    let sim = models
+        .iter()
+        .find(|m| m["id"] == "sim-1")
+        .expect("sim-1 listed");
     assert_eq!(sim["kind"], "model");
     assert_eq!(sim["provider"], "simulated");
     assert!(sim["output_micros_per_mtok"].is_u64());
     assert!(models.iter().any(|m| m["kind"] == "route"), "{body}");
     // Only models whose provider runs: the simulated one is the only provider here.
-    assert!(models.iter().filter(|m| m["kind"] == "model").all(|m| m["provider"] == "simulated"), "{body}");
+    assert!(
+        models
+            .iter()
+            .filter(|m| m["kind"] == "model")
+            .all(|m| m["provider"] == "simulated"),
+        "{body}"
+    );
     // The same ids /v1/models gives an API key of this workspace.
     let key: Value = app
         .client
@@ -170,7 +205,12 @@ async fn models_lists_routes_and_priced_models_for_signed_in_users() {
         .await
         .unwrap();
     let mut a: Vec<&str> = models.iter().map(|m| m["id"].as_str().unwrap()).collect();
-    let mut b: Vec<&str> = v1["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let mut b: Vec<&str> = v1["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     a.sort_unstable();
     b.sort_unstable();
     assert_eq!(a, b);

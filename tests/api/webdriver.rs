@@ -156,10 +156,7 @@ impl Browser {
 
     async fn element(&self, css: &str) -> String {
         let v = self
-            .post(
-                "/element",
-                json!({"using": "css selector", "value": css}),
-            )
+            .post("/element", json!({"using": "css selector", "value": css}))
             .await;
         v[ELEMENT_KEY].as_str().unwrap().to_owned()
     }
@@ -183,10 +180,7 @@ impl Browser {
         let started = Instant::now();
         loop {
             let v = self.js(script, args.clone()).await;
-            let truthy = !(v.is_null()
-                || v == json!(false)
-                || v == json!("")
-                || v == json!(0));
+            let truthy = !(v.is_null() || v == json!(false) || v == json!("") || v == json!(0));
             if truthy {
                 return v;
             }
@@ -195,6 +189,31 @@ impl Browser {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits for a `prompt`/`confirm` dialog, types `text` into it if given, and accepts it.
+    pub async fn accept_dialog(&self, text: Option<&str>) {
+        let started = Instant::now();
+        loop {
+            let res: Value = self
+                .http
+                .get(format!("{}/alert/text", self.base))
+                .send()
+                .await
+                .expect("webdriver")
+                .json()
+                .await
+                .unwrap();
+            if res["value"]["error"].is_null() {
+                break;
+            }
+            assert!(started.elapsed() < WAIT, "no dialog appeared");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Some(t) = text {
+            self.post("/alert/text", json!({ "text": t })).await;
+        }
+        self.post("/alert/accept", json!({})).await;
     }
 
     /// Waits until a visible element matches `css`.
@@ -220,7 +239,11 @@ impl Browser {
             .await
             .ok();
         let logs = match logs {
-            Some(r) => r.json::<Value>().await.map(|v| v["value"].to_string()).unwrap_or_default(),
+            Some(r) => r
+                .json::<Value>()
+                .await
+                .map(|v| v["value"].to_string())
+                .unwrap_or_default(),
             None => String::new(),
         };
         format!("page: {page}; console: {logs}")

@@ -101,7 +101,10 @@ fn serve(assets: &Assets, key: &str, headers: &HeaderMap) -> Response {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(asset.content_type),
+            )],
             asset.body.clone(),
         )
             .into_response()
@@ -118,7 +121,10 @@ fn serve(assets: &Assets, key: &str, headers: &HeaderMap) -> Response {
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CONTENT_SECURITY_POLICY),
         );
-        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     }
     res
@@ -153,7 +159,8 @@ fn load(dir: &Path) -> std::io::Result<Assets> {
             .to_string_lossy()
             .replace('\\', "/");
         let digest = hex::encode(&Sha256::digest(&body)[..12]);
-        let etag = HeaderValue::from_str(&format!("\"{digest}\"")).map_err(std::io::Error::other)?;
+        let etag =
+            HeaderValue::from_str(&format!("\"{digest}\"")).map_err(std::io::Error::other)?;
         assets.files.insert(
             key,
             Asset {
