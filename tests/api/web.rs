@@ -215,3 +215,37 @@ async fn models_lists_routes_and_priced_models_for_signed_in_users() {
     b.sort_unstable();
     assert_eq!(a, b);
 }
+
+/// The served page opens `/ws` from the server's own origin, which need not be
+/// listed in `cors_origins`; a look-alike origin still gets 403.
+#[tokio::test]
+async fn the_pages_own_origin_may_open_the_socket() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app =
+        spawn_app_with(|c| c.server.cors_origins = vec!["https://app.example.com".into()]).await;
+    let user = app.new_user().await;
+    let host = app.base.trim_start_matches("http://").to_owned();
+    let connect = |origin: String| {
+        let mut req = format!("ws://{host}/ws").into_client_request().unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", user.access_token).parse().unwrap(),
+        );
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+    };
+    assert!(connect(format!("http://{host}")).await.is_ok());
+    assert!(
+        connect(format!("https://{host}")).await.is_ok(),
+        "behind a TLS proxy"
+    );
+    for bad in [
+        format!("http://{host}.evil.example"),
+        format!("http://evil.example/{host}"),
+        "http://127.0.0.1".to_owned(),
+        "null".to_owned(),
+    ] {
+        let err = connect(bad.clone()).await.unwrap_err();
+        assert!(err.to_string().contains("403"), "{bad}: {err}");
+    }
+}
