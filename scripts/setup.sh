@@ -180,7 +180,7 @@ fi
 
 # --- 7. the browser client: npm packages, and Chromium for its browser tests --------
 # web/ is plain ES modules; npm only fetches marked, DOMPurify and highlight.js
-# (pinned by web/package-lock.json) and scripts/build-web.sh copies them into web/vendor/.
+# (pinned by web/package-lock.json) and scripts/build-web.sh copies them into web/assets/vendor/.
 if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
   log "chromium: $(chromium --version 2>/dev/null | head -1)"
 else

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::{
-    browser::{expected_answer, send, sign_up, slow_app, wait_answer},
+    browser::{conn_state, expected_answer, send, sign_up, slow_app, wait_answer},
     cut_proxy::CutProxy,
     helpers::TestApp,
     webdriver::{Browser, WAIT},
@@ -168,4 +168,47 @@ async fn browser_refreshes_the_token_once_across_two_tabs() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+}
+
+/// The server goes away and a new process takes over (same database and Redis):
+/// the page reconnects by itself, shows the same history once, and chats on.
+#[tokio::test]
+async fn browser_reconnects_to_a_restarted_server() {
+    let app = slow_app().await;
+    let proxy = CutProxy::start(app.base.trim_start_matches("http://").parse().unwrap()).await;
+    let b = Browser::launch().await;
+    sign_up(&b, &format!("http://{}", proxy.addr)).await;
+    b.click("#new-chat").await;
+    send(&b, "Before the restart").await;
+    wait_answer(&b, 0, "complete", |v| v["status"] == "complete").await;
+
+    // Stop the server (dropping the TestApp stops it). Its process would exit and
+    // the OS close its sockets; in this test process they would linger, so the
+    // proxy closes them. Then another server starts on the same database.
+    let (config, db) = (app.config.clone(), app.db.clone());
+    drop(app);
+    proxy.cut();
+    conn_state(&b, "offline").await;
+    let next = switchboard::app::App::build(config)
+        .await
+        .expect("restarted app builds");
+    proxy.set_upstream(next.local_addr());
+    proxy.restore();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(next.run_until(async {
+        let _ = stopped.await;
+    }));
+    conn_state(&b, "online").await;
+
+    send(&b, "After the restart").await;
+    let done = wait_answer(&b, 1, "complete", |v| v["status"] == "complete").await;
+    assert_eq!(done["text"], expected_answer("After the restart"));
+    assert_eq!(done["count"], 2, "the history is not shown twice");
+    let first = wait_answer(&b, 0, "kept", |v| v["status"] == "complete").await;
+    assert_eq!(first["text"], expected_answer("Before the restart"));
+    let (users,): (i64,) = sqlx::query_as("select count(*) from messages where role = 'user'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(users, 2);
 }

@@ -1,7 +1,8 @@
 //! A TCP proxy between a browser and the app that a test can cut: `cut` closes
 //! every connection and refuses new ones until `restore`; `mute_down` swallows
 //! what the server sends (so a request arrives but its answer never does);
-//! `set_latency` delays what the browser sends (so requests overlap in flight).
+//! `set_latency` delays what the browser sends (so requests overlap in flight);
+//! `set_upstream` points new connections at another server (a restarted one).
 
 use std::{
     net::SocketAddr,
@@ -23,6 +24,7 @@ pub struct CutProxy {
     refusing: Arc<AtomicBool>,
     muted: Arc<AtomicBool>,
     latency_ms: Arc<AtomicU64>,
+    upstream: Arc<Mutex<SocketAddr>>,
     live: Arc<Mutex<Vec<AbortHandle>>>,
     accept: AbortHandle,
 }
@@ -63,11 +65,13 @@ impl CutProxy {
         let muted = Arc::new(AtomicBool::new(false));
         let latency_ms = Arc::new(AtomicU64::new(0));
         let live: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (r, m, l, lat) = (
+        let upstream = Arc::new(Mutex::new(upstream));
+        let (r, m, l, lat, up) = (
             refusing.clone(),
             muted.clone(),
             live.clone(),
             latency_ms.clone(),
+            upstream.clone(),
         );
         let accept = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
@@ -75,6 +79,7 @@ impl CutProxy {
                     continue; // dropped: the browser sees the connection close
                 }
                 let (m, lat) = (m.clone(), lat.clone());
+                let upstream = *up.lock().unwrap();
                 let task = tokio::spawn(async move {
                     let Ok(outbound) = TcpStream::connect(upstream).await else {
                         return;
@@ -96,6 +101,7 @@ impl CutProxy {
             refusing,
             muted,
             latency_ms,
+            upstream,
             live,
             accept,
         }
@@ -112,6 +118,11 @@ impl CutProxy {
     pub fn restore(&self) {
         self.muted.store(false, Ordering::SeqCst);
         self.refusing.store(false, Ordering::SeqCst);
+    }
+
+    /// New connections go to `addr` from now on.
+    pub fn set_upstream(&self, addr: SocketAddr) {
+        *self.upstream.lock().unwrap() = addr;
     }
 
     /// Holds everything the browser sends for `ms` before passing it on.
