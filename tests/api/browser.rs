@@ -111,6 +111,14 @@ async fn browser_chat_streams_stops_reloads_and_survives_a_network_cut() {
     reload_shows_history(&b, &stopped).await;
     cut_mid_answer(&b, &proxy).await;
     cut_through_done(&app, &b, &proxy).await;
+    // The client itself never trips its own content-security policy.
+    let console = b.console().await;
+    assert!(
+        !console
+            .iter()
+            .any(|l| l.contains("Content Security Policy")),
+        "{console:?}"
+    );
 }
 
 /// A streamed answer is visible while it streams; Escape stops it. Returns its text.
@@ -296,6 +304,14 @@ async fn browser_model_output_never_runs_script() {
         )
         .await;
     assert_eq!(report["pwned"], Value::Null, "{report}");
+    // Stopped by the sanitiser, not only by the CSP (which would log a refusal).
+    let console = b.console().await;
+    assert!(
+        !console
+            .iter()
+            .any(|l| l.contains("Content Security Policy")),
+        "{console:?}"
+    );
     assert_eq!(report["scripts"], 0);
     assert_eq!(report["imgs"], 0);
     assert_eq!(report["js_links"], 0);

@@ -226,6 +226,18 @@ impl Browser {
         .await;
     }
 
+    /// Console messages since the last call (level and text).
+    pub async fn console(&self) -> Vec<String> {
+        let v = self.post("/se/log", json!({"type": "browser"})).await;
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| format!("{} {}", e["level"], e["message"]))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The page's URL, its main region's text and the browser console, for failure messages.
     pub async fn diagnostics(&self) -> String {
         let page = self
