@@ -128,11 +128,6 @@ class ChatView {
 
   onMessage(f) {
     const m = this.conv.upsert(f.message, f.deltas_included);
-    const pendingId = f.message.client_msg_id && `pending:${f.message.client_msg_id}`;
-    if (pendingId && this.els.has(pendingId)) {
-      this.els.get(pendingId).remove();
-      this.els.delete(pendingId);
-    }
     if (m.status === 'streaming' && m.role === 'assistant' && this.conv.cancelWanted) {
       this.conv.cancelWanted = false;
       this.socket.cancel(this.chat.id, m.id);
@@ -251,6 +246,13 @@ class ChatView {
       el?.remove();
       this.els.delete(id);
       return;
+    }
+    // The stored message replaces its local "Sending…" copy, whichever way it
+    // arrived (a live frame, a replay, or the REST history).
+    const local = !m.pending && m.client_msg_id && this.els.get(`pending:${m.client_msg_id}`);
+    if (local) {
+      local.remove();
+      this.els.delete(`pending:${m.client_msg_id}`);
     }
     if (!el) {
       el = h('article', { class: `msg ${m.role}` },
