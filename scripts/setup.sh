@@ -7,6 +7,8 @@
 #   - PostgreSQL, Redis and RabbitMQ installed and running on 127.0.0.1
 #   - the Rust toolchain present
 #   - database `switchboard` present; leftover test databases (sb_test_*) dropped
+#   - the browser client built (npm packages, scripts/build-web.sh) and Chromium +
+#     chromedriver for its browser tests
 # The application runs its own migrations (`switchboard migrate` / on `serve`).
 set -euo pipefail
 
@@ -176,5 +178,16 @@ else
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.40,<2'
 fi
+
+# --- 7. the browser client: npm packages, and Chromium for its browser tests --------
+# web/ is plain ES modules; npm only fetches marked, DOMPurify and highlight.js
+# (pinned by web/package-lock.json) and scripts/build-web.sh copies them into web/assets/vendor/.
+if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+  log "chromium: $(chromium --version 2>/dev/null | head -1)"
+else
+  log "chromium: installing (headless browser tests)"
+  apt_install chromium chromium-driver
+fi
+bash "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/build-web.sh"
 
 log "done"

@@ -139,6 +139,8 @@ pub struct Config {
     #[serde(default)]
     pub telemetry: TelemetryConfig,
     #[serde(default)]
+    pub web: WebConfig,
+    #[serde(default)]
     pub stripe: StripeConfig,
     #[serde(default)]
     pub smtp: SmtpConfig,
@@ -270,6 +272,26 @@ impl ProvidersConfig {
 pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     pub sentry_dsn: Option<Secret>,
+}
+
+/// The browser client (web/), served at `/` by `transport::http::web`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WebConfig {
+    /// Serve the client at all; an API-only deployment turns it off.
+    pub enabled: bool,
+    /// Directory holding index.html and assets/; relative paths are taken from
+    /// the working directory (the repository root under `make run` and tests).
+    pub dir: std::path::PathBuf,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: "web".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

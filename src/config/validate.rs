@@ -87,8 +87,23 @@ impl Config {
         self.check_plans(&mut p);
         self.check_chat(&mut p);
         self.check_accounts(&mut p);
+        self.check_web(&mut p);
         p.extend(super::billing::problems(self));
         p
+    }
+
+    fn check_web(&self, p: &mut Vec<String>) {
+        if !self.web.enabled {
+            return;
+        }
+        for file in ["index.html", "assets/vendor/marked.js"] {
+            if !self.web.dir.join(file).is_file() {
+                p.push(format!(
+                    "web.dir: {} has no {file} (run scripts/build-web.sh, or set web.enabled = false)",
+                    self.web.dir.display()
+                ));
+            }
+        }
     }
 
     fn check_chat(&self, p: &mut Vec<String>) {

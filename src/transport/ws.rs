@@ -58,6 +58,7 @@ pub async fn upgrade(
 ) -> Response {
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
         && !state.config.server.cors_origins.iter().any(|o| o == origin)
+        && !same_origin(origin, &headers)
     {
         return ApiError::new(ErrorCode::Forbidden, "origin not allowed").into_response();
     }
@@ -79,6 +80,20 @@ pub async fn upgrade(
         // arrive whole, in more reads.
         .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| connection(state, socket, user))
+}
+
+/// A page served by this server itself (the browser client at `/`) opens its
+/// socket from its own origin: `Origin` is the scheme plus the `Host` it asked
+/// for. Cross-site pages still need `server.cors_origins` (and sockets
+/// authenticate by token, never by cookie).
+fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
 }
 
 fn close(code: u16, reason: &str) -> WsMessage {

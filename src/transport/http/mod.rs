@@ -12,8 +12,10 @@ pub mod extract;
 mod health;
 mod keys;
 mod margin;
+mod models;
 mod openai_api;
 mod openapi;
+mod web;
 mod workspaces;
 
 use std::time::{Duration, Instant};
@@ -55,6 +57,8 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/workspaces", workspaces::router())
         .nest("/api/billing", billing::router())
         .merge(margin::router())
+        .nest("/api/models", models::router())
+        .merge(web::router(&state.config.web))
         .nest("/v1", openai_api::router())
         .nest("/api/chats", chats::router().merge(chat_stream::router()))
         .fallback(|| async { ApiError::not_found("route") })
