@@ -33,7 +33,7 @@ pub use self::{
     attempt::{Attempts, OpenError, Opened, open_first},
     billing::BillTo,
     embedding::{EmbedError, Embedded},
-    plan::{PlanError, Planned},
+    plan::{Offer, PlanError, Planned},
 };
 use crate::{
     actors::{persistence::UsageMsg, provider::ProviderRegistry},

@@ -5,6 +5,7 @@
 use crate::{
     admission::{AdmitError, Payer},
     budget::Reservation,
+    config::pricing::ModelPrice,
     providers::{
         PromptMessage,
         router::{Candidate, RouteError, worst_case_micros},
@@ -57,16 +58,51 @@ impl Generations {
         )?;
         let worst_micros = worst_case_micros(&self.pricing, &candidates, prompt_tokens, max_tokens);
         let reservation = self.admission.admit(&payer, worst_micros).await?;
-        Ok(Planned {
-            gens: self.clone(),
+        Ok(Planned::admitted(
+            self.clone(),
             payer,
             candidates,
-            prompt_tokens,
-            max_tokens,
+            (prompt_tokens, max_tokens),
             worst_micros,
-            reservation: Some(reservation),
-        })
+            reservation,
+        ))
     }
+
+    /// What a plan may ask for by name, by the same rule as [`Generations::plan`]:
+    /// the route aliases and priced models it can reach, each sorted by name.
+    pub fn offer(&self, plan: &str) -> Offer<'_> {
+        let providers = &self.providers;
+        let reachable = |name: &str| {
+            self.router
+                .candidates(plan, 0, Some(name), &self.pricing, &|p| {
+                    providers.contains(p)
+                })
+                .is_ok()
+        };
+        let mut routes: Vec<&str> = self
+            .router
+            .routes
+            .keys()
+            .map(String::as_str)
+            .filter(|r| reachable(r))
+            .collect();
+        routes.sort_unstable();
+        let mut models: Vec<(&str, &ModelPrice)> = self
+            .pricing
+            .models
+            .iter()
+            .map(|(id, p)| (id.as_str(), p))
+            .filter(|(id, _)| reachable(id))
+            .collect();
+        models.sort_unstable_by_key(|(id, _)| *id);
+        Offer { routes, models }
+    }
+}
+
+/// Route aliases and models a plan can reach.
+pub struct Offer<'a> {
+    pub routes: Vec<&'a str>,
+    pub models: Vec<(&'a str, &'a ModelPrice)>,
 }
 
 impl Planned {

@@ -49,43 +49,21 @@ pub async fn list_models(
         .await?
         .ok_or_else(|| ApiError::not_found("workspace"))?;
     let plan = store::workspaces::plan(&state.db, workspace_id).await?;
-    let actors = &state.actors.gens;
-    let running = |p: &str| actors.providers.contains(p);
-    let mut routes: Vec<&String> = actors
-        .router
-        .routes
-        .keys()
-        .filter(|alias| {
-            actors
-                .router
-                .candidates(&plan, 0, Some(alias.as_str()), &actors.pricing, &running)
-                .is_ok()
-        })
-        .collect();
-    routes.sort();
-    let mut models: Vec<ModelChoice> = routes
-        .into_iter()
-        .map(|alias| ModelChoice {
-            id: alias.clone(),
-            kind: "route",
-            provider: None,
-            input_micros_per_mtok: None,
-            output_micros_per_mtok: None,
-        })
-        .collect();
-    let mut priced: Vec<_> = actors
-        .pricing
-        .models
-        .iter()
-        .filter(|(_, p)| running(&p.provider))
-        .collect();
-    priced.sort_by(|a, b| a.0.cmp(b.0));
-    models.extend(priced.into_iter().map(|(id, p)| ModelChoice {
-        id: id.clone(),
+    let offer = state.actors.gens.offer(&plan);
+    let routes = offer.routes.iter().map(|alias| ModelChoice {
+        id: (*alias).to_owned(),
+        kind: "route",
+        provider: None,
+        input_micros_per_mtok: None,
+        output_micros_per_mtok: None,
+    });
+    let priced = offer.models.iter().map(|(id, p)| ModelChoice {
+        id: (*id).to_owned(),
         kind: "model",
         provider: Some(p.provider.clone()),
         input_micros_per_mtok: Some(p.input),
         output_micros_per_mtok: Some(p.output),
-    }));
+    });
+    let models = routes.chain(priced).collect();
     Ok(Json(ModelList { plan, models }))
 }

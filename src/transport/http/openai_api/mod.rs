@@ -217,30 +217,14 @@ pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Respon
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    let actors = &state.actors.gens;
-    let mut data: Vec<Value> = actors
-        .router
-        .routes
-        .keys()
-        .filter(|alias| {
-            actors
-                .router
-                .candidates(&auth.plan, 0, Some(alias.as_str()), &actors.pricing, &|p| actors.providers.contains(p))
-                .is_ok()
-        })
-        .map(|alias| json!({"id": alias, "object": "model", "created": 0, "owned_by": "switchboard"}))
-        .collect();
-    let mut priced: Vec<_> = actors
-        .pricing
+    let offer = state.actors.gens.offer(&auth.plan);
+    let routes = offer.routes.iter().map(
+        |alias| json!({"id": alias, "object": "model", "created": 0, "owned_by": "switchboard"}),
+    );
+    let priced = offer
         .models
         .iter()
-        .filter(|(_, p)| actors.providers.contains(&p.provider))
-        .collect();
-    priced.sort_by(|a, b| a.0.cmp(b.0));
-    data.extend(
-        priced.into_iter().map(
-            |(id, p)| json!({"id": id, "object": "model", "created": 0, "owned_by": p.provider}),
-        ),
-    );
+        .map(|(id, p)| json!({"id": id, "object": "model", "created": 0, "owned_by": p.provider}));
+    let data: Vec<Value> = routes.chain(priced).collect();
     Json(json!({"object": "list", "data": data})).into_response()
 }
