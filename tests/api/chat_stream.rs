@@ -364,3 +364,30 @@ async fn actor_metrics_are_exported() {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
 }
+
+#[tokio::test]
+async fn an_sse_resend_of_an_answered_message_replays_its_end_and_closes() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    let chat = app.create_chat(&user.access_token).await;
+    let body = json!({"content": "answer me once", "client_msg_id": "sse-again"});
+    let first: Value = post_message(&app, &user.access_token, chat, body.clone(), false)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let res = post_message(&app, &user.access_token, chat, body, true).await;
+    assert_eq!(res.status(), 200);
+    // The stream ends by itself: nothing more will happen to this message.
+    let text = tokio::time::timeout(Duration::from_secs(10), res.text())
+        .await
+        .expect("the replay closes instead of waiting forever")
+        .unwrap();
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(kinds, vec!["ack", "message", "done"], "{text}");
+    assert!(text.contains(first["id"].as_str().unwrap()));
+    assert!(text.contains(&format!("id: {}:done", first["seq"])));
+}

@@ -175,7 +175,13 @@ pub async fn send_message(
     if ack.duplicate {
         // A repeat: the answer may be finished, or already streaming.
         match store::messages::reply_to(&state.db, ack.message_id).await? {
-            Some(m) if m.status != "streaming" && !wants_sse(&headers) => return answer(m),
+            Some(m) if m.status != "streaming" => {
+                return if wants_sse(&headers) {
+                    Ok(sse_replay(chat_id, &ack, m))
+                } else {
+                    answer(m)
+                };
+            }
             Some(m) => watch.assistant_id = Some(m.id),
             None => {}
         }
@@ -185,6 +191,53 @@ pub async fn send_message(
         return Ok(sse_answer(sub, watch, ack));
     }
     json_answer(&state, sub, watch).await
+}
+
+/// A repeat of a message whose answer has ended: the ack, the answer as
+/// stored, and how it ended — then the stream closes (nothing more will come).
+fn sse_replay(chat_id: Uuid, ack: &Ack, m: Message) -> Response {
+    let ack_frame = ServerFrame::Ack {
+        client_msg_id: ack.client_msg_id.clone(),
+        message_id: ack.message_id,
+        seq: ack.seq,
+    };
+    let seq = m.seq;
+    let end = if m.status == "failed" {
+        let err = ApiError::new(
+            ErrorCode::ProviderUnavailable,
+            "the answer failed; the partial answer is saved as failed",
+        );
+        ServerFrame::from_error(&err).about(chat_id, m.id)
+    } else {
+        let tokens = |t: Option<i32>| t.and_then(|t| u32::try_from(t).ok()).unwrap_or(0);
+        let cost = m.cost_micros.unwrap_or(0);
+        ServerFrame::Done {
+            chat_id,
+            message_id: m.id,
+            usage: crate::providers::Usage {
+                input_tokens: tokens(m.input_tokens),
+                output_tokens: tokens(m.output_tokens),
+            },
+            cost_micros: cost,
+            cost_usd: crate::config::pricing::micros_to_usd(cost),
+            provider: m.provider.clone().unwrap_or_default(),
+            model: m.model.clone().unwrap_or_default(),
+            finish_reason: m.finish_reason.clone().unwrap_or_default(),
+        }
+    };
+    let message = ServerFrame::Message {
+        chat_id,
+        seq,
+        message: m,
+        deltas_included: None,
+    };
+    let events = [
+        Outbound::new(&ack_frame, Some(ack.seq.to_string())),
+        Outbound::new(&message, Some(seq.to_string())),
+        Outbound::new(&end, Some(format!("{seq}:done"))),
+    ]
+    .map(|out| Ok::<_, Infallible>(sse_event(&out)));
+    Sse::new(futures::stream::iter(events)).into_response()
 }
 
 fn answer(m: Message) -> ApiResult<Response> {
