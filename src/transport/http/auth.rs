@@ -210,6 +210,7 @@ async fn issue_tokens(
     let user = users::by_id(&state.db, user_id)
         .await?
         .ok_or_else(|| ApiError::unauthorized("invalid refresh token"))?;
+    super::extract::ensure_active(state, user_id).await?;
     let access_token = state
         .tokens
         .issue_access(user_id)

@@ -3,6 +3,7 @@
 //! and the error envelope).
 
 mod accounts;
+mod admin;
 mod analytics;
 mod auth;
 mod chat_stream;
@@ -12,6 +13,7 @@ mod health;
 mod keys;
 mod openai_api;
 mod openapi;
+mod ops;
 mod workspaces;
 
 use std::time::{Duration, Instant};
@@ -51,6 +53,8 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/analytics", analytics::router())
         .nest("/api/keys", keys::router())
         .nest("/api/workspaces", workspaces::router())
+        .nest("/api/admin", admin::router())
+        .merge(ops::router())
         .nest("/v1", openai_api::router())
         .nest("/api/chats", chats::router().merge(chat_stream::router()))
         .fallback(|| async { ApiError::not_found("route") })
