@@ -35,12 +35,23 @@ impl Actor {
 /// One administrative change.
 #[derive(Debug, Clone)]
 pub enum Action {
-    SetAdmin { user_id: Uuid, on: bool },
-    SetPlan { workspace_id: Uuid, plan: String },
+    SetAdmin {
+        user_id: Uuid,
+        on: bool,
+    },
+    SetPlan {
+        workspace_id: Uuid,
+        plan: String,
+    },
     /// Disabling also revokes the user's sessions and API keys.
-    SetDisabled { user_id: Uuid, disabled: bool },
+    SetDisabled {
+        user_id: Uuid,
+        disabled: bool,
+    },
     /// Signs the user out everywhere and revokes the API keys they created.
-    RevokeSessions { user_id: Uuid },
+    RevokeSessions {
+        user_id: Uuid,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +215,11 @@ pub async fn run_cli(db: &PgPool, cmd: AdminCommand) -> Result<String, AdminErro
                     u.email,
                     u.username,
                     if u.is_admin { "  admin" } else { "" },
-                    if u.disabled_at.is_some() { "  disabled" } else { "" }
+                    if u.disabled_at.is_some() {
+                        "  disabled"
+                    } else {
+                        ""
+                    }
                 );
             }
             return Ok(s);

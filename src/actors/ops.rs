@@ -105,9 +105,8 @@ impl Actors {
             subscribers: chats.iter().map(|c| c.subscribers).sum(),
             restarts: self.chats.restarts(),
             top: {
-                chats.sort_unstable_by_key(|c| {
-                    Reverse((c.streaming, c.queue_depth, c.subscribers))
-                });
+                chats
+                    .sort_unstable_by_key(|c| Reverse((c.streaming, c.queue_depth, c.subscribers)));
                 chats.truncate(top);
                 chats
             },
@@ -137,9 +136,7 @@ impl Actors {
             chats: chats_view,
             users: users_view,
             providers: self.provider_views().await,
-            usage_writer: UsageWriterView {
-                backlog,
-            },
+            usage_writer: UsageWriterView { backlog },
             provider_restarts: self.gens.providers.restarts(),
             tasks_in_flight: self.gens.tasks.len(),
             limits_mode: if limits_degraded { "local" } else { "redis" },

@@ -99,7 +99,10 @@ impl UserRegistry {
 
     /// Sockets per user (users with none are left out); a point-in-time copy.
     pub fn sockets(&self) -> Vec<(Uuid, usize)> {
-        self.sockets.iter().map(|e| (*e.key(), *e.value())).collect()
+        self.sockets
+            .iter()
+            .map(|e| (*e.key(), *e.value()))
+            .collect()
     }
 }
 

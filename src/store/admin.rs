@@ -41,15 +41,19 @@ pub struct AuditEntry {
     pub created_at: DateTime<Utc>,
 }
 
-pub async fn list_users(db: &PgPool, limit: i64, offset: i64) -> Result<Vec<AdminUser>, sqlx::Error> {
+pub async fn list_users(
+    db: &PgPool,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<AdminUser>, sqlx::Error> {
     sqlx::query_as(
         "select id, email, username, email_verified, is_admin, disabled_at, created_at
          from users order by created_at, id limit $1 offset $2",
     )
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(db)
-        .await
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(db)
+    .await
 }
 
 /// The user with this id, or with this email (case-insensitive).
@@ -103,7 +107,11 @@ pub async fn is_active(db: &PgPool, user_id: Uuid) -> Result<bool, sqlx::Error> 
     Ok(row.is_some_and(|r| r.0))
 }
 
-pub async fn set_admin(tx: &mut PgConnection, user_id: Uuid, on: bool) -> Result<bool, sqlx::Error> {
+pub async fn set_admin(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    on: bool,
+) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("update users set is_admin = $2, updated_at = now() where id = $1")
         .bind(user_id)
         .bind(on)

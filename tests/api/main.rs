@@ -10,6 +10,7 @@
 )]
 
 mod accounts;
+mod admin;
 mod auth;
 mod chat_stream;
 mod chats;
@@ -22,6 +23,7 @@ mod http_basics;
 mod ledger;
 mod mock_llm;
 mod openai_api;
+mod ops;
 mod providers;
 mod routing;
 mod smtp_sink;

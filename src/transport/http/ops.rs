@@ -42,9 +42,18 @@ static VIEWERS: AtomicUsize = AtomicUsize::new(0);
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/ops", get(|| async { asset(PAGE, "text/html; charset=utf-8") }))
-        .route("/ops/ops.js", get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }))
-        .route("/ops/ops.css", get(|| async { asset(STYLE, "text/css; charset=utf-8") }))
+        .route(
+            "/ops",
+            get(|| async { asset(PAGE, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/ops/ops.js",
+            get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/ops/ops.css",
+            get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
+        )
         .route("/api/ops/snapshot", get(snapshot))
         .route("/api/ops/stream", get(stream))
 }
@@ -132,8 +141,7 @@ async fn stream(
     ApiQuery(q): ApiQuery<ViewQuery>,
 ) -> ApiResult<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>> {
     let (top, every) = (q.top()?, q.interval()?);
-    let slot = ViewerSlot::take()
-        .ok_or_else(|| ApiError::rate_limited(Duration::from_secs(5)))?;
+    let slot = ViewerSlot::take().ok_or_else(|| ApiError::rate_limited(Duration::from_secs(5)))?;
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let events = futures::stream::unfold(
