@@ -12,6 +12,7 @@
 mod accounts;
 mod admin;
 mod auth;
+mod backup;
 mod chat_stream;
 mod chats;
 mod config;
