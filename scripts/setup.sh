@@ -177,4 +177,21 @@ else
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.40,<2'
 fi
 
+# --- 7. promtool, for the alert-rule tests (docker/prometheus) ----------------------
+# Only the promtool binary from Debian's prometheus package: installing the
+# package would also start a Prometheus server on this machine.
+if command -v promtool >/dev/null 2>&1; then
+  log "promtool: present"
+else
+  log "promtool: extracting from Debian's prometheus package"
+  if [ "$apt_updated" -eq 0 ]; then apt-get update -q; apt_updated=1; fi
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -q prometheus >/dev/null &&
+    dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool) ||
+    die "could not fetch promtool (apt-get download prometheus)"
+  install -m 0755 "$tmp/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$tmp"
+  promtool --version >/dev/null || die "promtool does not run"
+fi
+
 log "done"

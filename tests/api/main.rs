@@ -16,6 +16,7 @@ mod backup;
 mod chat_stream;
 mod chats;
 mod config;
+mod deploy_files;
 mod email;
 mod generation;
 mod health;
