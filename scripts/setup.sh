@@ -194,4 +194,12 @@ else
   promtool --version >/dev/null || die "promtool does not run"
 fi
 
+# --- 8. Chromium, for the /ops browser test (tests/api/ops_browser.rs) --------------
+if command -v chromium >/dev/null 2>&1; then
+  log "chromium: present"
+else
+  log "chromium: installing"
+  apt_install --no-install-recommends chromium
+fi
+
 log "done"

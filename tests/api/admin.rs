@@ -85,6 +85,27 @@ async fn admin_routes_need_an_admin() {
         assert_eq!(res.status(), 403, "{method} {path}");
         assert_eq!(error_code(res).await, "forbidden");
     }
+    // The routes are in the OpenAPI document.
+    let doc: Value = app
+        .client
+        .get(app.url("/api/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/api/admin/users",
+        "/api/admin/workspaces/{id}/plan",
+        "/api/admin/audit",
+        "/api/ops/snapshot",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from openapi.json"
+        );
+    }
     // Nothing changed and nothing was audited.
     let (admin, audits): (bool, i64) = sqlx::query_as(
         "select is_admin, (select count(*) from admin_audit) from users where id = $1",

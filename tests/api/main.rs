@@ -26,6 +26,7 @@ mod ledger;
 mod mock_llm;
 mod openai_api;
 mod ops;
+mod ops_browser;
 mod providers;
 mod routing;
 mod smtp_sink;

@@ -76,7 +76,7 @@ impl From<AdminError> for ApiError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
     /// 1 to 1000, default 100.
@@ -96,12 +96,14 @@ fn page(p: &Page) -> ApiResult<(i64, i64)> {
     Ok((limit, offset))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UserList {
     pub users: Vec<store::admin::AdminUser>,
 }
 
-async fn list_users(
+#[utoipa::path(get, path = "/api/admin/users", tag = "admin", security(("bearer" = [])),
+    params(Page), responses((status = 200, body = UserList), (status = 403, description = "admins only")))]
+pub async fn list_users(
     State(state): State<AppState>,
     _admin: AdminUser,
     ApiQuery(p): ApiQuery<Page>,
@@ -111,12 +113,14 @@ async fn list_users(
     Ok(Json(UserList { users }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct WorkspaceList {
     pub workspaces: Vec<store::admin::AdminWorkspace>,
 }
 
-async fn list_workspaces(
+#[utoipa::path(get, path = "/api/admin/workspaces", tag = "admin", security(("bearer" = [])),
+    params(Page), responses((status = 200, body = WorkspaceList), (status = 403, description = "admins only")))]
+pub async fn list_workspaces(
     State(state): State<AppState>,
     _admin: AdminUser,
     ApiQuery(p): ApiQuery<Page>,
@@ -126,12 +130,14 @@ async fn list_workspaces(
     Ok(Json(WorkspaceList { workspaces }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AuditList {
     pub entries: Vec<AuditEntry>,
 }
 
-async fn audit(
+#[utoipa::path(get, path = "/api/admin/audit", tag = "admin", security(("bearer" = [])),
+    params(Page), responses((status = 200, body = AuditList), (status = 403, description = "admins only")))]
+pub async fn audit(
     State(state): State<AppState>,
     _admin: AdminUser,
     ApiQuery(p): ApiQuery<Page>,
@@ -141,13 +147,15 @@ async fn audit(
     Ok(Json(AuditList { entries }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetAdmin {
     pub is_admin: bool,
 }
 
-async fn set_admin(
+#[utoipa::path(put, path = "/api/admin/users/{id}/admin", tag = "admin", security(("bearer" = [])),
+    request_body = SetAdmin, responses((status = 200, body = Outcome), (status = 404), (status = 409, description = "your own rights")))]
+pub async fn set_admin(
     State(state): State<AppState>,
     admin: AdminUser,
     ApiPath(id): ApiPath<Uuid>,
@@ -168,13 +176,15 @@ async fn set_admin(
     Ok(Json(admin::apply(&state.db, &admin.actor(), action).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetDisabled {
     pub disabled: bool,
 }
 
-async fn set_disabled(
+#[utoipa::path(put, path = "/api/admin/users/{id}/disabled", tag = "admin", security(("bearer" = [])),
+    request_body = SetDisabled, responses((status = 200, body = Outcome), (status = 404), (status = 409, description = "yourself")))]
+pub async fn set_disabled(
     State(state): State<AppState>,
     admin: AdminUser,
     ApiPath(id): ApiPath<Uuid>,
@@ -193,7 +203,9 @@ async fn set_disabled(
     Ok(Json(admin::apply(&state.db, &admin.actor(), action).await?))
 }
 
-async fn revoke_sessions(
+#[utoipa::path(post, path = "/api/admin/users/{id}/revoke-sessions", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = Outcome), (status = 404)))]
+pub async fn revoke_sessions(
     State(state): State<AppState>,
     admin: AdminUser,
     ApiPath(id): ApiPath<Uuid>,
@@ -202,13 +214,15 @@ async fn revoke_sessions(
     Ok(Json(admin::apply(&state.db, &admin.actor(), action).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPlan {
     pub plan: String,
 }
 
-async fn set_plan(
+#[utoipa::path(put, path = "/api/admin/workspaces/{id}/plan", tag = "admin", security(("bearer" = [])),
+    request_body = SetPlan, responses((status = 200, body = Outcome), (status = 400), (status = 404)))]
+pub async fn set_plan(
     State(state): State<AppState>,
     admin: AdminUser,
     ApiPath(id): ApiPath<Uuid>,

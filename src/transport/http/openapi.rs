@@ -6,7 +6,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{analytics, auth, chat_stream, chats, health, keys};
+use super::{admin, analytics, auth, chat_stream, chats, health, keys, ops};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -15,13 +15,19 @@ use crate::state::AppState;
     paths(health::health, health::ready, auth::signup, auth::signin, auth::refresh, auth::signout, auth::me,
           chats::create_chat, chats::list_chats, chats::get_chat, chats::rename_chat, chats::delete_chat,
           chats::list_messages, chat_stream::send_message, chat_stream::follow_events,
-          analytics::usage, analytics::costs_daily, keys::create_key, keys::list_keys, keys::revoke_key),
+          analytics::usage, analytics::costs_daily, keys::create_key, keys::list_keys, keys::revoke_key,
+          admin::list_users, admin::list_workspaces, admin::audit, admin::set_admin, admin::set_disabled,
+          admin::revoke_sessions, admin::set_plan, ops::snapshot, ops::stream),
     components(schemas(auth::SignupRequest, auth::SigninRequest, auth::RefreshRequest, auth::TokenResponse,
                        crate::store::users::User, health::Health,
                        chats::CreateChatRequest, chats::RenameChatRequest, chats::ChatList, chats::MessageList,
                        crate::store::chats::Chat, crate::store::messages::Message, chat_stream::SendMessage,
                        analytics::UsageView, analytics::BudgetStanding, analytics::DailyCost,
-                       keys::CreateKey, keys::CreatedKey, keys::KeyList, crate::store::api_keys::ApiKey)),
+                       keys::CreateKey, keys::CreatedKey, keys::KeyList, crate::store::api_keys::ApiKey,
+                       admin::UserList, admin::WorkspaceList, admin::AuditList, admin::SetAdmin, admin::SetDisabled,
+                       admin::SetPlan, crate::admin::Outcome, crate::store::admin::AdminUser,
+                       crate::store::admin::AdminWorkspace, crate::store::admin::AuditEntry,
+                       crate::actors::ops::OpsSnapshot)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

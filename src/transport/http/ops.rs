@@ -72,7 +72,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
         .into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ViewQuery {
     /// Chats and users listed one by one, 0 to 100 (default 20).
@@ -106,7 +106,9 @@ async fn take(state: &AppState, top: usize) -> OpsSnapshot {
         .await
 }
 
-async fn snapshot(
+#[utoipa::path(get, path = "/api/ops/snapshot", tag = "ops", security(("bearer" = [])),
+    params(ViewQuery), responses((status = 200, body = OpsSnapshot), (status = 403, description = "admins only")))]
+pub async fn snapshot(
     State(state): State<AppState>,
     _admin: AdminUser,
     ApiQuery(q): ApiQuery<ViewQuery>,
@@ -135,7 +137,9 @@ impl Drop for ViewerSlot {
     }
 }
 
-async fn stream(
+#[utoipa::path(get, path = "/api/ops/stream", tag = "ops", security(("bearer" = [])),
+    params(ViewQuery), responses((status = 200, description = "text/event-stream of `snapshot` events"), (status = 403), (status = 429, description = "too many viewers")))]
+pub async fn stream(
     State(state): State<AppState>,
     _admin: AdminUser,
     ApiQuery(q): ApiQuery<ViewQuery>,
