@@ -174,7 +174,27 @@ async fn actors_come_and_go_under_load() {
     let first = text.split("data: ").nth(1).unwrap().lines().next().unwrap();
     let first: Value = serde_json::from_str(first).unwrap();
     assert!(first["chats"]["live"].as_u64() >= Some(1), "{first}");
-    drop(body);
+    // Demoted mid-stream: the stream says so and ends.
+    sqlx::query("update users set is_admin = false where id = $1")
+        .bind(admin.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let mut rest = String::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .unwrap()
+        {
+            Some(chunk) => rest.push_str(&String::from_utf8_lossy(&chunk.unwrap())),
+            None => break,
+        }
+    }
+    assert!(
+        rest.ends_with("event: error\ndata: admins only\n\n"),
+        "{rest}"
+    );
+    make_admin(&app, &admin).await;
 
     // Sockets closed and idle: every chat and user actor stops and leaves the view.
     drop(sockets);

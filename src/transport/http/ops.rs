@@ -117,6 +117,17 @@ pub async fn snapshot(
     Ok(Json(take(&state, top).await))
 }
 
+/// Whether the user is still an enabled admin (a failed lookup counts as no).
+async fn still_admin(state: &AppState, user_id: uuid::Uuid) -> bool {
+    matches!(
+        crate::store::admin::is_active(&state.db, user_id).await,
+        Ok(true)
+    ) && matches!(
+        crate::store::users::by_id(&state.db, user_id).await,
+        Ok(Some(u)) if u.is_admin
+    )
+}
+
 /// One viewer's place among [`MAX_VIEWERS`]; given back when the stream drops.
 struct ViewerSlot;
 
@@ -141,24 +152,30 @@ impl Drop for ViewerSlot {
     params(ViewQuery), responses((status = 200, description = "text/event-stream of `snapshot` events"), (status = 403), (status = 429, description = "too many viewers")))]
 pub async fn stream(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    admin: AdminUser,
     ApiQuery(q): ApiQuery<ViewQuery>,
 ) -> ApiResult<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>> {
     let (top, every) = (q.top()?, q.interval()?);
     let slot = ViewerSlot::take().ok_or_else(|| ApiError::rate_limited(Duration::from_secs(5)))?;
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let events = futures::stream::unfold(
-        (state, ticks, slot),
-        move |(state, mut ticks, slot)| async move {
-            ticks.tick().await;
-            let snap = take(&state, top).await;
-            let event = Event::default()
-                .event("snapshot")
-                .json_data(&snap)
-                .unwrap_or_else(|_| Event::default().event("error").data("serialize"));
-            Some((Ok(event), (state, ticks, slot)))
-        },
-    );
+    let viewer = admin.id;
+    // `None` once the stream has said why it ends.
+    let events = futures::stream::unfold(Some((state, ticks, slot)), move |open| async move {
+        let (state, mut ticks, slot) = open?;
+        ticks.tick().await;
+        // Rights are checked on every tick, not only when the stream
+        // opened: a viewer who was disabled or demoted stops seeing data.
+        if !still_admin(&state, viewer).await {
+            let end = Event::default().event("error").data("admins only");
+            return Some((Ok(end), None));
+        }
+        let snap = take(&state, top).await;
+        let event = Event::default()
+            .event("snapshot")
+            .json_data(&snap)
+            .unwrap_or_else(|_| Event::default().event("error").data("serialize"));
+        Some((Ok(event), Some((state, ticks, slot))))
+    });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
