@@ -181,14 +181,11 @@ async fn actors_come_and_go_under_load() {
         .await
         .unwrap();
     let mut rest = String::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), body.next())
-            .await
-            .unwrap()
-        {
-            Some(chunk) => rest.push_str(&String::from_utf8_lossy(&chunk.unwrap())),
-            None => break,
-        }
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(5), body.next())
+        .await
+        .unwrap()
+    {
+        rest.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
     }
     assert!(
         rest.ends_with("event: error\ndata: admins only\n\n"),
