@@ -190,4 +190,22 @@ else
 fi
 bash "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/build-web.sh"
 
+# --- 8. promtool, for the alert-rule tests (docker/prometheus) ----------------------
+# Only the promtool binary from Debian's prometheus package: installing the
+# package would also start a Prometheus server on this machine.
+if command -v promtool >/dev/null 2>&1; then
+  log "promtool: present"
+else
+  log "promtool: extracting from Debian's prometheus package"
+  if [ "$apt_updated" -eq 0 ]; then apt-get update -q; apt_updated=1; fi
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -q prometheus >/dev/null &&
+    dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool) ||
+    die "could not fetch promtool (apt-get download prometheus)"
+  install -m 0755 "$tmp/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$tmp"
+  promtool --version >/dev/null || die "promtool does not run"
+fi
+
+
 log "done"

@@ -134,6 +134,8 @@ impl From<sqlx::Error> for ApiError {
         match e {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 tracing::error!(error = %e, "database unavailable");
+                // The "database connection failures" alert (docs/OPERATIONS.md).
+                metrics::counter!("switchboard_db_unavailable_total").increment(1);
                 Self::new(ErrorCode::Unavailable, "database unavailable, try again")
             }
             e => Self::internal(e),

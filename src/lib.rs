@@ -14,6 +14,7 @@
 //! - [`limits`]: fixed-window counters shared through Redis, per node when it is down.
 //! - [`budget`]: cost budgets: reserve the worst case, settle the real cost, alert at thresholds.
 //! - [`admission`]: per-minute limits and the budget reservation for each generation.
+//! - [`admin`]: operator actions (admin rights, plans, disabling) with their audit log.
 //! - [`accounts`]: verification, password-reset and invitation emails, queued in the caller's transaction.
 //! - [`email`]: the outbox relay to RabbitMQ and the worker that renders and sends over SMTP.
 //! - [`providers`]: one trait for chat providers (simulated, OpenAI-compatible,
@@ -28,6 +29,7 @@
 
 pub mod accounts;
 pub mod actors;
+pub mod admin;
 pub mod admission;
 pub mod app;
 pub mod auth;

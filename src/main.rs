@@ -24,6 +24,11 @@ enum Command {
     Migrate,
     /// Check the settings, print every problem, exit non-zero if there is one.
     ValidateConfig,
+    /// Administration: admin rights, plans, disabling users (docs/OPERATIONS.md).
+    Admin {
+        #[command(subcommand)]
+        cmd: switchboard::admin::AdminCommand,
+    },
     /// Run a background worker.
     Worker {
         #[command(subcommand)]
@@ -78,6 +83,7 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Admin { cmd } => admin(&config, cmd).await,
         Command::Worker {
             kind: WorkerKind::Email,
         } => {
@@ -107,6 +113,27 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `switchboard admin …`: the work is in `switchboard::admin`.
+async fn admin(config: &Config, cmd: switchboard::admin::AdminCommand) -> ExitCode {
+    let result = async {
+        let db = app::db_pool(config).map_err(|e| e.to_string())?;
+        switchboard::admin::run_cli(&db, cmd)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

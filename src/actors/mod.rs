@@ -20,6 +20,7 @@
 
 pub mod chat;
 pub mod hub;
+pub mod ops;
 pub mod persistence;
 pub mod provider;
 pub mod registry;
@@ -183,6 +184,7 @@ impl Actors {
             hub: hub.clone(),
             gens: gens.clone(),
             config: config.chat.clone(),
+            streaming: dashmap::DashSet::new(),
         });
         let chats = chat::ChatRegistry::new(config.chat.mailbox_limit, deps);
         let (chat_sup, _) = Actor::spawn_linked(

@@ -24,6 +24,8 @@ pub use crate::store::usage::UsageEvent;
 pub enum UsageMsg {
     Record(UsageEvent),
     Flush,
+    /// Events held, not yet written (operations views).
+    Backlog(ractor::RpcReplyPort<usize>),
 }
 
 pub struct UsageWriter;
@@ -81,6 +83,9 @@ impl Actor for UsageWriter {
                 }
             }
             UsageMsg::Flush => flush(s).await,
+            UsageMsg::Backlog(reply) => {
+                let _ = reply.send(s.held.len());
+            }
         }
         metrics::gauge!("switchboard_actor_queue_depth", "kind" => "usage_writer")
             .set(s.held.len() as f64);

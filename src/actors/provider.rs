@@ -80,6 +80,10 @@ pub enum ProviderMsg {
     Windows {
         reply: RpcReplyPort<(usize, u32)>,
     },
+    /// Slots in use and the concurrency limit (operations views).
+    Slots {
+        reply: RpcReplyPort<(usize, usize)>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,6 +246,13 @@ impl Actor for ProviderActor {
             ProviderMsg::State { reply } => {
                 let _ = reply.send(s.breaker());
             }
+            ProviderMsg::Slots { reply } => {
+                let in_use = s
+                    .limits
+                    .concurrency
+                    .saturating_sub(s.slots.available_permits());
+                let _ = reply.send((in_use, s.limits.concurrency));
+            }
             ProviderMsg::Windows { reply } => {
                 let now = Instant::now();
                 let recent = |t: &Instant| now.duration_since(*t) < MINUTE;
@@ -322,6 +333,11 @@ impl ProviderRegistry {
         })
     }
 
+    /// Crash restarts of provider actors since start.
+    pub fn restarts(&self) -> u64 {
+        self.actors.restarts()
+    }
+
     pub fn names(&self) -> Vec<String> {
         self.actors.snapshot().into_iter().map(|(k, _)| k).collect()
     }
@@ -334,6 +350,12 @@ impl ProviderRegistry {
     pub async fn windows(&self, name: &str) -> Option<(usize, u32)> {
         let actor = self.actors.get(name)?.actor;
         ractor::call_t!(actor, |reply| ProviderMsg::Windows { reply }, 5_000).ok()
+    }
+
+    /// Slots in use and the concurrency limit.
+    pub async fn slots(&self, name: &str) -> Option<(usize, usize)> {
+        let actor = self.actors.get(name)?.actor;
+        ractor::call_t!(actor, |reply| ProviderMsg::Slots { reply }, 5_000).ok()
     }
 
     pub async fn breaker(&self, name: &str) -> Option<BreakerState> {
@@ -397,6 +419,7 @@ impl Actor for ProviderSupervisor {
         }
         tracing::warn!(provider = %name, %reason, "provider actor died: restarting");
         metrics::counter!("switchboard_actor_restarts_total", "kind" => "provider").increment(1);
+        s.registry.actors.note_restart();
         if let Some(spec) = s.specs.get(&name) {
             spawn_provider(&me, &s.registry, spec).await?;
         }

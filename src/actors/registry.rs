@@ -9,7 +9,7 @@ use std::{
     hash::Hash,
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -47,6 +47,11 @@ impl<M: Message, X: Clone> Clone for Handle<M, X> {
 }
 
 impl<M: Message, X> Handle<M, X> {
+    /// Calls queued on the actor now (operations views).
+    pub fn depth(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
     /// `pending` is the counter the actor itself decrements (see [`Pending`]).
     pub fn new(actor: ActorRef<M>, pending: Pending, extra: X) -> Self {
         Self {
@@ -89,6 +94,8 @@ struct Inner<K, M: Message, E, X> {
     supervisor: OnceLock<ActorRef<SpawnRequest<K, M, E, X>>>,
     /// Calls one actor may have queued; `None` for no bound.
     mailbox_limit: Option<usize>,
+    /// Crash restarts of this kind since start (operations views).
+    restarts: AtomicU64,
 }
 
 impl<K, M: Message, E, X> Clone for Registry<K, M, E, X> {
@@ -114,6 +121,7 @@ where
                 by_id: DashMap::new(),
                 supervisor: OnceLock::new(),
                 mailbox_limit,
+                restarts: AtomicU64::new(0),
             }),
         }
     }
@@ -151,6 +159,15 @@ where
         let (_, h) = self.inner.actors.remove(key)?;
         self.inner.by_id.remove(&h.actor.get_id());
         Some(h)
+    }
+
+    /// Counts a crash restart of one of these actors.
+    pub fn note_restart(&self) {
+        self.inner.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn restarts(&self) -> u64 {
+        self.inner.restarts.load(Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {

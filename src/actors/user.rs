@@ -5,6 +5,7 @@
 
 use std::{
     collections::HashSet,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -50,12 +51,15 @@ pub type UserSupervisorMsg = SpawnRequest<Uuid, UserMsg, UserError>;
 #[derive(Clone)]
 pub struct UserRegistry {
     actors: Registry<Uuid, UserMsg, UserError>,
+    /// Sockets per connected user as this registry admitted them (operations views).
+    sockets: Arc<dashmap::DashMap<Uuid, usize>>,
 }
 
 impl Default for UserRegistry {
     fn default() -> Self {
         Self {
             actors: Registry::new("user", None),
+            sockets: Arc::default(),
         }
     }
 }
@@ -69,10 +73,16 @@ impl UserRegistry {
     pub async fn connect(&self, user_id: Uuid, conn: ConnId) -> Result<(), UserError> {
         self.actors
             .call(user_id, |reply| UserMsg::Connect { conn, reply })
-            .await
+            .await?;
+        *self.sockets.entry(user_id).or_default() += 1;
+        Ok(())
     }
 
     pub fn disconnect(&self, user_id: Uuid, conn: ConnId) {
+        if let Some(mut n) = self.sockets.get_mut(&user_id) {
+            *n = n.saturating_sub(1);
+        }
+        self.sockets.remove_if(&user_id, |_, n| *n == 0);
         if let Some(h) = self.actors.get(&user_id) {
             let _ = h.actor.cast(UserMsg::Disconnect { conn });
         }
@@ -80,6 +90,19 @@ impl UserRegistry {
 
     pub fn live_count(&self) -> usize {
         self.actors.len()
+    }
+
+    /// Crash restarts of user actors since start.
+    pub fn restarts(&self) -> u64 {
+        self.actors.restarts()
+    }
+
+    /// Sockets per user (users with none are left out); a point-in-time copy.
+    pub fn sockets(&self) -> Vec<(Uuid, usize)> {
+        self.sockets
+            .iter()
+            .map(|e| (*e.key(), *e.value()))
+            .collect()
     }
 }
 
@@ -209,6 +232,7 @@ impl Actor for UserSupervisor {
         if let Some(reason) = crash {
             tracing::warn!(%user_id, %reason, "user actor died");
             metrics::counter!("switchboard_actor_restarts_total", "kind" => "user").increment(1);
+            s.registry.actors.note_restart();
             if s.restarts.allow(&user_id.to_string()) {
                 let _ = spawn_user(&me, s, user_id).await;
             }

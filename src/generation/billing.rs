@@ -117,6 +117,9 @@ impl Bill {
                 cost_micros: cost,
             }));
         }
+        // The cost dashboards and the daily/monthly cost alerts (docs/OPERATIONS.md).
+        metrics::counter!("switchboard_cost_micros_total", "provider" => self.provider.clone())
+            .increment(cost.max(0) as u64);
         if self.fell_back {
             metrics::counter!("switchboard_fallback_cost_micros_total", "provider" => self.provider.clone())
                 .increment(cost.max(0) as u64);

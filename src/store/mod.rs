@@ -1,6 +1,7 @@
 //! Thin query functions over `&PgPool` or a transaction. No business rules here:
 //! callers decide; these read and write rows.
 
+pub mod admin;
 pub mod api_keys;
 pub mod billing;
 pub mod chats;

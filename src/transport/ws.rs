@@ -155,6 +155,17 @@ async fn admit(
             }
         },
     };
+    if super::http::extract::ensure_active(state, user_id)
+        .await
+        .is_err()
+    {
+        let why = "account disabled";
+        let _ = socket
+            .send(text(&ServerFrame::error(ErrorCode::Forbidden, why)))
+            .await;
+        let _ = socket.send(close(CLOSE_UNAUTHORIZED, why)).await;
+        return None;
+    }
     let conn = state.actors.hub.new_conn_id();
     if let Err(e) = state.actors.users.connect(user_id, conn).await {
         let _ = socket

@@ -10,8 +10,10 @@
 )]
 
 mod accounts;
+mod admin;
 mod auth;
 mod auth_races;
+mod backup;
 mod billing;
 mod billing_margin;
 mod billing_webhooks;
@@ -23,6 +25,7 @@ mod chat_stream;
 mod chats;
 mod config;
 mod cut_proxy;
+mod deploy_files;
 mod email;
 mod generation;
 mod health;
@@ -32,6 +35,8 @@ mod ledger;
 mod mock_llm;
 mod mock_stripe;
 mod openai_api;
+mod ops;
+mod ops_browser;
 mod providers;
 mod routing;
 mod smtp_sink;

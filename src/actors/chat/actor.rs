@@ -168,6 +168,7 @@ impl Actor for ChatActor {
     ) -> Result<(), ActorProcessingErr> {
         if s.turns.current().is_some() {
             metrics::gauge!("switchboard_streams_active").decrement(1.0);
+            s.deps.streaming.remove(&s.chat_id);
         }
         // The running answer is cancelled by the drop guard and bills itself;
         // answers still waiting release their reservations as they drop.
@@ -370,6 +371,7 @@ async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
             .start(assistant.clone(), q.req.origin, cancel.clone());
         s.publish(&s.message_frame(assistant.clone()));
         metrics::gauge!("switchboard_streams_active").increment(1.0);
+        s.deps.streaming.insert(s.chat_id);
         let bill_to = BillTo {
             user_id: Some(q.req.author),
             chat_id: Some(s.chat_id),
@@ -413,6 +415,7 @@ async fn on_update(me: &ActorRef<ChatMsg>, s: &mut ChatState, gen_id: u64, updat
                 return;
             };
             metrics::gauge!("switchboard_streams_active").decrement(1.0);
+            s.deps.streaming.remove(&s.chat_id);
             publish_end(s, &run.message, ending, stored);
             start_next(me, s).await;
         }

@@ -27,6 +27,8 @@ pub struct ChatDeps {
     pub hub: ChatHub,
     pub gens: Generations,
     pub config: ChatConfig,
+    /// Chats with an answer streaming now (operations views).
+    pub streaming: dashmap::DashSet<Uuid>,
 }
 
 /// Finds a chat's actor, starting it on first use; never two per chat.
@@ -194,5 +196,19 @@ impl ChatRegistry {
 
     pub fn live_count(&self) -> usize {
         self.actors.len()
+    }
+
+    /// Crash restarts of chat actors since start.
+    pub fn restarts(&self) -> u64 {
+        self.actors.restarts()
+    }
+
+    /// Each live chat: (id, calls queued, answer streaming), a point-in-time copy.
+    pub fn live(&self) -> Vec<(Uuid, usize, bool)> {
+        self.actors
+            .snapshot()
+            .into_iter()
+            .map(|(id, h)| (id, h.depth(), self.deps.streaming.contains(&id)))
+            .collect()
     }
 }

@@ -76,6 +76,7 @@ impl Actor for ChatSupervisor {
         }
         tracing::warn!(%chat_id, %reason, "chat actor died: restarting from Postgres");
         metrics::counter!("switchboard_actor_restarts_total", "kind" => "chat").increment(1);
+        s.registry.actors.note_restart();
         if let Err(e) = spawn_chat(&me, s, chat_id).await {
             tracing::error!(%chat_id, error = %e, "chat actor restart failed");
         }

@@ -250,7 +250,8 @@ async fn issue_tokens(
     token_response(state, user_id, refresh_token).await
 }
 
-/// An access token for the user, with the refresh token already stored.
+/// An access token for the user, with the refresh token already stored; a
+/// disabled account gets none.
 async fn token_response(
     state: &AppState,
     user_id: Uuid,
@@ -259,6 +260,7 @@ async fn token_response(
     let user = users::by_id(&state.db, user_id)
         .await?
         .ok_or_else(|| ApiError::unauthorized("invalid refresh token"))?;
+    super::extract::ensure_active(state, user_id).await?;
     let access_token = state
         .tokens
         .issue_access(user_id)

@@ -98,7 +98,21 @@ impl FromRequestParts<AppState> for AuthUser {
             .tokens
             .verify_access(token)
             .map_err(|_| ApiError::unauthorized("invalid or expired token"))?;
+        ensure_active(state, claims.sub).await?;
         Ok(Self { id: claims.sub })
+    }
+}
+
+/// The one account check: a user who was deleted or disabled gets no tokens
+/// and no access with the tokens they hold. Called for every bearer-token
+/// request ([`AuthUser`]), every WebSocket, and wherever tokens are issued.
+/// (API keys of a disabled user are revoked when it is disabled.)
+pub async fn ensure_active(state: &AppState, user_id: Uuid) -> Result<(), ApiError> {
+    if crate::store::admin::is_active(&state.db, user_id).await? {
+        Ok(())
+    } else {
+        metrics::counter!("switchboard_auth_disabled_rejections_total").increment(1);
+        Err(ApiError::new(ErrorCode::Forbidden, "account disabled"))
     }
 }
 

@@ -3,6 +3,7 @@
 //! and the error envelope).
 
 mod accounts;
+mod admin;
 mod analytics;
 mod auth;
 mod billing;
@@ -15,6 +16,7 @@ mod margin;
 mod models;
 mod openai_api;
 mod openapi;
+mod ops;
 mod web;
 mod workspaces;
 
@@ -59,6 +61,8 @@ pub fn router(state: AppState) -> Router {
         .merge(margin::router())
         .nest("/api/models", models::router())
         .merge(web::router(&state.config.web))
+        .nest("/api/admin", admin::router())
+        .merge(ops::router())
         .nest("/v1", openai_api::router())
         .nest("/api/chats", chats::router().merge(chat_stream::router()))
         .fallback(|| async { ApiError::not_found("route") })

@@ -6,7 +6,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{analytics, auth, chat_stream, chats, health, keys, models};
+use super::{admin, analytics, auth, chat_stream, chats, health, keys, models, ops};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -16,14 +16,20 @@ use crate::state::AppState;
           chats::create_chat, chats::list_chats, chats::get_chat, chats::rename_chat, chats::delete_chat,
           chats::list_messages, chat_stream::send_message, chat_stream::follow_events,
           analytics::usage, analytics::costs_daily, keys::create_key, keys::list_keys, keys::revoke_key,
-          models::list_models),
+          models::list_models,
+          admin::list_users, admin::list_workspaces, admin::audit, admin::set_admin, admin::set_disabled,
+          admin::revoke_sessions, admin::set_plan, ops::snapshot, ops::stream),
     components(schemas(auth::SignupRequest, auth::SigninRequest, auth::RefreshRequest, auth::TokenResponse,
                        crate::store::users::User, health::Health,
                        chats::CreateChatRequest, chats::RenameChatRequest, chats::ChatList, chats::MessageList,
                        crate::store::chats::Chat, crate::store::messages::Message, chat_stream::SendMessage,
                        analytics::UsageView, analytics::BudgetStanding, analytics::DailyCost,
                        keys::CreateKey, keys::CreatedKey, keys::KeyList, crate::store::api_keys::ApiKey,
-                       models::ModelList, models::ModelChoice)),
+                       models::ModelList, models::ModelChoice,
+                       admin::UserList, admin::WorkspaceList, admin::AuditList, admin::SetAdmin, admin::SetDisabled,
+                       admin::SetPlan, crate::admin::Outcome, crate::store::admin::AdminUser,
+                       crate::store::admin::AdminWorkspace, crate::store::admin::AuditEntry,
+                       crate::actors::ops::OpsSnapshot)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
