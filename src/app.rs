@@ -118,7 +118,14 @@ impl App {
             );
         }
 
-        let embedder = crate::providers::embedding::configured(&config);
+        // Documents a previous run left pending or indexing are indexed again.
+        let resumed = actors.documents.resume().await?;
+        if resumed > 0 {
+            tracing::info!(count = resumed, "unfinished documents queued for indexing");
+        }
+
+        // One embedder for /v1/embeddings and documents.
+        let embedder = actors.documents.embedder.clone();
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&addr)
             .await

@@ -105,6 +105,8 @@ pub struct Actors {
     pub hub: hub::ChatHub,
     /// The generation lifecycle: providers, router, prices, admission, usage writer.
     pub gens: Generations,
+    /// Documents: ingestion and retrieval (crate::documents).
+    pub documents: crate::documents::Library,
     root: ActorRef<()>,
 }
 
@@ -164,6 +166,11 @@ impl Actors {
         .await?;
         users.set_supervisor(user_sup);
 
+        let embed_cache = crate::embedding_cache::EmbeddingCache::new(
+            redis.clone(),
+            &config.redis.key_prefix,
+            Duration::from_secs(config.documents.cache_ttl_secs),
+        );
         let admission = admission(config, redis, db.clone(), counters).await;
         let router = Router::from_config(config);
 
@@ -174,11 +181,19 @@ impl Actors {
             router,
             usage,
             routing: config.routing.clone(),
+            embed_cache,
             tasks: tokio_util::task::TaskTracker::new(),
             shutdown: tokio_util::sync::CancellationToken::new(),
         });
+        let documents = crate::documents::Library::new(
+            db.clone(),
+            gens.clone(),
+            crate::providers::embedding::configured(config),
+            config.documents.clone(),
+        );
         let hub = hub::ChatHub::default();
         let deps = Arc::new(chat::ChatDeps {
+            documents: documents.clone(),
             db,
             hub: hub.clone(),
             gens: gens.clone(),
@@ -199,6 +214,7 @@ impl Actors {
             users,
             hub,
             gens,
+            documents,
             root,
         })
     }

@@ -13,9 +13,11 @@ use figment::{
 use serde::Deserialize;
 
 mod accounts;
+mod documents;
 pub mod pricing;
 mod validate;
 pub use accounts::{AccountsConfig, EmailConfig, SmtpTls};
+pub use documents::DocumentsConfig;
 
 /// The seed's environment names and where each lands in the settings tree.
 pub const ENV_MAP: &[(&str, &str)] = &[
@@ -147,6 +149,8 @@ pub struct Config {
     pub accounts: AccountsConfig,
     #[serde(default)]
     pub email: EmailConfig,
+    #[serde(default)]
+    pub documents: DocumentsConfig,
 }
 
 fn default_env() -> AppEnv {

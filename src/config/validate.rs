@@ -87,6 +87,7 @@ impl Config {
         self.check_plans(&mut p);
         self.check_chat(&mut p);
         self.check_accounts(&mut p);
+        self.check_documents(&mut p);
         p
     }
 

@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod chats;
+pub mod documents;
 pub mod email_tokens;
 pub mod members;
 pub mod messages;

@@ -14,6 +14,7 @@ mod auth;
 mod chat_stream;
 mod chats;
 mod config;
+mod documents;
 mod email;
 mod generation;
 mod health;

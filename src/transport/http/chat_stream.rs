@@ -51,6 +51,9 @@ pub struct SendMessage {
     /// Makes the send idempotent: a repeat gets the same message and answer. Generated when absent.
     pub client_msg_id: Option<String>,
     pub model: Option<String>,
+    /// `true` to answer from the workspace's documents, or a list of document ids;
+    /// the answer then carries `citations` (docs/RAG.md).
+    pub documents: Option<crate::protocol::DocumentsChoice>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -166,6 +169,9 @@ pub async fn send_message(
         content: body.content,
         model: body.model,
         origin: Some(sub.conn),
+        documents: body
+            .documents
+            .and_then(crate::documents::retrieval::Scope::from_choice),
     };
     let ack = state.actors.chats.send(chat_id, req).await?;
     let mut watch = AnswerWatch {

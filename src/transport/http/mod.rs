@@ -7,6 +7,7 @@ mod analytics;
 mod auth;
 mod chat_stream;
 mod chats;
+mod documents;
 pub mod extract;
 mod health;
 mod keys;
@@ -53,6 +54,10 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/workspaces", workspaces::router())
         .nest("/v1", openai_api::router())
         .nest("/api/chats", chats::router().merge(chat_stream::router()))
+        .nest(
+            "/api/documents",
+            documents::router(state.config.documents.max_upload_bytes),
+        )
         .fallback(|| async { ApiError::not_found("route") })
         .layer(
             ServiceBuilder::new()

@@ -6,7 +6,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{analytics, auth, chat_stream, chats, health, keys};
+use super::{analytics, auth, chat_stream, chats, documents, health, keys};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -15,12 +15,17 @@ use crate::state::AppState;
     paths(health::health, health::ready, auth::signup, auth::signin, auth::refresh, auth::signout, auth::me,
           chats::create_chat, chats::list_chats, chats::get_chat, chats::rename_chat, chats::delete_chat,
           chats::list_messages, chat_stream::send_message, chat_stream::follow_events,
+          documents::upload_document, documents::list_documents, documents::get_document,
+          documents::delete_document, documents::reindex_document, documents::search_documents,
           analytics::usage, analytics::costs_daily, keys::create_key, keys::list_keys, keys::revoke_key),
     components(schemas(auth::SignupRequest, auth::SigninRequest, auth::RefreshRequest, auth::TokenResponse,
                        crate::store::users::User, health::Health,
                        chats::CreateChatRequest, chats::RenameChatRequest, chats::ChatList, chats::MessageList,
                        crate::store::chats::Chat, crate::store::messages::Message, chat_stream::SendMessage,
-                       analytics::UsageView, analytics::BudgetStanding, analytics::DailyCost,
+                       documents::TextUpload, documents::SearchRequest, documents::SearchResults,
+                       crate::store::documents::Document, crate::store::documents::Hit,
+                       crate::documents::retrieval::Citation, crate::protocol::DocumentsChoice,
+                       analytics::UsageView, analytics::EmbeddingCacheView, analytics::BudgetStanding, analytics::DailyCost,
                        keys::CreateKey, keys::CreatedKey, keys::KeyList, crate::store::api_keys::ApiKey)),
     modifiers(&BearerAuth)
 )]
