@@ -37,6 +37,7 @@ pub mod email;
 pub mod embedding_cache;
 pub mod error;
 pub mod generation;
+pub mod import;
 pub mod limits;
 pub mod protocol;
 pub mod providers;

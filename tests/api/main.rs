@@ -22,6 +22,7 @@ mod helpers;
 mod http_basics;
 mod ledger;
 mod mock_llm;
+mod pinecone;
 mod openai_api;
 mod providers;
 mod routing;
