@@ -130,7 +130,7 @@ fn encode(v: &[f32]) -> Vec<u8> {
 }
 
 fn decode(bytes: Vec<u8>) -> Option<Vec<f32>> {
-    if bytes.is_empty() || bytes.len() % 4 != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
         return None;
     }
     Some(

@@ -116,39 +116,9 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Command::Import {
-            from: ImportFrom::Pinecone { workspace, file, api_url, api_key, namespace },
-        } => {
+        Command::Import { from } => {
             telemetry::init_tracing(config.server.log_format);
-            let source = match (file, api_url) {
-                (Some(path), _) => import::Source::Jsonl(path),
-                (None, Some(base_url)) => import::Source::Api {
-                    base_url,
-                    api_key: switchboard::config::Secret::new(api_key.unwrap_or_default()),
-                    namespace,
-                },
-                (None, None) => return ExitCode::FAILURE,
-            };
-            let result = async {
-                let db = app::db_pool(&config)?;
-                app::migrate(&db).await?;
-                let counts = import::import(&db, workspace, source, &mut |c| {
-                    tracing::info!(read = c.read, imported = c.imported, already_present = c.already_present, "import progress");
-                })
-                .await?;
-                Ok::<_, Box<dyn std::error::Error>>(counts)
-            }
-            .await;
-            match result {
-                Ok(c) => {
-                    println!("{}", serde_json::json!(c));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("import failed: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_import(&config, from).await
         }
         Command::Serve => {
             telemetry::init_tracing(config.server.log_format);
@@ -167,6 +137,51 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `switchboard import pinecone`: prints the counts as JSON.
+async fn run_import(config: &Config, from: ImportFrom) -> ExitCode {
+    let ImportFrom::Pinecone {
+        workspace,
+        file,
+        api_url,
+        api_key,
+        namespace,
+    } = from;
+    let source = match (file, api_url) {
+        (Some(path), _) => import::Source::Jsonl(path),
+        (None, Some(base_url)) => import::Source::Api {
+            base_url,
+            api_key: switchboard::config::Secret::new(api_key.unwrap_or_default()),
+            namespace,
+        },
+        (None, None) => return ExitCode::FAILURE,
+    };
+    let result = async {
+        let db = app::db_pool(config)?;
+        app::migrate(&db).await?;
+        let counts = import::import(&db, workspace, source, &mut |c| {
+            tracing::info!(
+                read = c.read,
+                imported = c.imported,
+                already_present = c.already_present,
+                "import progress"
+            );
+        })
+        .await?;
+        Ok::<_, Box<dyn std::error::Error>>(counts)
+    }
+    .await;
+    match result {
+        Ok(c) => {
+            println!("{}", serde_json::json!(c));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("import failed: {e}");
+            ExitCode::FAILURE
         }
     }
 }

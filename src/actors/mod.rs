@@ -166,11 +166,7 @@ impl Actors {
         .await?;
         users.set_supervisor(user_sup);
 
-        let embed_cache = crate::embedding_cache::EmbeddingCache::new(
-            redis.clone(),
-            &config.redis.key_prefix,
-            Duration::from_secs(config.documents.cache_ttl_secs),
-        );
+        let embed_cache = embed_cache(config, redis.clone());
         let admission = admission(config, redis, db.clone(), counters).await;
         let router = Router::from_config(config);
 
@@ -185,12 +181,7 @@ impl Actors {
             tasks: tokio_util::task::TaskTracker::new(),
             shutdown: tokio_util::sync::CancellationToken::new(),
         });
-        let documents = crate::documents::Library::new(
-            db.clone(),
-            gens.clone(),
-            crate::providers::embedding::configured(config),
-            config.documents.clone(),
-        );
+        let documents = library(config, db.clone(), gens.clone());
         let hub = hub::ChatHub::default();
         let deps = Arc::new(chat::ChatDeps {
             documents: documents.clone(),
@@ -255,6 +246,27 @@ fn provider_specs(config: &Config) -> Vec<provider::ProviderSpec> {
             }
         })
         .collect()
+}
+
+fn embed_cache(
+    config: &Config,
+    redis: redis::aio::ConnectionManager,
+) -> crate::embedding_cache::EmbeddingCache {
+    crate::embedding_cache::EmbeddingCache::new(
+        redis,
+        &config.redis.key_prefix,
+        Duration::from_secs(config.documents.cache_ttl_secs),
+    )
+}
+
+/// Documents' ingestion and retrieval, with the configured embedder.
+fn library(config: &Config, db: PgPool, gens: Generations) -> crate::documents::Library {
+    crate::documents::Library::new(
+        db,
+        gens,
+        crate::providers::embedding::configured(config),
+        config.documents.clone(),
+    )
 }
 
 /// Limits and the budget ledger; releases what this node reserved before it last stopped.

@@ -37,7 +37,7 @@ impl Default for DocumentsConfig {
             chunk_overlap_tokens: 32,
             embed_batch: 64,
             insert_batch: 500,
-            ef_search: 100,
+            ef_search: 200,
             max_results: 50,
             context_chunks: 5,
             context_tokens: 1_500,
@@ -60,16 +60,26 @@ impl Config {
             }
         }
         if d.chunk_overlap_tokens >= d.chunk_tokens {
-            p.push("documents.chunk_overlap_tokens must be less than documents.chunk_tokens".into());
+            p.push(
+                "documents.chunk_overlap_tokens must be less than documents.chunk_tokens".into(),
+            );
         }
         if d.chunk_tokens > 8_000 {
-            p.push("documents.chunk_tokens must be at most 8000 (embedding models' input limit)".into());
+            p.push(
+                "documents.chunk_tokens must be at most 8000 (embedding models' input limit)"
+                    .into(),
+            );
         }
         if d.insert_batch > 5_000 {
-            p.push("documents.insert_batch must be at most 5000 (bind parameters per statement)".into());
+            p.push(
+                "documents.insert_batch must be at most 5000 (bind parameters per statement)"
+                    .into(),
+            );
         }
         if d.max_results == 0 || d.context_chunks == 0 {
-            p.push("documents.max_results and documents.context_chunks must be greater than 0".into());
+            p.push(
+                "documents.max_results and documents.context_chunks must be greater than 0".into(),
+            );
         }
         if d.ef_search < d.max_results || d.ef_search > 1_000 {
             p.push("documents.ef_search must be between documents.max_results and 1000".into());

@@ -79,7 +79,9 @@ mod tests {
     fn chunks_fit_the_budget_keep_positions_and_headings() {
         let mut doc = String::from("# Intro\n\nShort opening paragraph.\n\n## Billing\n\n");
         for i in 0..60 {
-            doc.push_str(&format!("Invoices are issued monthly, sentence number {i}. "));
+            doc.push_str(&format!(
+                "Invoices are issued monthly, sentence number {i}. "
+            ));
         }
         doc.push_str("\n\n## Support\n\nEmail us any time.\n");
         let chunks = split(&doc, 64, 8);
@@ -92,9 +94,17 @@ mod tests {
         // The heading is the section the chunk starts in.
         let last = chunks.last().unwrap();
         assert!(last.content.contains("Email us"));
-        let expect = if last.content.starts_with("## Support") { "Support" } else { "Billing" };
+        let expect = if last.content.starts_with("## Support") {
+            "Support"
+        } else {
+            "Billing"
+        };
         assert_eq!(last.heading.as_deref(), Some(expect));
-        assert!(chunks.iter().any(|c| c.heading.as_deref() == Some("Billing")));
+        assert!(
+            chunks
+                .iter()
+                .any(|c| c.heading.as_deref() == Some("Billing"))
+        );
         assert!(split("", 64, 8).is_empty());
     }
 }

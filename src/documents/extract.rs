@@ -15,7 +15,13 @@ impl Format {
     /// From the declared media type, else from the file name's extension.
     pub fn detect(content_type: Option<&str>, filename: &str) -> Option<Self> {
         let media = content_type
-            .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .map(|c| {
+                c.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
             .unwrap_or_default();
         match media.as_str() {
             "text/plain" => return Some(Self::Text),
@@ -25,7 +31,9 @@ impl Format {
             "" | "application/octet-stream" => {}
             _ => return None,
         }
-        let ext = filename.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase())?;
+        let ext = filename
+            .rsplit_once('.')
+            .map(|(_, e)| e.to_ascii_lowercase())?;
         match ext.as_str() {
             "txt" | "text" => Some(Self::Text),
             "md" | "markdown" => Some(Self::Markdown),
@@ -67,9 +75,8 @@ pub fn extract(format: Format, bytes: &[u8]) -> Result<String, ExtractError> {
         Format::Html => {
             html2text::from_read(bytes, 10_000).map_err(|e| ExtractError::Html(e.to_string()))?
         }
-        Format::Pdf => {
-            pdf_extract::extract_text_from_mem(bytes).map_err(|e| ExtractError::Pdf(e.to_string()))?
-        }
+        Format::Pdf => pdf_extract::extract_text_from_mem(bytes)
+            .map_err(|e| ExtractError::Pdf(e.to_string()))?,
     };
     // NUL cannot be stored in a Postgres text column.
     let text = text.replace('\0', "");
@@ -85,9 +92,15 @@ mod tests {
 
     #[test]
     fn formats_come_from_the_media_type_or_the_extension() {
-        assert_eq!(Format::detect(Some("text/markdown; charset=utf-8"), "x"), Some(Format::Markdown));
+        assert_eq!(
+            Format::detect(Some("text/markdown; charset=utf-8"), "x"),
+            Some(Format::Markdown)
+        );
         assert_eq!(Format::detect(None, "Guide.PDF"), Some(Format::Pdf));
-        assert_eq!(Format::detect(Some("application/octet-stream"), "a.htm"), Some(Format::Html));
+        assert_eq!(
+            Format::detect(Some("application/octet-stream"), "a.htm"),
+            Some(Format::Html)
+        );
         assert_eq!(Format::detect(Some("image/png"), "a.md"), None);
         assert_eq!(Format::detect(None, "archive.zip"), None);
         assert_eq!(Format::detect(None, "noext"), None);
@@ -95,11 +108,27 @@ mod tests {
 
     #[test]
     fn text_html_and_bad_input() {
-        assert_eq!(extract(Format::Text, b"hi\0 there").as_deref(), Ok("hi there"));
-        assert_eq!(extract(Format::Text, &[0xff, 0xfe]), Err(ExtractError::NotUtf8));
-        assert_eq!(extract(Format::Markdown, b"  \n "), Err(ExtractError::Empty));
-        let html = extract(Format::Html, b"<h1>Title</h1><p>Body <b>text</b></p><script>x()</script>").unwrap();
+        assert_eq!(
+            extract(Format::Text, b"hi\0 there").as_deref(),
+            Ok("hi there")
+        );
+        assert_eq!(
+            extract(Format::Text, &[0xff, 0xfe]),
+            Err(ExtractError::NotUtf8)
+        );
+        assert_eq!(
+            extract(Format::Markdown, b"  \n "),
+            Err(ExtractError::Empty)
+        );
+        let html = extract(
+            Format::Html,
+            b"<h1>Title</h1><p>Body <b>text</b></p><script>x()</script>",
+        )
+        .unwrap();
         assert!(html.contains("Title") && html.contains("Body"), "{html}");
-        assert!(matches!(extract(Format::Pdf, b"not a pdf"), Err(ExtractError::Pdf(_))));
+        assert!(matches!(
+            extract(Format::Pdf, b"not a pdf"),
+            Err(ExtractError::Pdf(_))
+        ));
     }
 }

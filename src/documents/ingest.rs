@@ -52,12 +52,14 @@ impl Library {
         let started = std::time::Instant::now();
         match self.index(id).await {
             Ok(Some(chunks)) => {
-                metrics::counter!("switchboard_documents_indexed_total", "status" => "ready").increment(1);
+                metrics::counter!("switchboard_documents_indexed_total", "status" => "ready")
+                    .increment(1);
                 tracing::info!(document_id = %id, chunks, ms = started.elapsed().as_millis() as u64, "document indexed");
             }
             Ok(None) => {}
             Err(e) => {
-                metrics::counter!("switchboard_documents_indexed_total", "status" => "failed").increment(1);
+                metrics::counter!("switchboard_documents_indexed_total", "status" => "failed")
+                    .increment(1);
                 tracing::warn!(document_id = %id, error = %e, "document indexing failed");
                 if let Err(e) = docs::mark_failed(&self.db, id, &e.to_string()).await {
                     tracing::error!(document_id = %id, error = %e, "cannot mark document failed");
@@ -95,7 +97,10 @@ impl Library {
                 .embed(payer.clone(), claimed.uploaded_by, &*self.embedder, texts)
                 .await?;
             if embedded.vectors.len() != batch.len() {
-                return Err(IngestError::Mismatch { got: embedded.vectors.len(), sent: batch.len() });
+                return Err(IngestError::Mismatch {
+                    got: embedded.vectors.len(),
+                    sent: batch.len(),
+                });
             }
             tokens += i64::from(embedded.tokens);
             cost += embedded.cost_micros;
@@ -121,7 +126,12 @@ impl Library {
         Ok(Some(done))
     }
 
-    async fn insert_batched(&self, workspace_id: Uuid, id: Uuid, mut rows: Vec<docs::NewChunk>) -> Result<(), sqlx::Error> {
+    async fn insert_batched(
+        &self,
+        workspace_id: Uuid,
+        id: Uuid,
+        mut rows: Vec<docs::NewChunk>,
+    ) -> Result<(), sqlx::Error> {
         let size = self.config.insert_batch.max(1);
         while !rows.is_empty() {
             let rest = rows.split_off(rows.len().min(size));

@@ -43,7 +43,12 @@ pub struct LibraryInner {
 const INGEST_CONCURRENCY: usize = 2;
 
 impl Library {
-    pub fn new(db: PgPool, gens: Generations, embedder: Arc<dyn Embedder>, config: DocumentsConfig) -> Self {
+    pub fn new(
+        db: PgPool,
+        gens: Generations,
+        embedder: Arc<dyn Embedder>,
+        config: DocumentsConfig,
+    ) -> Self {
         Self(Arc::new(LibraryInner {
             db,
             gens,

@@ -71,7 +71,13 @@ pub enum SearchError {
 
 impl Library {
     /// The `limit` chunks nearest to `query` (embedded and billed to `payer`).
-    pub async fn search(&self, payer: Payer, query: &str, scope: &Scope, limit: u32) -> Result<Vec<Hit>, SearchError> {
+    pub async fn search(
+        &self,
+        payer: Payer,
+        query: &str,
+        scope: &Scope,
+        limit: u32,
+    ) -> Result<Vec<Hit>, SearchError> {
         let workspace_id = payer.workspace_id;
         let only = match scope {
             Scope::All => None,
@@ -84,7 +90,10 @@ impl Library {
             }
         };
         let user_id = payer.user_id;
-        let mut embedded = self.gens.embed(payer, user_id, &*self.embedder, vec![query.to_owned()]).await?;
+        let mut embedded = self
+            .gens
+            .embed(payer, user_id, &*self.embedder, vec![query.to_owned()])
+            .await?;
         let Some(vector) = embedded.vectors.pop() else {
             return Ok(Vec::new());
         };
@@ -94,14 +103,29 @@ impl Library {
             ef_search: self.config.ef_search,
             exact: false,
         };
-        let hits = docs::search(&self.db, workspace_id, only.as_deref(), Vector::from(vector), params).await?;
-        metrics::histogram!("switchboard_documents_search_seconds").record(started.elapsed().as_secs_f64());
+        let hits = docs::search(
+            &self.db,
+            workspace_id,
+            only.as_deref(),
+            Vector::from(vector),
+            params,
+        )
+        .await?;
+        metrics::histogram!("switchboard_documents_search_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(hits)
     }
 
     /// The sources for answering `question`, or `None` when nothing was found.
-    pub async fn context(&self, payer: Payer, question: &str, scope: &Scope) -> Result<Option<Context>, SearchError> {
-        let hits = self.search(payer, question, scope, self.config.context_chunks).await?;
+    pub async fn context(
+        &self,
+        payer: Payer,
+        question: &str,
+        scope: &Scope,
+    ) -> Result<Option<Context>, SearchError> {
+        let hits = self
+            .search(payer, question, scope, self.config.context_chunks)
+            .await?;
         Ok(build_context(hits, self.config.context_tokens))
     }
 }
@@ -116,7 +140,12 @@ pub fn build_context(hits: Vec<Hit>, budget: u32) -> Option<Context> {
     let mut citations = Vec::new();
     for hit in hits {
         let n = u32::try_from(citations.len() + 1).unwrap_or(u32::MAX);
-        let block = format!("\n\n[{n}] {} (part {})\n{}", hit.title, hit.chunk + 1, hit.content.trim());
+        let block = format!(
+            "\n\n[{n}] {} (part {})\n{}",
+            hit.title,
+            hit.chunk + 1,
+            hit.content.trim()
+        );
         let cost = tokenizer::count_tokens(&block);
         if used + cost > budget {
             break;
@@ -166,7 +195,15 @@ mod tests {
     #[test]
     fn sources_are_numbered_in_order_and_kept_within_the_budget() {
         let long = "word ".repeat(400);
-        let ctx = build_context(vec![hit(0, "alpha", 0.9), hit(3, "beta", 0.8), hit(4, &long, 0.7)], 200).unwrap();
+        let ctx = build_context(
+            vec![
+                hit(0, "alpha", 0.9),
+                hit(3, "beta", 0.8),
+                hit(4, &long, 0.7),
+            ],
+            200,
+        )
+        .unwrap();
         assert_eq!(ctx.citations.len(), 2, "the long chunk does not fit");
         assert_eq!(ctx.citations[1].n, 2);
         assert_eq!(ctx.message.role, "system");

@@ -84,7 +84,11 @@ pub async fn import(
     let mut counts = Counts::default();
     match source {
         Source::Jsonl(path) => import_jsonl(db, workspace_id, &path, &mut counts, progress).await?,
-        Source::Api { base_url, api_key, namespace } => {
+        Source::Api {
+            base_url,
+            api_key,
+            namespace,
+        } => {
             let api = Api::new(base_url, api_key, namespace);
             import_api(db, workspace_id, &api, &mut counts, progress).await?;
         }
@@ -148,13 +152,18 @@ async fn import_api(
     }
 }
 
-async fn present_ids(db: &PgPool, workspace_id: Uuid, ids: &[String]) -> Result<HashSet<String>, sqlx::Error> {
-    let found: Vec<String> =
-        sqlx::query_scalar("select external_id from documents where workspace_id = $1 and external_id = any($2)")
-            .bind(workspace_id)
-            .bind(ids)
-            .fetch_all(db)
-            .await?;
+async fn present_ids(
+    db: &PgPool,
+    workspace_id: Uuid,
+    ids: &[String],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let found: Vec<String> = sqlx::query_scalar(
+        "select external_id from documents where workspace_id = $1 and external_id = any($2)",
+    )
+    .bind(workspace_id)
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
     Ok(found.into_iter().collect())
 }
 
@@ -165,14 +174,8 @@ fn text_of(meta: Option<&serde_json::Map<String, Value>>, keys: &[&str]) -> Opti
         .map(|s| s.replace('\0', ""))
 }
 
-/// Stores one batch in a transaction: documents first (skipping ids already
-/// present), then a chunk for each document that was new.
-async fn store_batch(
-    db: &PgPool,
-    workspace_id: Uuid,
-    vectors: Vec<PineconeVector>,
-    counts: &mut Counts,
-) -> Result<(), ImportError> {
+/// The vectors worth storing; the rest are counted.
+fn storable(vectors: Vec<PineconeVector>, counts: &mut Counts) -> Vec<PineconeVector> {
     let mut rows = Vec::with_capacity(vectors.len());
     let mut seen = HashSet::new();
     for v in vectors {
@@ -186,6 +189,18 @@ async fn store_batch(
             rows.push(v);
         }
     }
+    rows
+}
+
+/// Stores one batch in a transaction: documents first (skipping ids already
+/// present), then a chunk for each document that was new.
+async fn store_batch(
+    db: &PgPool,
+    workspace_id: Uuid,
+    vectors: Vec<PineconeVector>,
+    counts: &mut Counts,
+) -> Result<(), ImportError> {
+    let rows = storable(vectors, counts);
     if rows.is_empty() {
         return Ok(());
     }
@@ -197,30 +212,43 @@ async fn store_batch(
         .iter()
         .map(|v| {
             let meta = v.metadata.as_ref();
-            let text = text_of(meta, &["text", "content", "chunk", "page_content"]).unwrap_or_default();
+            let text =
+                text_of(meta, &["text", "content", "chunk", "page_content"]).unwrap_or_default();
             let title = text_of(meta, &["title", "source"]).unwrap_or_else(|| v.id.clone());
             (Uuid::now_v7(), title.chars().take(200).collect(), text)
         })
         .collect();
-    q.push_values(rows.iter().zip(&prepared), |mut b, (v, (id, title, text))| {
-        b.push_bind(*id)
-            .push_bind(workspace_id)
-            .push_bind(title)
-            .push_bind(&v.id)
-            .push_bind("text/plain")
-            .push_bind(text.len() as i64)
-            .push_bind(text)
-            .push_bind("ready")
-            .push_bind(1i32)
-            .push_bind(1i32)
-            .push_bind(&v.id);
-    });
+    q.push_values(
+        rows.iter().zip(&prepared),
+        |mut b, (v, (id, title, text))| {
+            b.push_bind(*id)
+                .push_bind(workspace_id)
+                .push_bind(title)
+                .push_bind(&v.id)
+                .push_bind("text/plain")
+                .push_bind(text.len() as i64)
+                .push_bind(text)
+                .push_bind("ready")
+                .push_bind(1i32)
+                .push_bind(1i32)
+                .push_bind(&v.id);
+        },
+    );
     q.push(" on conflict (workspace_id, external_id) where external_id is not null do nothing returning id");
-    let inserted: HashSet<Uuid> = q.build_query_scalar().fetch_all(&mut *tx).await?.into_iter().collect();
+    let inserted: HashSet<Uuid> = q
+        .build_query_scalar()
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
     let mut chunks: QueryBuilder<Postgres> = QueryBuilder::new(
         "insert into document_chunks (id, workspace_id, document_id, ordinal, content, start_offset, end_offset, tokens, embedding) ",
     );
-    let new: Vec<_> = rows.iter().zip(&prepared).filter(|(_, (id, _, _))| inserted.contains(id)).collect();
+    let new: Vec<_> = rows
+        .iter()
+        .zip(&prepared)
+        .filter(|(_, (id, _, _))| inserted.contains(id))
+        .collect();
     if !new.is_empty() {
         chunks.push_values(&new, |mut b, (v, (id, _, text))| {
             b.push_bind(Uuid::now_v7())
@@ -282,7 +310,11 @@ impl Api {
         }
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T, ImportError> {
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, ImportError> {
         let mut q: Vec<(&str, &str)> = query.to_vec();
         if let Some(ns) = &self.namespace {
             q.push(("namespace", ns));
@@ -296,12 +328,20 @@ impl Api {
             .await
             .map_err(|e| ImportError::Api(e.without_url().to_string()))?;
         if !res.status().is_success() {
-            return Err(ImportError::Api(format!("{path} answered {}", res.status())));
+            return Err(ImportError::Api(format!(
+                "{path} answered {}",
+                res.status()
+            )));
         }
-        res.json().await.map_err(|e| ImportError::Api(format!("{path}: {}", e.without_url())))
+        res.json()
+            .await
+            .map_err(|e| ImportError::Api(format!("{path}: {}", e.without_url())))
     }
 
-    async fn list(&self, token: Option<&str>) -> Result<(Vec<String>, Option<String>), ImportError> {
+    async fn list(
+        &self,
+        token: Option<&str>,
+    ) -> Result<(Vec<String>, Option<String>), ImportError> {
         let limit = BATCH.to_string();
         let mut q = vec![("limit", limit.as_str())];
         if let Some(t) = token {

@@ -79,7 +79,11 @@ pub async fn list(db: &PgPool, workspace_id: Uuid) -> Result<Vec<Document>, sqlx
 }
 
 /// The document, if `user_id` is a member of its workspace.
-pub async fn get_for_member(db: &PgPool, user_id: Uuid, id: Uuid) -> Result<Option<Document>, sqlx::Error> {
+pub async fn get_for_member(
+    db: &PgPool,
+    user_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Document>, sqlx::Error> {
     sqlx::query_as(concat!(
         "select ",
         document_columns!(),
@@ -102,7 +106,11 @@ pub async fn delete_for_member(db: &PgPool, user_id: Uuid, id: Uuid) -> Result<b
 }
 
 /// Queues a document for (re-)indexing unless it is queued or being indexed now.
-pub async fn requeue_for_member(db: &PgPool, user_id: Uuid, id: Uuid) -> Result<Option<Document>, sqlx::Error> {
+pub async fn requeue_for_member(
+    db: &PgPool,
+    user_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Document>, sqlx::Error> {
     sqlx::query_as(concat!(
         "update documents set status = 'pending', error = null, chunks_done = 0, updated_at = now()
          where id = $2 and status in ('ready', 'failed') and exists (select 1 from workspace_members m where m.workspace_id = documents.workspace_id and m.user_id = $1) returning ",
@@ -152,7 +160,12 @@ pub async fn set_progress(db: &PgPool, id: Uuid, done: i32) -> Result<(), sqlx::
         .map(drop)
 }
 
-pub async fn mark_ready(db: &PgPool, id: Uuid, tokens: i64, cost_micros: i64) -> Result<(), sqlx::Error> {
+pub async fn mark_ready(
+    db: &PgPool,
+    id: Uuid,
+    tokens: i64,
+    cost_micros: i64,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "update documents set status = 'ready', error = null, tokens = $2, cost_micros = $3, updated_at = now()
          where id = $1 and status = 'indexing'",
@@ -166,20 +179,24 @@ pub async fn mark_ready(db: &PgPool, id: Uuid, tokens: i64, cost_micros: i64) ->
 }
 
 pub async fn mark_failed(db: &PgPool, id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("update documents set status = 'failed', error = $2, updated_at = now() where id = $1")
-        .bind(id)
-        .bind(reason)
-        .execute(db)
-        .await
-        .map(drop)
+    sqlx::query(
+        "update documents set status = 'failed', error = $2, updated_at = now() where id = $1",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(db)
+    .await
+    .map(drop)
 }
 
 /// At start-up: documents left `indexing` by a stopped node go back to
 /// `pending`; answers every pending document's id, oldest first.
 pub async fn unfinished(db: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query("update documents set status = 'pending', chunks_done = 0 where status = 'indexing'")
-        .execute(db)
-        .await?;
+    sqlx::query(
+        "update documents set status = 'pending', chunks_done = 0 where status = 'indexing'",
+    )
+    .execute(db)
+    .await?;
     sqlx::query_scalar("select id from documents where status = 'pending' order by created_at")
         .fetch_all(db)
         .await
@@ -303,7 +320,11 @@ pub async fn search(
 }
 
 /// The documents of `ids` that belong to the workspace.
-pub async fn owned(db: &PgPool, workspace_id: Uuid, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
+pub async fn owned(
+    db: &PgPool,
+    workspace_id: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar("select id from documents where workspace_id = $1 and id = any($2)")
         .bind(workspace_id)
         .bind(ids)
@@ -319,7 +340,11 @@ pub async fn chunk_count(db: &PgPool, document_id: Uuid) -> Result<i64, sqlx::Er
 }
 
 /// Stores an answer's citations.
-pub async fn set_citations(db: &PgPool, message_id: Uuid, citations: &serde_json::Value) -> Result<(), sqlx::Error> {
+pub async fn set_citations(
+    db: &PgPool,
+    message_id: Uuid,
+    citations: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
     sqlx::query("update messages set citations = $2 where id = $1")
         .bind(message_id)
         .bind(citations)

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::helpers::{TestApp, TestUser, error_code, eventually, spawn_app, spawn_app_with};
 
-const MARKDOWN: &str = "# Falcon handbook\n\nThe Falcon project ships telemetry gateways.\n\n\
+pub const MARKDOWN: &str = "# Falcon handbook\n\nThe Falcon project ships telemetry gateways.\n\n\
 ## Refund policy\n\nCustomers may request a refund within 45 days of purchase by emailing the billing desk.\n\n\
 ## Office hours\n\nThe support office opens at nine in the morning on weekdays.\n";
 
@@ -69,8 +69,17 @@ impl TestApp {
             .unwrap()
     }
 
-    pub async fn upload_file(&self, user: &TestUser, name: &str, mime: &str, bytes: Vec<u8>) -> reqwest::Response {
-        let part = Part::bytes(bytes).file_name(name.to_owned()).mime_str(mime).unwrap();
+    pub async fn upload_file(
+        &self,
+        user: &TestUser,
+        name: &str,
+        mime: &str,
+        bytes: Vec<u8>,
+    ) -> reqwest::Response {
+        let part = Part::bytes(bytes)
+            .file_name(name.to_owned())
+            .mime_str(mime)
+            .unwrap();
         self.client
             .post(self.url("/api/documents"))
             .bearer_auth(&user.access_token)
@@ -99,7 +108,7 @@ impl TestApp {
         .await
     }
 
-    async fn search(&self, user: &TestUser, body: Value) -> reqwest::Response {
+    pub async fn search(&self, user: &TestUser, body: Value) -> reqwest::Response {
         self.client
             .post(self.url("/api/documents/search"))
             .bearer_auth(&user.access_token)
@@ -110,7 +119,7 @@ impl TestApp {
     }
 }
 
-async fn created(res: reqwest::Response) -> Value {
+pub async fn created(res: reqwest::Response) -> Value {
     let status = res.status();
     let body: Value = res.json().await.unwrap();
     assert_eq!(status, 202, "{body}");
@@ -122,9 +131,25 @@ async fn created(res: reqwest::Response) -> Value {
 async fn a_markdown_file_and_a_pdf_answer_a_question_with_citations() {
     let app = spawn_app().await;
     let user = app.new_user().await;
-    let md = created(app.upload_file(&user, "handbook.md", "text/markdown", MARKDOWN.as_bytes().to_vec()).await).await;
-    let pdf_bytes = pdf_with(&["Warehouse safety manual.", "Forklift drivers must wear orange helmets at all times."]);
-    let pdf = created(app.upload_file(&user, "safety.pdf", "application/pdf", pdf_bytes).await).await;
+    let md = created(
+        app.upload_file(
+            &user,
+            "handbook.md",
+            "text/markdown",
+            MARKDOWN.as_bytes().to_vec(),
+        )
+        .await,
+    )
+    .await;
+    let pdf_bytes = pdf_with(&[
+        "Warehouse safety manual.",
+        "Forklift drivers must wear orange helmets at all times.",
+    ]);
+    let pdf = created(
+        app.upload_file(&user, "safety.pdf", "application/pdf", pdf_bytes)
+            .await,
+    )
+    .await;
     let (md_id, pdf_id) = (md["id"].as_str().unwrap(), pdf["id"].as_str().unwrap());
     let md = app.until_ready(&user, md_id).await;
     let pdf = app.until_ready(&user, pdf_id).await;
@@ -137,12 +162,17 @@ async fn a_markdown_file_and_a_pdf_answer_a_question_with_citations() {
     assert_eq!(pdf["content_type"], "application/pdf");
 
     // Search ranks the chunk about refunds first.
-    let res = app.search(&user, json!({"query": "refund within 45 days"})).await;
+    let res = app
+        .search(&user, json!({"query": "refund within 45 days"}))
+        .await;
     assert_eq!(res.status(), 200);
     let hits: Value = res.json().await.unwrap();
     let first = &hits["results"][0];
     assert_eq!(first["document_id"], md_id, "{hits}");
-    assert!(first["content"].as_str().unwrap().contains("refund"), "{hits}");
+    assert!(
+        first["content"].as_str().unwrap().contains("refund"),
+        "{hits}"
+    );
     assert!(first["score"].as_f64().unwrap() > 0.2);
 
     // Over WebSocket: the answer's done frame cites both documents' chunks.
@@ -153,20 +183,35 @@ async fn a_markdown_file_and_a_pdf_answer_a_question_with_citations() {
         .await;
     let done = ws.next_of("done").await;
     let cites = done["citations"].as_array().expect("citations in done");
-    let cited: Vec<&str> = cites.iter().map(|c| c["document_id"].as_str().unwrap()).collect();
+    let cited: Vec<&str> = cites
+        .iter()
+        .map(|c| c["document_id"].as_str().unwrap())
+        .collect();
     assert!(cited.contains(&md_id) && cited.contains(&pdf_id), "{done}");
     assert_eq!(cites[0]["n"], 1);
-    assert!(cites.iter().all(|c| c["end"].as_i64() > c["start"].as_i64()));
+    assert!(
+        cites
+            .iter()
+            .all(|c| c["end"].as_i64() > c["start"].as_i64())
+    );
     // The prompt held the sources: the answer billed more input than the question alone.
-    assert!(done["usage"]["input_tokens"].as_u64().unwrap() > 60, "{done}");
+    assert!(
+        done["usage"]["input_tokens"].as_u64().unwrap() > 60,
+        "{done}"
+    );
 
     // Only the PDF when asked for it; the stored answer keeps its citations.
-    ws.send(json!({"type": "send", "chat_id": chat_id, "client_msg_id": "q2",
-        "content": "helmets", "documents": [pdf_id]}))
-        .await;
+    ws.send(
+        json!({"type": "send", "chat_id": chat_id, "client_msg_id": "q2",
+        "content": "helmets", "documents": [pdf_id]}),
+    )
+    .await;
     let done2 = ws.next_of("done").await;
     let only: Vec<&Value> = done2["citations"].as_array().unwrap().iter().collect();
-    assert!(!only.is_empty() && only.iter().all(|c| c["document_id"] == pdf_id), "{done2}");
+    assert!(
+        !only.is_empty() && only.iter().all(|c| c["document_id"] == pdf_id),
+        "{done2}"
+    );
     let msgs: Value = app
         .client
         .get(app.url(&format!("/api/chats/{chat_id}/messages")))
@@ -186,7 +231,8 @@ async fn a_markdown_file_and_a_pdf_answer_a_question_with_citations() {
     assert_eq!(answer["citations"], done["citations"]);
 
     // Without `documents` an answer has no citations.
-    ws.send(json!({"type": "send", "chat_id": chat_id, "client_msg_id": "q3", "content": "hello"})).await;
+    ws.send(json!({"type": "send", "chat_id": chat_id, "client_msg_id": "q3", "content": "hello"}))
+        .await;
     assert!(ws.next_of("done").await.get("citations").is_none());
 
     // REST send with documents answers with the cited message.
@@ -211,11 +257,12 @@ async fn a_markdown_file_and_a_pdf_answer_a_question_with_citations() {
         .await
         .unwrap();
     assert_eq!(res.status(), 204);
-    let left: i64 = sqlx::query_scalar("select count(*) from document_chunks where document_id = $1")
-        .bind(md_id.parse::<Uuid>().unwrap())
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let left: i64 =
+        sqlx::query_scalar("select count(*) from document_chunks where document_id = $1")
+            .bind(md_id.parse::<Uuid>().unwrap())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
     assert_eq!(left, 0);
     let res = app
         .client
@@ -244,19 +291,94 @@ async fn bad_uploads_and_searches_get_clear_errors() {
     let app = spawn_app_with(|c| c.documents.max_upload_bytes = 2_000).await;
     let user = app.new_user().await;
     let cases: Vec<(reqwest::Response, u16, &str)> = vec![
-        (app.upload_file(&user, "x.png", "image/png", vec![0x89, 0x50]).await, 415, "unsupported_media_type"),
-        (app.upload_file(&user, "data.zip", "application/octet-stream", vec![1, 2]).await, 415, "unsupported_media_type"),
-        (app.upload_file(&user, "big.md", "text/markdown", vec![b'a'; 2_001]).await, 413, "payload_too_large"),
-        (app.upload_file(&user, "huge.md", "text/markdown", vec![b'a'; 200_000]).await, 413, "payload_too_large"),
-        (app.upload_file(&user, "bad.pdf", "application/pdf", b"%PDF-1.4 garbage".to_vec()).await, 400, "invalid_request"),
-        (app.upload_file(&user, "latin1.txt", "text/plain", vec![0xff, 0xfe, 0x41]).await, 400, "invalid_request"),
-        (app.upload_file(&user, "blank.md", "text/markdown", b"   \n\n ".to_vec()).await, 400, "invalid_request"),
-        (app.upload_file(&user, "", "text/markdown", b"text".to_vec()).await, 400, "invalid_request"),
-        (app.upload_text(&user, json!({"content": "a,b", "content_type": "text/csv"})).await, 415, "unsupported_media_type"),
-        (app.upload_text(&user, json!({"content": "x", "content_type": "application/pdf"})).await, 415, "unsupported_media_type"),
-        (app.upload_text(&user, json!({"content": 5})).await, 400, "invalid_request"),
-        (app.upload_text(&user, json!({"content": "ok", "title": "\u{7}"})).await, 400, "invalid_request"),
-        (app.upload_text(&user, json!({"content": "ok", "workspace_id": Uuid::now_v7()})).await, 404, "not_found"),
+        (
+            app.upload_file(&user, "x.png", "image/png", vec![0x89, 0x50])
+                .await,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            app.upload_file(&user, "data.zip", "application/octet-stream", vec![1, 2])
+                .await,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            app.upload_file(&user, "big.md", "text/markdown", vec![b'a'; 2_001])
+                .await,
+            413,
+            "payload_too_large",
+        ),
+        (
+            app.upload_file(&user, "huge.md", "text/markdown", vec![b'a'; 200_000])
+                .await,
+            413,
+            "payload_too_large",
+        ),
+        (
+            app.upload_file(
+                &user,
+                "bad.pdf",
+                "application/pdf",
+                b"%PDF-1.4 garbage".to_vec(),
+            )
+            .await,
+            400,
+            "invalid_request",
+        ),
+        (
+            app.upload_file(&user, "latin1.txt", "text/plain", vec![0xff, 0xfe, 0x41])
+                .await,
+            400,
+            "invalid_request",
+        ),
+        (
+            app.upload_file(&user, "blank.md", "text/markdown", b"   \n\n ".to_vec())
+                .await,
+            400,
+            "invalid_request",
+        ),
+        (
+            app.upload_file(&user, "", "text/markdown", b"text".to_vec())
+                .await,
+            400,
+            "invalid_request",
+        ),
+        (
+            app.upload_text(&user, json!({"content": "a,b", "content_type": "text/csv"}))
+                .await,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            app.upload_text(
+                &user,
+                json!({"content": "x", "content_type": "application/pdf"}),
+            )
+            .await,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            app.upload_text(&user, json!({"content": 5})).await,
+            400,
+            "invalid_request",
+        ),
+        (
+            app.upload_text(&user, json!({"content": "ok", "title": "\u{7}"}))
+                .await,
+            400,
+            "invalid_request",
+        ),
+        (
+            app.upload_text(
+                &user,
+                json!({"content": "ok", "workspace_id": Uuid::now_v7()}),
+            )
+            .await,
+            404,
+            "not_found",
+        ),
     ];
     for (i, (res, status, code)) in cases.into_iter().enumerate() {
         assert_eq!(res.status().as_u16(), status, "case {i}");
@@ -272,14 +394,24 @@ async fn bad_uploads_and_searches_get_clear_errors() {
     };
     let res = raw("text/plain", "hello").await.unwrap();
     assert_eq!(res.status(), 415);
-    let res = raw("multipart/form-data; boundary=zz", "--zz\r\nnot a part").await.unwrap();
+    let res = raw("multipart/form-data; boundary=zz", "--zz\r\nnot a part")
+        .await
+        .unwrap();
     assert_eq!(res.status(), 400);
     assert_eq!(error_code(res).await, "invalid_request");
-    let res = raw("multipart/form-data; boundary=zz", "--zz--\r\n").await.unwrap();
+    let res = raw("multipart/form-data; boundary=zz", "--zz--\r\n")
+        .await
+        .unwrap();
     assert_eq!(res.status(), 400, "no file part");
     let res = raw("application/json", "{not json").await.unwrap();
     assert_eq!(res.status(), 400);
-    let res = app.client.post(app.url("/api/documents")).json(&json!({"content": "x"})).send().await.unwrap();
+    let res = app
+        .client
+        .post(app.url("/api/documents"))
+        .json(&json!({"content": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 401);
 
     for (body, code) in [
@@ -295,7 +427,13 @@ async fn bad_uploads_and_searches_get_clear_errors() {
         assert_eq!(res.status().as_u16(), code, "{body}");
         error_code(res).await;
     }
-    let res = app.client.get(app.url("/api/documents/not-a-uuid")).bearer_auth(&user.access_token).send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/api/documents/not-a-uuid"))
+        .bearer_auth(&user.access_token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 400);
 }
 
@@ -304,29 +442,88 @@ async fn documents_belong_to_their_workspace() {
     let app = spawn_app().await;
     let alice = app.new_user().await;
     let bob = app.new_user().await;
-    let doc = created(app.upload_text(&alice, json!({"content": MARKDOWN, "title": "Alice's handbook"})).await).await;
+    let doc = created(
+        app.upload_text(
+            &alice,
+            json!({"content": MARKDOWN, "title": "Alice's handbook"}),
+        )
+        .await,
+    )
+    .await;
     let id = doc["id"].as_str().unwrap();
     app.until_ready(&alice, id).await;
 
     for (method, path) in [
         (reqwest::Method::GET, format!("/api/documents/{id}")),
         (reqwest::Method::DELETE, format!("/api/documents/{id}")),
-        (reqwest::Method::POST, format!("/api/documents/{id}/reindex")),
+        (
+            reqwest::Method::POST,
+            format!("/api/documents/{id}/reindex"),
+        ),
     ] {
-        let res = app.client.request(method.clone(), app.url(&path)).bearer_auth(&bob.access_token).send().await.unwrap();
+        let res = app
+            .client
+            .request(method.clone(), app.url(&path))
+            .bearer_auth(&bob.access_token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 404, "{method} {path}");
     }
-    let list: Value = app.client.get(app.url("/api/documents")).bearer_auth(&bob.access_token).send().await.unwrap().json().await.unwrap();
+    let list: Value = app
+        .client
+        .get(app.url("/api/documents"))
+        .bearer_auth(&bob.access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list, json!([]));
-    let hits: Value = app.search(&bob, json!({"query": "refund within 45 days"})).await.json().await.unwrap();
-    assert_eq!(hits["results"], json!([]), "bob's search never sees alice's chunks");
-    let res = app.search(&bob, json!({"query": "refund", "documents": [id]})).await;
+    let hits: Value = app
+        .search(&bob, json!({"query": "refund within 45 days"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        hits["results"],
+        json!([]),
+        "bob's search never sees alice's chunks"
+    );
+    let res = app
+        .search(&bob, json!({"query": "refund", "documents": [id]}))
+        .await;
     assert_eq!(res.status(), 404);
-    let alice_ws: Value = app.client.get(app.url("/api/documents")).bearer_auth(&alice.access_token).send().await.unwrap().json().await.unwrap();
+    let alice_ws: Value = app
+        .client
+        .get(app.url("/api/documents"))
+        .bearer_auth(&alice.access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let alice_workspace = alice_ws[0]["workspace_id"].clone();
-    let res = app.upload_text(&bob, json!({"content": "x", "workspace_id": alice_workspace})).await;
+    let res = app
+        .upload_text(
+            &bob,
+            json!({"content": "x", "workspace_id": alice_workspace}),
+        )
+        .await;
     assert_eq!(res.status(), 404);
-    let res = app.client.get(app.url(&format!("/api/documents?workspace_id={}", alice_workspace.as_str().unwrap()))).bearer_auth(&bob.access_token).send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url(&format!(
+            "/api/documents?workspace_id={}",
+            alice_workspace.as_str().unwrap()
+        )))
+        .bearer_auth(&bob.access_token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 404);
 
     // Bob cannot draw on Alice's document from his own chat.
@@ -342,123 +539,26 @@ async fn documents_belong_to_their_workspace() {
     assert!(ws.next_of("done").await.get("citations").is_none());
 
     // Alice's document is untouched; re-indexing it works and is idempotent while queued.
-    let res = app.client.post(app.url(&format!("/api/documents/{id}/reindex"))).bearer_auth(&alice.access_token).send().await.unwrap();
+    let res = app
+        .client
+        .post(app.url(&format!("/api/documents/{id}/reindex")))
+        .bearer_auth(&alice.access_token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 202);
-    let again = app.client.post(app.url(&format!("/api/documents/{id}/reindex"))).bearer_auth(&alice.access_token).send().await.unwrap();
-    assert!(again.status() == 409 || again.status() == 202, "{}", again.status());
+    let again = app
+        .client
+        .post(app.url(&format!("/api/documents/{id}/reindex")))
+        .bearer_auth(&alice.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        again.status() == 409 || again.status() == 202,
+        "{}",
+        again.status()
+    );
     let doc = app.until_ready(&alice, id).await;
     assert!(doc["chunk_count"].as_i64().unwrap() >= 1);
-}
-
-#[tokio::test]
-async fn the_embedding_cache_is_shared_counted_and_not_billed_twice() {
-    let app = spawn_app().await;
-    let user = app.new_user().await;
-    let first = created(app.upload_text(&user, json!({"content": MARKDOWN, "title": "one"})).await).await;
-    let first = app.until_ready(&user, first["id"].as_str().unwrap()).await;
-    assert!(first["tokens"].as_i64().unwrap() > 0);
-    let second = created(app.upload_text(&user, json!({"content": MARKDOWN, "title": "two"})).await).await;
-    let second = app.until_ready(&user, second["id"].as_str().unwrap()).await;
-    assert_eq!(second["chunk_count"], first["chunk_count"]);
-    assert_eq!(second["tokens"], 0, "every chunk came from the cache: {second}");
-    let usage: Value = app.client.get(app.url("/api/analytics/usage")).bearer_auth(&user.access_token).send().await.unwrap().json().await.unwrap();
-    let cache = &usage["embedding_cache"];
-    let n = first["chunk_count"].as_u64().unwrap();
-    assert_eq!(cache["hits"], n, "{usage}");
-    assert_eq!(cache["misses"], n, "{usage}");
-    assert!((cache["hit_rate"].as_f64().unwrap() - 0.5).abs() < 1e-9);
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("switchboard_embedding_cache_hits_total"), "metrics list the cache");
-}
-
-#[tokio::test]
-async fn unfinished_documents_are_indexed_again_at_start() {
-    let app = spawn_app().await;
-    let user = app.new_user().await;
-    let doc = created(app.upload_text(&user, json!({"content": MARKDOWN})).await).await;
-    let id = doc["id"].as_str().unwrap();
-    app.until_ready(&user, id).await;
-    // As a node killed mid-run leaves it: indexing, half done.
-    sqlx::query("update documents set status = 'indexing', chunks_done = 1 where id = $1")
-        .bind(id.parse::<Uuid>().unwrap())
-        .execute(&app.db)
-        .await
-        .unwrap();
-    let resumed = app.state.actors.documents.resume().await.unwrap();
-    assert_eq!(resumed, 1);
-    let doc = app.until_ready(&user, id).await;
-    assert_eq!(doc["chunks_done"], doc["chunk_count"]);
-    let chunks: i64 = sqlx::query_scalar("select count(*) from document_chunks where document_id = $1")
-        .bind(id.parse::<Uuid>().unwrap())
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(chunks, doc["chunk_count"].as_i64().unwrap(), "no chunk stored twice");
-}
-
-/// A unit vector from a seed (xorshift), so the test needs no random crate state.
-fn unit_vector(seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v: Vec<f32> = (0..384)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % 2_000) as f32 / 1_000.0 - 1.0
-        })
-        .collect();
-    let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
-    v.iter_mut().for_each(|a| *a /= n);
-    v
-}
-
-#[tokio::test]
-async fn filtered_hnsw_search_keeps_recall_against_exact_search() {
-    use switchboard::store::documents::{self as docs, NewChunk, SearchParams};
-    let app = spawn_app().await;
-    // Two workspaces; the searched one holds a fifth of the chunks.
-    let mut workspaces = Vec::new();
-    for (user_n, chunks) in [(0u64, 1_000usize), (1, 4_000)] {
-        let user = app.new_user().await;
-        let ws: Uuid = sqlx::query_scalar("select workspace_id from workspace_members where user_id = $1")
-            .bind(user.id)
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-        let doc = docs::insert(
-            &app.db,
-            &docs::NewDocument { workspace_id: ws, uploaded_by: user.id, title: "bulk", filename: "bulk.txt",
-                content_type: "text/plain", size_bytes: 0, body: "" },
-        )
-        .await
-        .unwrap();
-        for start in (0..chunks).step_by(500) {
-            let rows = (start..start + 500)
-                .map(|i| NewChunk {
-                    ordinal: i as i32,
-                    content: format!("chunk {i}"),
-                    start: 0,
-                    end: 0,
-                    heading: None,
-                    tokens: 2,
-                    embedding: pgvector::Vector::from(unit_vector(user_n * 1_000_000 + i as u64)),
-                })
-                .collect();
-            docs::insert_chunks(&app.db, ws, doc.id, rows).await.unwrap();
-        }
-        workspaces.push(ws);
-    }
-    let (mut found, mut wanted) = (0usize, 0usize);
-    for q in 0..20u64 {
-        let query = || pgvector::Vector::from(unit_vector(9_000_000 + q));
-        let params = SearchParams { limit: 10, ef_search: 100, exact: false };
-        let approx = docs::search(&app.db, workspaces[0], None, query(), params).await.unwrap();
-        let exact = docs::search(&app.db, workspaces[0], None, query(), SearchParams { exact: true, ..params }).await.unwrap();
-        assert_eq!(exact.len(), 10);
-        assert_eq!(approx.len(), 10, "the workspace filter does not cut results short");
-        wanted += exact.len();
-        found += exact.iter().filter(|e| approx.iter().any(|a| a.chunk == e.chunk)).count();
-    }
-    let recall = found as f64 / wanted as f64;
-    assert!(recall >= 0.9, "recall@10 = {recall}");
 }

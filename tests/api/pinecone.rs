@@ -30,7 +30,9 @@ struct Fake {
 
 fn vector(i: usize) -> Value {
     let dims = if i % 1_000 == 999 { 128 } else { 384 };
-    let values: Vec<f32> = (0..dims).map(|d| ((i * 31 + d) % 97) as f32 / 97.0 + 0.01).collect();
+    let values: Vec<f32> = (0..dims)
+        .map(|d| ((i * 7_919 + d * 104_729) % 10_007) as f32 / 10_007.0 + 0.01)
+        .collect();
     json!({"id": format!("vec-{i:05}"), "values": values,
            "metadata": {"text": format!("passage number {i}"), "title": format!("Doc {}", i / 100)}})
 }
@@ -39,30 +41,47 @@ fn authorised(h: &HeaderMap) -> bool {
     h.get("api-key").and_then(|v| v.to_str().ok()) == Some("pc-secret")
 }
 
-async fn list(State(f): State<Arc<Fake>>, h: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>, StatusCode> {
+async fn list(
+    State(f): State<Arc<Fake>>,
+    h: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, StatusCode> {
     let _ = &f;
     if !authorised(&h) {
         return Err(StatusCode::UNAUTHORIZED);
     }
     let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
-    let start: usize = q.get("paginationToken").and_then(|t| t.strip_prefix("p").and_then(|n| n.parse().ok())).unwrap_or(0);
+    let start: usize = q
+        .get("paginationToken")
+        .and_then(|t| t.strip_prefix("p").and_then(|n| n.parse().ok()))
+        .unwrap_or(0);
     let end = (start + limit).min(TOTAL);
-    let ids: Vec<Value> = (start..end).map(|i| json!({"id": format!("vec-{i:05}")})).collect();
-    let mut page = json!({"vectors": ids, "namespace": q.get("namespace").cloned().unwrap_or_default()});
+    let ids: Vec<Value> = (start..end)
+        .map(|i| json!({"id": format!("vec-{i:05}")}))
+        .collect();
+    let mut page =
+        json!({"vectors": ids, "namespace": q.get("namespace").cloned().unwrap_or_default()});
     if end < TOTAL {
         page["pagination"] = json!({"next": format!("p{end}")});
     }
     Ok(Json(page))
 }
 
-async fn fetch(State(f): State<Arc<Fake>>, h: HeaderMap, Query(q): Query<Vec<(String, String)>>) -> Result<Json<Value>, StatusCode> {
+async fn fetch(
+    State(f): State<Arc<Fake>>,
+    h: HeaderMap,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, StatusCode> {
     if !authorised(&h) {
         return Err(StatusCode::UNAUTHORIZED);
     }
     let mut out = serde_json::Map::new();
     for (k, id) in q {
         if k == "ids" {
-            let i: usize = id.trim_start_matches("vec-").parse().map_err(|_| StatusCode::BAD_REQUEST)?;
+            let i: usize = id
+                .trim_start_matches("vec-")
+                .parse()
+                .map_err(|_| StatusCode::BAD_REQUEST)?;
             out.insert(id, vector(i));
             f.fetched.fetch_add(1, Ordering::Relaxed);
         }
@@ -71,7 +90,9 @@ async fn fetch(State(f): State<Arc<Fake>>, h: HeaderMap, Query(q): Query<Vec<(St
 }
 
 async fn fake_pinecone() -> (String, Arc<Fake>) {
-    let fake = Arc::new(Fake { fetched: AtomicUsize::new(0) });
+    let fake = Arc::new(Fake {
+        fetched: AtomicUsize::new(0),
+    });
     let app = Router::new()
         .route("/vectors/list", get(list))
         .route("/vectors/fetch", get(fetch))
@@ -102,15 +123,35 @@ async fn ten_thousand_vectors_from_the_api_imported_twice_land_once() {
         namespace: Some("docs".into()),
     };
     let mut reports = 0;
-    let first = import(&app.db, ws, source(), &mut |_| reports += 1).await.unwrap();
-    assert_eq!(first, Counts { read: 10_000, imported: 9_990, already_present: 0, dimension_mismatch: 10, malformed: 0 });
+    let first = import(&app.db, ws, source(), &mut |_| reports += 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        Counts {
+            read: 10_000,
+            imported: 9_990,
+            already_present: 0,
+            dimension_mismatch: 10,
+            malformed: 0
+        }
+    );
     assert!(reports >= 100, "progress is reported per page");
     let fetched_once = fake.fetched.load(Ordering::Relaxed);
     assert_eq!(fetched_once, 10_000);
 
     // Again: everything present is skipped before fetching; the mismatched ten are fetched and skipped again.
     let second = import(&app.db, ws, source(), &mut |_| {}).await.unwrap();
-    assert_eq!(second, Counts { read: 10_000, imported: 0, already_present: 9_990, dimension_mismatch: 10, malformed: 0 });
+    assert_eq!(
+        second,
+        Counts {
+            read: 10_000,
+            imported: 0,
+            already_present: 9_990,
+            dimension_mismatch: 10,
+            malformed: 0
+        }
+    );
     assert_eq!(fake.fetched.load(Ordering::Relaxed) - fetched_once, 10);
     let (docs, chunks): (i64, i64) = sqlx::query_as(
         "select (select count(*) from documents where workspace_id = $1), (select count(*) from document_chunks where workspace_id = $1)",
@@ -122,10 +163,22 @@ async fn ten_thousand_vectors_from_the_api_imported_twice_land_once() {
     assert_eq!((docs, chunks), (9_990, 9_990));
 
     // Imported vectors are searchable like any chunk, with their text and title.
-    let v: Vec<f32> = vector(42)["values"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let v: Vec<f32> = vector(42)["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
     let hits = switchboard::store::documents::search(
-        &app.db, ws, None, pgvector::Vector::from(v),
-        switchboard::store::documents::SearchParams { limit: 1, ef_search: 100, exact: false },
+        &app.db,
+        ws,
+        None,
+        pgvector::Vector::from(v),
+        switchboard::store::documents::SearchParams {
+            limit: 1,
+            ef_search: 100,
+            exact: true,
+        },
     )
     .await
     .unwrap();
@@ -133,10 +186,16 @@ async fn ten_thousand_vectors_from_the_api_imported_twice_land_once() {
     assert_eq!(hits[0].title, "Doc 0");
 
     // A wrong key is a clear error, and an unknown workspace too.
-    let bad = Source::Api { base_url: base.clone(), api_key: switchboard::config::Secret::new("nope"), namespace: None };
+    let bad = Source::Api {
+        base_url: base.clone(),
+        api_key: switchboard::config::Secret::new("nope"),
+        namespace: None,
+    };
     let err = import(&app.db, ws, bad, &mut |_| {}).await.unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
-    let err = import(&app.db, Uuid::now_v7(), source(), &mut |_| {}).await.unwrap_err();
+    let err = import(&app.db, Uuid::now_v7(), source(), &mut |_| {})
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
 
@@ -155,12 +214,31 @@ async fn a_jsonl_export_is_imported_once_with_bad_lines_counted() {
     text.push_str(&vector(7).to_string()); // a duplicate line
     text.push('\n');
     std::fs::write(&path, text).unwrap();
-    let first = import(&app.db, ws, Source::Jsonl(path.clone()), &mut |_| {}).await.unwrap();
-    assert_eq!(first, Counts { read: 253, imported: 250, already_present: 1, dimension_mismatch: 0, malformed: 2 });
-    let second = import(&app.db, ws, Source::Jsonl(path.clone()), &mut |_| {}).await.unwrap();
+    let first = import(&app.db, ws, Source::Jsonl(path.clone()), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        Counts {
+            read: 253,
+            imported: 250,
+            already_present: 1,
+            dimension_mismatch: 0,
+            malformed: 2
+        }
+    );
+    let second = import(&app.db, ws, Source::Jsonl(path.clone()), &mut |_| {})
+        .await
+        .unwrap();
     assert_eq!(second.imported, 0);
     assert_eq!(second.already_present, 251);
     std::fs::remove_file(&path).unwrap();
-    let missing = import(&app.db, ws, Source::Jsonl("/nonexistent/x.jsonl".into()), &mut |_| {}).await;
+    let missing = import(
+        &app.db,
+        ws,
+        Source::Jsonl("/nonexistent/x.jsonl".into()),
+        &mut |_| {},
+    )
+    .await;
     assert!(missing.is_err());
 }

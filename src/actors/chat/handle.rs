@@ -125,12 +125,7 @@ impl ChatRegistry {
         let planned = self
             .deps
             .gens
-            .plan(
-                payer,
-                &prompt,
-                req.model.as_deref(),
-                cfg.max_output_tokens,
-            )
+            .plan(payer, &prompt, req.model.as_deref(), cfg.max_output_tokens)
             .await?;
         let slot = Arc::new(Mutex::new(Some(Admitted {
             planned,

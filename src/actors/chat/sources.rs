@@ -54,7 +54,10 @@ pub(super) async fn retrieve(
 pub const MAX_DOCUMENT_IDS: usize = 100;
 
 /// A prompt re-read from history, with the sources put back before the question.
-pub(super) fn with_context(mut prompt: Vec<PromptMessage>, context: Option<&Context>) -> Vec<PromptMessage> {
+pub(super) fn with_context(
+    mut prompt: Vec<PromptMessage>,
+    context: Option<&Context>,
+) -> Vec<PromptMessage> {
     if let Some(c) = context {
         prompt.insert(prompt.len().saturating_sub(1), c.message.clone());
     }

@@ -95,21 +95,22 @@ pub async fn usage(State(state): State<AppState>, user: AuthUser) -> ApiResult<J
     .bind(user.id)
     .fetch_one(&state.db)
     .await?;
-    let embedding_cache = state
-        .actors
-        .gens
-        .embed_cache
-        .stats(workspace_id)
-        .await
-        .map(|(hits, misses)| EmbeddingCacheView {
-            hits,
-            misses,
-            hit_rate: if hits + misses == 0 {
-                0.0
-            } else {
-                hits as f64 / (hits + misses) as f64
-            },
-        });
+    let embedding_cache =
+        state
+            .actors
+            .gens
+            .embed_cache
+            .stats(workspace_id)
+            .await
+            .map(|(hits, misses)| EmbeddingCacheView {
+                hits,
+                misses,
+                hit_rate: if hits + misses == 0 {
+                    0.0
+                } else {
+                    hits as f64 / (hits + misses) as f64
+                },
+            });
     Ok(Json(UsageView {
         embedding_cache,
         workspace_id,

@@ -40,7 +40,9 @@ pub fn router(max_upload_bytes: usize) -> Router<AppState> {
             get(list_documents)
                 .post(upload_document)
                 // Room for the multipart framing around the largest file.
-                .layer(DefaultBodyLimit::max(max_upload_bytes.saturating_add(64 * 1024))),
+                .layer(DefaultBodyLimit::max(
+                    max_upload_bytes.saturating_add(64 * 1024),
+                )),
         )
         .route("/search", post(search_documents))
         .route("/{id}", get(get_document).delete(delete_document))
@@ -112,7 +114,11 @@ async fn workspace_for(state: &AppState, user_id: Uuid, asked: Option<Uuid>) -> 
     responses((status = 202, body = Document, description = "stored; indexing in the background"),
               (status = 400, description = "malformed body, unreadable file or no text"), (status = 404, description = "no such workspace"),
               (status = 413, description = "over `documents.max_upload_bytes`"), (status = 415, description = "not text, Markdown, HTML or PDF")))]
-pub async fn upload_document(State(state): State<AppState>, user: AuthUser, req: Request) -> ApiResult<impl IntoResponse> {
+pub async fn upload_document(
+    State(state): State<AppState>,
+    user: AuthUser,
+    req: Request,
+) -> ApiResult<impl IntoResponse> {
     crate::auth::spend::may_spend(&state.db, &state.config.accounts, user.id).await?;
     let media = req
         .headers()
@@ -136,14 +142,18 @@ pub async fn upload_document(State(state): State<AppState>, user: AuthUser, req:
     };
     let max = state.config.documents.max_upload_bytes;
     if upload.bytes.len() > max {
-        return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("the file is over {max} bytes")));
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the file is over {max} bytes"),
+        ));
     }
-    let format = Format::detect(upload.content_type.as_deref(), &upload.filename).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "unsupported file type: plain text, Markdown, HTML or PDF",
-        )
-    })?;
+    let format =
+        Format::detect(upload.content_type.as_deref(), &upload.filename).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "unsupported file type: plain text, Markdown, HTML or PDF",
+            )
+        })?;
     let workspace_id = workspace_for(&state, user.id, upload.workspace_id).await?;
     let title = parse_title(upload.title.as_deref().unwrap_or(&upload.filename))?;
     let size = i64::try_from(upload.bytes.len()).unwrap_or(i64::MAX);
@@ -204,12 +214,30 @@ async fn read_multipart(mut form: Multipart) -> ApiResult<Upload> {
                     .to_vec();
                 has_file = true;
             }
-            "title" => upload.title = Some(field.text().await.map_err(|e| multipart_error(e.status(), e.body_text()))?),
-            "workspace_id" => {
-                let raw = field.text().await.map_err(|e| multipart_error(e.status(), e.body_text()))?;
-                upload.workspace_id = Some(raw.trim().parse().map_err(|_| ApiError::invalid("workspace_id: not a uuid"))?);
+            "title" => {
+                upload.title = Some(
+                    field
+                        .text()
+                        .await
+                        .map_err(|e| multipart_error(e.status(), e.body_text()))?,
+                )
             }
-            other => return Err(ApiError::invalid(format!("unexpected form field `{other}`"))),
+            "workspace_id" => {
+                let raw = field
+                    .text()
+                    .await
+                    .map_err(|e| multipart_error(e.status(), e.body_text()))?;
+                upload.workspace_id = Some(
+                    raw.trim()
+                        .parse()
+                        .map_err(|_| ApiError::invalid("workspace_id: not a uuid"))?,
+                );
+            }
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unexpected form field `{other}`"
+                )));
+            }
         }
     }
     if !has_file {
@@ -221,12 +249,14 @@ async fn read_multipart(mut form: Multipart) -> ApiResult<Upload> {
 
 fn from_json(body: TextUpload) -> ApiResult<Upload> {
     let content_type = body.content_type.unwrap_or_else(|| "text/markdown".into());
-    let format = Format::detect(Some(&content_type), "").filter(|f| *f != Format::Pdf).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "content_type: text/markdown, text/plain or text/html (upload PDFs as multipart)",
-        )
-    })?;
+    let format = Format::detect(Some(&content_type), "")
+        .filter(|f| *f != Format::Pdf)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "content_type: text/markdown, text/plain or text/html (upload PDFs as multipart)",
+            )
+        })?;
     let ext = match format {
         Format::Text => "txt",
         Format::Html => "html",
@@ -245,7 +275,9 @@ fn from_json(body: TextUpload) -> ApiResult<Upload> {
 
 fn check_filename(name: &str) -> ApiResult<()> {
     if name.is_empty() || name.chars().count() > 255 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid("filename: 1 to 255 characters, no control characters"));
+        return Err(ApiError::invalid(
+            "filename: 1 to 255 characters, no control characters",
+        ));
     }
     Ok(())
 }
@@ -253,7 +285,9 @@ fn check_filename(name: &str) -> ApiResult<()> {
 fn parse_title(raw: &str) -> ApiResult<String> {
     let t = raw.trim();
     if t.is_empty() || t.chars().count() > TITLE_MAX || t.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!("title: 1 to {TITLE_MAX} characters, no control characters")));
+        return Err(ApiError::invalid(format!(
+            "title: 1 to {TITLE_MAX} characters, no control characters"
+        )));
     }
     Ok(t.to_owned())
 }
@@ -272,7 +306,11 @@ pub async fn list_documents(
 #[utoipa::path(get, path = "/api/documents/{id}", tag = "documents", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "document id")),
     responses((status = 200, body = Document, description = "status, progress (chunks_done of chunk_count), tokens and cost"), (status = 404, description = "no such document")))]
-pub async fn get_document(State(state): State<AppState>, user: AuthUser, ApiPath(id): ApiPath<Uuid>) -> ApiResult<Json<Document>> {
+pub async fn get_document(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<Document>> {
     docs::get_for_member(&state.db, user.id, id)
         .await?
         .map(Json)
@@ -282,7 +320,11 @@ pub async fn get_document(State(state): State<AppState>, user: AuthUser, ApiPath
 #[utoipa::path(delete, path = "/api/documents/{id}", tag = "documents", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "document id")),
     responses((status = 204, description = "deleted with its chunks"), (status = 404, description = "no such document")))]
-pub async fn delete_document(State(state): State<AppState>, user: AuthUser, ApiPath(id): ApiPath<Uuid>) -> ApiResult<StatusCode> {
+pub async fn delete_document(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<StatusCode> {
     if docs::delete_for_member(&state.db, user.id, id).await? {
         tracing::info!(document_id = %id, "document deleted");
         Ok(StatusCode::NO_CONTENT)
@@ -295,15 +337,24 @@ pub async fn delete_document(State(state): State<AppState>, user: AuthUser, ApiP
     params(("id" = Uuid, Path, description = "document id")),
     responses((status = 202, body = Document), (status = 404, description = "no such document"),
               (status = 409, description = "already pending or indexing")))]
-pub async fn reindex_document(State(state): State<AppState>, user: AuthUser, ApiPath(id): ApiPath<Uuid>) -> ApiResult<impl IntoResponse> {
+pub async fn reindex_document(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<impl IntoResponse> {
     crate::auth::spend::may_spend(&state.db, &state.config.accounts, user.id).await?;
     match docs::requeue_for_member(&state.db, user.id, id).await? {
         Some(doc) => {
             state.actors.documents.queue(doc.id);
             Ok((StatusCode::ACCEPTED, Json(doc)))
         }
-        None if docs::get_for_member(&state.db, user.id, id).await?.is_some() => {
-            Err(ApiError::conflict("the document is already queued or being indexed"))
+        None if docs::get_for_member(&state.db, user.id, id)
+            .await?
+            .is_some() =>
+        {
+            Err(ApiError::conflict(
+                "the document is already queued or being indexed",
+            ))
         }
         None => Err(ApiError::not_found("document")),
     }
@@ -319,7 +370,9 @@ pub async fn search_documents(
 ) -> ApiResult<Json<SearchResults>> {
     let query = req.query.trim();
     if query.is_empty() || query.chars().count() > QUERY_MAX {
-        return Err(ApiError::invalid(format!("query: 1 to {QUERY_MAX} characters")));
+        return Err(ApiError::invalid(format!(
+            "query: 1 to {QUERY_MAX} characters"
+        )));
     }
     let max = state.config.documents.max_results;
     let limit = req.limit.unwrap_or(10.min(max));
@@ -349,9 +402,10 @@ pub async fn search_documents(
         .map_err(|e| match e {
             SearchError::UnknownDocument => ApiError::not_found("document"),
             SearchError::Embed(EmbedError::Plan(e)) => ApiError::from(ChatError::from(e)),
-            SearchError::Embed(EmbedError::Provider(e)) => {
-                ApiError::new(ErrorCode::ProviderUnavailable, format!("embedding failed: {e}"))
-            }
+            SearchError::Embed(EmbedError::Provider(e)) => ApiError::new(
+                ErrorCode::ProviderUnavailable,
+                format!("embedding failed: {e}"),
+            ),
             SearchError::Store(e) => ApiError::from(e),
         })?;
     Ok(Json(SearchResults { results }))
