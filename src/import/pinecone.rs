@@ -14,10 +14,10 @@ use std::{collections::HashSet, io::BufRead};
 
 use serde::Deserialize;
 use serde_json::Value;
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::providers::embedding::DIMENSIONS;
+use crate::{providers::embedding::DIMENSIONS, store::documents as docs};
 
 /// One Pinecone vector as exported or fetched.
 #[derive(Debug, Clone, Deserialize)]
@@ -74,11 +74,7 @@ pub async fn import(
     source: Source,
     progress: &mut dyn FnMut(&Counts),
 ) -> Result<Counts, ImportError> {
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from workspaces where id = $1)")
-        .bind(workspace_id)
-        .fetch_one(db)
-        .await?;
-    if !exists {
+    if !docs::workspace_exists(db, workspace_id).await? {
         return Err(ImportError::NoWorkspace(workspace_id));
     }
     let mut counts = Counts::default();
@@ -136,7 +132,7 @@ async fn import_api(
     loop {
         let (ids, next) = api.list(token.as_deref()).await?;
         // Resuming: ids stored by an earlier run are not fetched again.
-        let present = present_ids(db, workspace_id, &ids).await?;
+        let present = docs::present_external_ids(db, workspace_id, &ids).await?;
         counts.read += ids.len() as u64;
         counts.already_present += present.len() as u64;
         let missing: Vec<String> = ids.into_iter().filter(|id| !present.contains(id)).collect();
@@ -150,21 +146,6 @@ async fn import_api(
             _ => return Ok(()),
         }
     }
-}
-
-async fn present_ids(
-    db: &PgPool,
-    workspace_id: Uuid,
-    ids: &[String],
-) -> Result<HashSet<String>, sqlx::Error> {
-    let found: Vec<String> = sqlx::query_scalar(
-        "select external_id from documents where workspace_id = $1 and external_id = any($2)",
-    )
-    .bind(workspace_id)
-    .bind(ids)
-    .fetch_all(db)
-    .await?;
-    Ok(found.into_iter().collect())
 }
 
 fn text_of(meta: Option<&serde_json::Map<String, Value>>, keys: &[&str]) -> Option<String> {
@@ -192,80 +173,33 @@ fn storable(vectors: Vec<PineconeVector>, counts: &mut Counts) -> Vec<PineconeVe
     rows
 }
 
-/// Stores one batch in a transaction: documents first (skipping ids already
-/// present), then a chunk for each document that was new.
+/// Stores one batch; ids already present are counted, not stored again.
 async fn store_batch(
     db: &PgPool,
     workspace_id: Uuid,
     vectors: Vec<PineconeVector>,
     counts: &mut Counts,
 ) -> Result<(), ImportError> {
-    let rows = storable(vectors, counts);
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut tx = db.begin().await?;
-    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
-        "insert into documents (id, workspace_id, title, filename, content_type, size_bytes, body, status, chunk_count, chunks_done, external_id) ",
-    );
-    let prepared: Vec<(Uuid, String, String)> = rows
-        .iter()
+    let rows: Vec<docs::Imported> = storable(vectors, counts)
+        .into_iter()
         .map(|v| {
             let meta = v.metadata.as_ref();
-            let text =
-                text_of(meta, &["text", "content", "chunk", "page_content"]).unwrap_or_default();
-            let title = text_of(meta, &["title", "source"]).unwrap_or_else(|| v.id.clone());
-            (Uuid::now_v7(), title.chars().take(200).collect(), text)
+            docs::Imported {
+                text: text_of(meta, &["text", "content", "chunk", "page_content"])
+                    .unwrap_or_default(),
+                title: text_of(meta, &["title", "source"])
+                    .unwrap_or_else(|| v.id.clone())
+                    .chars()
+                    .take(200)
+                    .collect(),
+                external_id: v.id,
+                embedding: pgvector::Vector::from(v.values),
+            }
         })
         .collect();
-    q.push_values(
-        rows.iter().zip(&prepared),
-        |mut b, (v, (id, title, text))| {
-            b.push_bind(*id)
-                .push_bind(workspace_id)
-                .push_bind(title)
-                .push_bind(&v.id)
-                .push_bind("text/plain")
-                .push_bind(text.len() as i64)
-                .push_bind(text)
-                .push_bind("ready")
-                .push_bind(1i32)
-                .push_bind(1i32)
-                .push_bind(&v.id);
-        },
-    );
-    q.push(" on conflict (workspace_id, external_id) where external_id is not null do nothing returning id");
-    let inserted: HashSet<Uuid> = q
-        .build_query_scalar()
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
-    let mut chunks: QueryBuilder<Postgres> = QueryBuilder::new(
-        "insert into document_chunks (id, workspace_id, document_id, ordinal, content, start_offset, end_offset, tokens, embedding) ",
-    );
-    let new: Vec<_> = rows
-        .iter()
-        .zip(&prepared)
-        .filter(|(_, (id, _, _))| inserted.contains(id))
-        .collect();
-    if !new.is_empty() {
-        chunks.push_values(&new, |mut b, (v, (id, _, text))| {
-            b.push_bind(Uuid::now_v7())
-                .push_bind(workspace_id)
-                .push_bind(*id)
-                .push_bind(0i32)
-                .push_bind(text)
-                .push_bind(0i32)
-                .push_bind(i32::try_from(text.len()).unwrap_or(i32::MAX))
-                .push_bind(0i32)
-                .push_bind(pgvector::Vector::from(v.values.clone()));
-        });
-        chunks.build().execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    counts.imported += inserted.len() as u64;
-    counts.already_present += (rows.len() - inserted.len()) as u64;
+    let inserted = docs::insert_imported(db, workspace_id, &rows).await?;
+    counts.imported += inserted;
+    counts.already_present += rows.len() as u64 - inserted;
     Ok(())
 }
 

@@ -352,3 +352,96 @@ pub async fn set_citations(
         .await
         .map(drop)
 }
+
+/// A vector from another store, as one document with one chunk.
+pub struct Imported {
+    pub external_id: String,
+    pub title: String,
+    pub text: String,
+    pub embedding: Vector,
+}
+
+pub async fn workspace_exists(db: &PgPool, workspace_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("select exists (select 1 from workspaces where id = $1)")
+        .bind(workspace_id)
+        .fetch_one(db)
+        .await
+}
+
+/// Which of `ids` the workspace already holds as external ids.
+pub async fn present_external_ids(
+    db: &PgPool,
+    workspace_id: Uuid,
+    ids: &[String],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    let found: Vec<String> = sqlx::query_scalar(
+        "select external_id from documents where workspace_id = $1 and external_id = any($2)",
+    )
+    .bind(workspace_id)
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    Ok(found.into_iter().collect())
+}
+
+/// Stores imported vectors in one transaction: a `ready` document per vector
+/// (skipping external ids the workspace has, on its unique index), then a chunk
+/// for each document that was new. Answers how many were new.
+pub async fn insert_imported(
+    db: &PgPool,
+    workspace_id: Uuid,
+    rows: &[Imported],
+) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|_| Uuid::now_v7()).collect();
+    let mut tx = db.begin().await?;
+    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+        "insert into documents (id, workspace_id, title, filename, content_type, size_bytes, body, status, chunk_count, chunks_done, external_id) ",
+    );
+    q.push_values(rows.iter().zip(&ids), |mut b, (r, id)| {
+        b.push_bind(*id)
+            .push_bind(workspace_id)
+            .push_bind(&r.title)
+            .push_bind(&r.external_id)
+            .push_bind("text/plain")
+            .push_bind(i64::try_from(r.text.len()).unwrap_or(i64::MAX))
+            .push_bind(&r.text)
+            .push_bind("ready")
+            .push_bind(1i32)
+            .push_bind(1i32)
+            .push_bind(&r.external_id);
+    });
+    q.push(" on conflict (workspace_id, external_id) where external_id is not null do nothing returning id");
+    let inserted: std::collections::HashSet<Uuid> = q
+        .build_query_scalar()
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+    let new: Vec<_> = rows
+        .iter()
+        .zip(&ids)
+        .filter(|(_, id)| inserted.contains(id))
+        .collect();
+    if !new.is_empty() {
+        let mut c: QueryBuilder<Postgres> = QueryBuilder::new(
+            "insert into document_chunks (id, workspace_id, document_id, ordinal, content, start_offset, end_offset, tokens, embedding) ",
+        );
+        c.push_values(new, |mut b, (r, id)| {
+            b.push_bind(Uuid::now_v7())
+                .push_bind(workspace_id)
+                .push_bind(*id)
+                .push_bind(0i32)
+                .push_bind(&r.text)
+                .push_bind(0i32)
+                .push_bind(i32::try_from(r.text.len()).unwrap_or(i32::MAX))
+                .push_bind(0i32)
+                .push_bind(&r.embedding);
+        });
+        c.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(inserted.len() as u64)
+}
