@@ -18,7 +18,10 @@
 //! - [`providers`]: one trait for chat providers (simulated, OpenAI-compatible,
 //!   Anthropic, Cloudflare), embedders, the router, the tokenizer.
 //! - [`actors`] (lower half): provider actors, the usage writer, the chat hub, the registry.
+//! - [`embedding_cache`]: embeddings cached in Redis by model and text hash.
 //! - [`generation`]: one generation's life — plan, attempts, stream, bill — for every door.
+//! - [`documents`]: documents and retrieval — extract, chunk, ingest, search, cite (docs/RAG.md).
+//! - [`import`]: `switchboard import pinecone`, vectors from another store into documents.
 //! - [`actors`] (upper half): chat and user actors and the supervision tree.
 //! - [`state`]: `AppState`, what every handler gets.
 //! - [`transport`]: the HTTP surface (one router per resource) and the WebSocket protocol.
