@@ -55,37 +55,43 @@ pub async fn migrate(db: &PgPool) -> Result<(), StartError> {
     Ok(crate::store::migrate(db).await?)
 }
 
+/// Refuses settings the server cannot run with.
+fn check_config(config: &Config) -> Result<(), StartError> {
+    // Problems that make serving impossible refuse start everywhere; the
+    // rest (weak or default secrets) refuse start in production only.
+    let problems = config.problems();
+    if !problems.is_empty() {
+        if config.env == crate::config::AppEnv::Production {
+            return Err(StartError::Config(problems));
+        }
+        for p in &problems {
+            tracing::warn!(problem = %p, "configuration problem (refused in production)");
+        }
+    }
+    let missing = |o: bool, name: &str| (!o).then(|| format!("{name} is required"));
+    let fatal: Vec<String> = [
+        missing(config.database.url.is_some(), "DATABASE_URL"),
+        missing(config.redis.url.is_some(), "REDIS_URL"),
+        missing(config.amqp.url.is_some(), "AMQP_URL"),
+        missing(config.auth.jwt_secret.is_some(), "JWT_SECRET"),
+        missing(
+            config.auth.refresh_token_secret.is_some(),
+            "REFRESH_TOKEN_SECRET",
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !fatal.is_empty() {
+        return Err(StartError::Config(fatal));
+    }
+    Ok(())
+}
+
 impl App {
     /// Validates settings, migrates the database, connects Redis lazily and binds the port.
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        // Problems that make serving impossible refuse start everywhere; the
-        // rest (weak or default secrets) refuse start in production only.
-        let problems = config.problems();
-        if !problems.is_empty() {
-            if config.env == crate::config::AppEnv::Production {
-                return Err(StartError::Config(problems));
-            }
-            for p in &problems {
-                tracing::warn!(problem = %p, "configuration problem (refused in production)");
-            }
-        }
-        let missing = |o: bool, name: &str| (!o).then(|| format!("{name} is required"));
-        let fatal: Vec<String> = [
-            missing(config.database.url.is_some(), "DATABASE_URL"),
-            missing(config.redis.url.is_some(), "REDIS_URL"),
-            missing(config.amqp.url.is_some(), "AMQP_URL"),
-            missing(config.auth.jwt_secret.is_some(), "JWT_SECRET"),
-            missing(
-                config.auth.refresh_token_secret.is_some(),
-                "REFRESH_TOKEN_SECRET",
-            ),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if !fatal.is_empty() {
-            return Err(StartError::Config(fatal));
-        }
+        check_config(&config)?;
 
         telemetry::install_metrics();
         let db = db_pool(&config)?;
@@ -118,7 +124,14 @@ impl App {
             );
         }
 
-        let embedder = crate::providers::embedding::configured(&config);
+        // Documents a previous run left pending or indexing are indexed again.
+        let resumed = actors.documents.resume().await?;
+        if resumed > 0 {
+            tracing::info!(count = resumed, "unfinished documents queued for indexing");
+        }
+
+        // One embedder for /v1/embeddings and documents.
+        let embedder = actors.documents.embedder.clone();
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&addr)
             .await

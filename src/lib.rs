@@ -20,7 +20,10 @@
 //! - [`providers`]: one trait for chat providers (simulated, OpenAI-compatible,
 //!   Anthropic, Cloudflare), embedders, the router, the tokenizer.
 //! - [`actors`] (lower half): provider actors, the usage writer, the chat hub, the registry.
+//! - [`embedding_cache`]: embeddings cached in Redis by model and text hash.
 //! - [`generation`]: one generation's life — plan, attempts, stream, bill — for every door.
+//! - [`documents`]: documents and retrieval — extract, chunk, ingest, search, cite (docs/RAG.md).
+//! - [`import`]: `switchboard import pinecone`, vectors from another store into documents.
 //! - [`actors`] (upper half): chat and user actors and the supervision tree.
 //! - [`state`]: `AppState`, what every handler gets.
 //! - [`transport`]: the HTTP surface (one router per resource) and the WebSocket protocol.
@@ -36,9 +39,12 @@ pub mod auth;
 pub mod billing;
 pub mod budget;
 pub mod config;
+pub mod documents;
 pub mod email;
+pub mod embedding_cache;
 pub mod error;
 pub mod generation;
+pub mod import;
 pub mod limits;
 pub mod protocol;
 pub mod providers;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use switchboard::{
     app::{self, App},
     config::Config,
+    import::pinecone as import,
     telemetry,
 };
 
@@ -33,6 +34,31 @@ enum Command {
     Worker {
         #[command(subcommand)]
         kind: WorkerKind,
+    },
+    /// Import vectors from another store into a workspace (docs/RAG.md).
+    Import {
+        #[command(subcommand)]
+        from: ImportFrom,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportFrom {
+    /// Pinecone vectors from a JSONL export or the REST API; safe to re-run.
+    Pinecone {
+        /// The workspace the vectors become documents of.
+        #[arg(long)]
+        workspace: uuid::Uuid,
+        /// A JSONL export, one `{id, values, metadata}` per line.
+        #[arg(long, conflicts_with = "api_url")]
+        file: Option<std::path::PathBuf>,
+        /// The index host, e.g. https://my-index-abc.svc.pinecone.io
+        #[arg(long, required_unless_present = "file")]
+        api_url: Option<String>,
+        #[arg(long, env = "PINECONE_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
     },
 }
 
@@ -96,6 +122,10 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Import { from } => {
+            telemetry::init_tracing(config.server.log_format);
+            run_import(&config, from).await
+        }
         Command::Serve => {
             telemetry::init_tracing(config.server.log_format);
             let app = match App::build(config).await {
@@ -133,6 +163,51 @@ async fn admin(config: &Config, cmd: switchboard::admin::AdminCommand) -> ExitCo
         }
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `switchboard import pinecone`: prints the counts as JSON.
+async fn run_import(config: &Config, from: ImportFrom) -> ExitCode {
+    let ImportFrom::Pinecone {
+        workspace,
+        file,
+        api_url,
+        api_key,
+        namespace,
+    } = from;
+    let source = match (file, api_url) {
+        (Some(path), _) => import::Source::Jsonl(path),
+        (None, Some(base_url)) => import::Source::Api {
+            base_url,
+            api_key: switchboard::config::Secret::new(api_key.unwrap_or_default()),
+            namespace,
+        },
+        (None, None) => return ExitCode::FAILURE,
+    };
+    let result = async {
+        let db = app::db_pool(config)?;
+        app::migrate(&db).await?;
+        let counts = import::import(&db, workspace, source, &mut |c| {
+            tracing::info!(
+                read = c.read,
+                imported = c.imported,
+                already_present = c.already_present,
+                "import progress"
+            );
+        })
+        .await?;
+        Ok::<_, Box<dyn std::error::Error>>(counts)
+    }
+    .await;
+    match result {
+        Ok(c) => {
+            println!("{}", serde_json::json!(c));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("import failed: {e}");
             ExitCode::FAILURE
         }
     }

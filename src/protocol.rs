@@ -29,12 +29,23 @@ pub enum ClientFrame {
         client_msg_id: String,
         content: String,
         model: Option<String>,
+        /// `true` for every document of the chat's workspace, or a list of document ids.
+        #[serde(default)]
+        documents: Option<DocumentsChoice>,
     },
     Cancel {
         chat_id: Uuid,
         message_id: Uuid,
     },
     Ping,
+}
+
+/// A send's `documents`: `true` (all of the workspace's), `false`, or ids.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum DocumentsChoice {
+    All(bool),
+    Only(Vec<Uuid>),
 }
 
 /// Server → client.
@@ -71,6 +82,9 @@ pub enum ServerFrame {
         provider: String,
         model: String,
         finish_reason: String,
+        /// The document chunks the answer drew on (a send with `documents`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        citations: Option<serde_json::Value>,
     },
     Error {
         code: ErrorCode,

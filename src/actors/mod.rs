@@ -106,6 +106,8 @@ pub struct Actors {
     pub hub: hub::ChatHub,
     /// The generation lifecycle: providers, router, prices, admission, usage writer.
     pub gens: Generations,
+    /// Documents: ingestion and retrieval (crate::documents).
+    pub documents: crate::documents::Library,
     root: ActorRef<()>,
 }
 
@@ -165,6 +167,7 @@ impl Actors {
         .await?;
         users.set_supervisor(user_sup);
 
+        let embed_cache = embed_cache(config, redis.clone());
         let admission = admission(config, redis, db.clone(), counters).await;
         let router = Router::from_config(config);
 
@@ -175,11 +178,14 @@ impl Actors {
             router,
             usage,
             routing: config.routing.clone(),
+            embed_cache,
             tasks: tokio_util::task::TaskTracker::new(),
             shutdown: tokio_util::sync::CancellationToken::new(),
         });
+        let documents = library(config, db.clone(), gens.clone());
         let hub = hub::ChatHub::default();
         let deps = Arc::new(chat::ChatDeps {
+            documents: documents.clone(),
             db,
             hub: hub.clone(),
             gens: gens.clone(),
@@ -201,6 +207,7 @@ impl Actors {
             users,
             hub,
             gens,
+            documents,
             root,
         })
     }
@@ -241,6 +248,27 @@ fn provider_specs(config: &Config) -> Vec<provider::ProviderSpec> {
             }
         })
         .collect()
+}
+
+fn embed_cache(
+    config: &Config,
+    redis: redis::aio::ConnectionManager,
+) -> crate::embedding_cache::EmbeddingCache {
+    crate::embedding_cache::EmbeddingCache::new(
+        redis,
+        &config.redis.key_prefix,
+        Duration::from_secs(config.documents.cache_ttl_secs),
+    )
+}
+
+/// Documents' ingestion and retrieval, with the configured embedder.
+fn library(config: &Config, db: PgPool, gens: Generations) -> crate::documents::Library {
+    crate::documents::Library::new(
+        db,
+        gens,
+        crate::providers::embedding::configured(config),
+        config.documents.clone(),
+    )
 }
 
 /// Limits and the budget ledger; releases what this node reserved before it last stopped.

@@ -14,10 +14,12 @@ use serde::Deserialize;
 
 mod accounts;
 mod billing;
+mod documents;
 pub mod pricing;
 mod validate;
 pub use accounts::{AccountsConfig, EmailConfig, SmtpTls};
 pub use billing::{BillingConfig, PriceConfig};
+pub use documents::DocumentsConfig;
 
 /// The seed's environment names and where each lands in the settings tree.
 pub const ENV_MAP: &[(&str, &str)] = &[
@@ -160,6 +162,8 @@ pub struct Config {
     pub accounts: AccountsConfig,
     #[serde(default)]
     pub email: EmailConfig,
+    #[serde(default)]
+    pub documents: DocumentsConfig,
 }
 
 fn default_env() -> AppEnv {

@@ -89,6 +89,7 @@ impl Config {
         self.check_accounts(&mut p);
         self.check_web(&mut p);
         p.extend(super::billing::problems(self));
+        self.check_documents(&mut p);
         p
     }
 

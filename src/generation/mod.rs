@@ -113,6 +113,8 @@ pub struct Inner {
     pub router: Router,
     pub usage: ActorRef<UsageMsg>,
     pub routing: RoutingConfig,
+    /// Vectors already computed, shared by every caller of `embed`.
+    pub embed_cache: crate::embedding_cache::EmbeddingCache,
     /// Every generation and settle task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// Parent of every generation's cancel token: cancelled at shutdown.

@@ -28,6 +28,10 @@ pub struct Message {
     pub cost_micros: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// For an answer drawn from documents: its sources (docs/RAG.md).
+    #[sqlx(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub citations: Option<serde_json::Value>,
 }
 
 /// Up to `limit` messages of the chat with `seq > after_seq`, in `seq` order.
@@ -39,7 +43,7 @@ pub async fn list_after(
 ) -> Result<Vec<Message>, sqlx::Error> {
     sqlx::query_as(
         "select id, chat_id, seq, role, author_id, reply_to, client_msg_id, content, status, provider, model,
-                finish_reason, input_tokens, output_tokens, cost_micros, created_at, completed_at
+                finish_reason, input_tokens, output_tokens, cost_micros, created_at, completed_at, citations
          from messages
          where chat_id = $1 and seq > $2
          order by seq
@@ -56,7 +60,7 @@ pub async fn list_after(
 macro_rules! message_columns {
     () => {
         "id, chat_id, seq, role, author_id, reply_to, client_msg_id, content, status, provider, model,
-         finish_reason, input_tokens, output_tokens, cost_micros, created_at, completed_at"
+         finish_reason, input_tokens, output_tokens, cost_micros, created_at, completed_at, citations"
     };
 }
 

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api_keys;
 pub mod billing;
 pub mod chats;
+pub mod documents;
 pub mod email_tokens;
 pub mod members;
 pub mod messages;

@@ -33,6 +33,7 @@ use crate::{
         chat::{ChatError, SendRequest},
         hub::{ConnId, Outbound, Subscriber},
     },
+    documents::retrieval::Scope,
     error::{ApiError, ErrorCode},
     protocol::{ClientFrame, ServerFrame},
     state::AppState,
@@ -430,6 +431,7 @@ impl Session {
                 client_msg_id,
                 content,
                 model,
+                documents,
             } => {
                 if !self.may_see(chat_id).await {
                     return;
@@ -454,6 +456,7 @@ impl Session {
                     content,
                     model,
                     origin: Some(self.conn),
+                    documents: documents.and_then(Scope::from_choice),
                 };
                 match self.state.actors.chats.send(chat_id, req).await {
                     Ok(ack) => self.reply(&ServerFrame::Ack {

@@ -52,6 +52,8 @@ pub(super) struct Queued {
     planned: Planned,
     /// The prompt read before the hop, when it is known to be still exact.
     prompt: Option<Vec<PromptMessage>>,
+    /// Sources retrieved before the hop (in `prompt`, when it is still exact).
+    context: Option<crate::documents::retrieval::Context>,
 }
 
 pub struct ChatState {
@@ -318,6 +320,7 @@ async fn accept(
         req,
         planned: admitted.planned,
         prompt: exact.then_some(admitted.prompt),
+        context: admitted.context,
     });
     start_next(me, s).await;
     Ok(ack)
@@ -331,7 +334,8 @@ async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
             Some(p) => Ok(p),
             None => messages::prompt_history(&deps.db, s.chat_id, deps.config.history_messages)
                 .await
-                .map(super::handle::to_prompt),
+                .map(super::handle::to_prompt)
+                .map(|p| super::sources::with_context(p, q.context.as_ref())),
         };
         // The answer row is opened only once its prompt is in hand.
         let first = q.planned.first().clone();
@@ -347,7 +351,7 @@ async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
             .map(|a| (p, a)),
             Err(e) => Err(e),
         };
-        let (prompt, assistant) = match opened {
+        let (prompt, mut assistant) = match opened {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(chat_id = %s.chat_id, error = %e, "cannot open answer");
@@ -359,6 +363,7 @@ async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
                 continue;
             }
         };
+        super::sources::record(&deps.db, &mut assistant, q.context.as_ref()).await;
         let request = ChatRequest {
             model: first.model,
             messages: prompt,
@@ -437,6 +442,7 @@ fn publish_end(s: &ChatState, answer: &Message, e: Ending, stored: Option<Messag
             provider: e.provider,
             model: e.model,
             finish_reason: e.finish_reason,
+            citations: answer.citations.clone(),
         },
         Some(err) => {
             if let Some(m) = stored {

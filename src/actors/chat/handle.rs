@@ -24,6 +24,8 @@ use crate::{
 /// What every chat actor and the registry share.
 pub struct ChatDeps {
     pub db: sqlx::PgPool,
+    /// Retrieval for sends that ask for the workspace's documents.
+    pub documents: crate::documents::Library,
     pub hub: ChatHub,
     pub gens: Generations,
     pub config: ChatConfig,
@@ -93,6 +95,7 @@ impl ChatRegistry {
             .await
             .map_err(err)?
             .ok_or(ChatError::NotFound)?;
+        let read_at_seq = payer.last_seq;
         if let Some(m) = messages::by_client_msg_id(db, chat_id, &req.client_msg_id)
             .await
             .map_err(err)?
@@ -109,26 +112,28 @@ impl ChatRegistry {
             content: req.content.clone(),
         });
         let keep = usize::try_from(cfg.history_messages).unwrap_or(usize::MAX);
-        let prompt = prompt.split_off(prompt.len().saturating_sub(keep));
+        let mut prompt = prompt.split_off(prompt.len().saturating_sub(keep));
+        let payer = Payer {
+            workspace_id: payer.workspace_id,
+            user_id: Some(req.author),
+            api_key: None,
+            plan: payer.plan,
+        };
+        let context = super::sources::retrieve(&self.deps.documents, &payer, &req).await?;
+        if let Some(c) = &context {
+            // The sources go just before the question they are for.
+            prompt.insert(prompt.len().saturating_sub(1), c.message.clone());
+        }
         let planned = self
             .deps
             .gens
-            .plan(
-                Payer {
-                    workspace_id: payer.workspace_id,
-                    user_id: Some(req.author),
-                    api_key: None,
-                    plan: payer.plan,
-                },
-                &prompt,
-                req.model.as_deref(),
-                cfg.max_output_tokens,
-            )
+            .plan(payer, &prompt, req.model.as_deref(), cfg.max_output_tokens)
             .await?;
         let slot = Arc::new(Mutex::new(Some(Admitted {
             planned,
             prompt,
-            read_at_seq: payer.last_seq,
+            read_at_seq,
+            context,
         })));
         self.actors
             .call(chat_id, |reply| ChatMsg::Send {

@@ -13,6 +13,7 @@
 //! | `actor.rs` | the actor: handlers over `Turns`, publishing, idle stop |
 //! | `sink.rs` | the generation's side: forwards events, stores the final answer |
 //! | `handle.rs` | [`ChatRegistry`]: validation and admission before the hop, calls |
+//! | `sources.rs` | retrieval from the workspace's documents for a send that asks |
 //! | `supervisor.rs` | starting and restarting chat actors |
 //!
 //! Admission (limits and the budget reservation, in Redis) happens in the
@@ -28,6 +29,7 @@ mod actor;
 mod error;
 mod handle;
 mod sink;
+mod sources;
 mod supervisor;
 mod turns;
 
@@ -64,6 +66,8 @@ pub struct SendRequest {
     pub model: Option<String>,
     /// The connection that asked, for cancel-on-disconnect.
     pub origin: Option<ConnId>,
+    /// Answer from the workspace's documents (all, or some), with citations.
+    pub documents: Option<crate::documents::retrieval::Scope>,
 }
 
 /// What the caller's task prepared before the hop: the admitted generation
@@ -72,6 +76,8 @@ pub struct Admitted {
     planned: Planned,
     prompt: Vec<PromptMessage>,
     read_at_seq: i64,
+    /// Sources retrieved for this send (already in `prompt`).
+    context: Option<crate::documents::retrieval::Context>,
 }
 
 /// Taken by the actor; left in place when the call has to be retried.

@@ -184,6 +184,7 @@ mod tests {
             cost_micros: None,
             created_at: chrono::Utc::now(),
             completed_at: None,
+            citations: None,
         }
     }
 

@@ -44,6 +44,17 @@ pub struct UsageView {
     pub month_input_tokens: i64,
     pub month_output_tokens: i64,
     pub month_cost_micros: i64,
+    /// The workspace's embedding cache lookups (ingestion, document search,
+    /// `/v1/embeddings`); absent when the cache store does not answer.
+    pub embedding_cache: Option<EmbeddingCacheView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EmbeddingCacheView {
+    pub hits: u64,
+    pub misses: u64,
+    /// hits / (hits + misses); 0 before any lookup.
+    pub hit_rate: f64,
 }
 
 #[utoipa::path(get, path = "/api/analytics/usage", tag = "analytics", security(("bearer" = [])),
@@ -84,7 +95,24 @@ pub async fn usage(State(state): State<AppState>, user: AuthUser) -> ApiResult<J
     .bind(user.id)
     .fetch_one(&state.db)
     .await?;
+    let embedding_cache =
+        state
+            .actors
+            .gens
+            .embed_cache
+            .stats(workspace_id)
+            .await
+            .map(|(hits, misses)| EmbeddingCacheView {
+                hits,
+                misses,
+                hit_rate: if hits + misses == 0 {
+                    0.0
+                } else {
+                    hits as f64 / (hits + misses) as f64
+                },
+            });
     Ok(Json(UsageView {
+        embedding_cache,
         workspace_id,
         plan,
         budgets,

@@ -51,6 +51,9 @@ pub struct SendMessage {
     /// Makes the send idempotent: a repeat gets the same message and answer. Generated when absent.
     pub client_msg_id: Option<String>,
     pub model: Option<String>,
+    /// `true` to answer from the workspace's documents, or a list of document ids;
+    /// the answer then carries `citations` (docs/RAG.md).
+    pub documents: Option<crate::protocol::DocumentsChoice>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -166,6 +169,9 @@ pub async fn send_message(
         content: body.content,
         model: body.model,
         origin: Some(sub.conn),
+        documents: body
+            .documents
+            .and_then(crate::documents::retrieval::Scope::from_choice),
     };
     let ack = state.actors.chats.send(chat_id, req).await?;
     let mut watch = AnswerWatch {
@@ -223,6 +229,7 @@ fn sse_replay(chat_id: Uuid, ack: &Ack, m: Message) -> Response {
             provider: m.provider.clone().unwrap_or_default(),
             model: m.model.clone().unwrap_or_default(),
             finish_reason: m.finish_reason.clone().unwrap_or_default(),
+            citations: m.citations.clone(),
         }
     };
     let message = ServerFrame::Message {

@@ -9,6 +9,7 @@ mod auth;
 mod billing;
 mod chat_stream;
 mod chats;
+mod documents;
 pub mod extract;
 mod health;
 mod keys;
@@ -65,6 +66,10 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::router())
         .nest("/v1", openai_api::router())
         .nest("/api/chats", chats::router().merge(chat_stream::router()))
+        .nest(
+            "/api/documents",
+            documents::router(state.config.documents.max_upload_bytes),
+        )
         .fallback(|| async { ApiError::not_found("route") })
         .layer(
             ServiceBuilder::new()

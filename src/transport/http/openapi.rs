@@ -6,7 +6,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{admin, analytics, auth, chat_stream, chats, health, keys, models, ops};
+use super::{admin, analytics, auth, chat_stream, chats, documents, health, keys, models, ops};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -15,6 +15,8 @@ use crate::state::AppState;
     paths(health::health, health::ready, auth::signup, auth::signin, auth::refresh, auth::signout, auth::me,
           chats::create_chat, chats::list_chats, chats::get_chat, chats::rename_chat, chats::delete_chat,
           chats::list_messages, chat_stream::send_message, chat_stream::follow_events,
+          documents::upload_document, documents::list_documents, documents::get_document,
+          documents::delete_document, documents::reindex_document, documents::search_documents,
           analytics::usage, analytics::costs_daily, keys::create_key, keys::list_keys, keys::revoke_key,
           models::list_models,
           admin::list_users, admin::list_workspaces, admin::audit, admin::set_admin, admin::set_disabled,
@@ -23,6 +25,10 @@ use crate::state::AppState;
                        crate::store::users::User, health::Health,
                        chats::CreateChatRequest, chats::RenameChatRequest, chats::ChatList, chats::MessageList,
                        crate::store::chats::Chat, crate::store::messages::Message, chat_stream::SendMessage,
+                       documents::TextUpload, documents::SearchRequest, documents::SearchResults,
+                       crate::store::documents::Document, crate::store::documents::Hit,
+                       crate::documents::retrieval::Citation, crate::protocol::DocumentsChoice,
+                       analytics::EmbeddingCacheView,
                        analytics::UsageView, analytics::BudgetStanding, analytics::DailyCost,
                        keys::CreateKey, keys::CreatedKey, keys::KeyList, crate::store::api_keys::ApiKey,
                        models::ModelList, models::ModelChoice,

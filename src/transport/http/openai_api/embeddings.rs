@@ -79,7 +79,9 @@ async fn embed(state: AppState, headers: HeaderMap, body: Bytes) -> Result<Respo
             Some("input"),
         ));
     }
-    let Embedded { vectors, tokens } = state
+    let Embedded {
+        vectors, tokens, ..
+    } = state
         .actors
         .gens
         .embed(payer(&auth), auth.created_by, &*embedder, inputs)
