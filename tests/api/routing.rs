@@ -532,8 +532,8 @@ async fn redis_down_mid_test_means_local_limits_then_recovery() {
 
     proxy.restore();
     let mut recovered = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let res = app.client.get(app.url("/ready")).send().await.unwrap();
         if res.status() == 200 {
             let v: Value = res.json().await.unwrap();
