@@ -105,10 +105,20 @@ async fn concurrent_failed_sign_ins_cannot_race_past_the_per_address_limit() {
         "{processed} failures processed against a limit of {LIMIT}"
     );
 
-    // A success does not count against the address.
+    // A success does not count against the address, and its tokens are never cached.
     let app = spawn_app_with(|c| c.auth.signin_max_per_ip = 2).await;
     let user = app.new_user().await;
     for _ in 0..4 {
-        assert_eq!(app.signin(&user.email, PASSWORD).await.status(), 200);
+        let res = app.signin(&user.email, PASSWORD).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["cache-control"], "no-store");
     }
+    let res = app
+        .post_json(
+            "/api/auth/refresh",
+            &json!({ "refresh_token": user.refresh_token }),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-store");
 }

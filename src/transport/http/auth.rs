@@ -133,7 +133,7 @@ pub async fn signin(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<SigninRequest>,
-) -> ApiResult<Json<TokenResponse>> {
+) -> ApiResult<NoStore<TokenResponse>> {
     // Bound the work an attacker can make us do before anything else.
     if req.email.len() > 254 || req.password.len() > Password::MAX_BYTES {
         return Err(ApiError::unauthorized("invalid email or password"));
@@ -179,7 +179,7 @@ pub async fn signin(
     state.counters.reset(&email_key).await;
     state.counters.give_back(&ip_key).await;
     let tokens = issue_tokens(&state, creds.id, Uuid::now_v7()).await?;
-    Ok(Json(tokens))
+    Ok(NoStore(Json(tokens)))
 }
 
 #[utoipa::path(post, path = "/api/auth/refresh", tag = "auth", request_body = RefreshRequest,
@@ -188,7 +188,7 @@ pub async fn signin(
 pub async fn refresh(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RefreshRequest>,
-) -> ApiResult<Json<TokenResponse>> {
+) -> ApiResult<NoStore<TokenResponse>> {
     if req.refresh_token.is_empty() || req.refresh_token.len() > REFRESH_TOKEN_MAX {
         return Err(ApiError::unauthorized("invalid refresh token"));
     }
@@ -197,9 +197,9 @@ pub async fn refresh(
     let expires_at = Utc::now() + state.tokens.refresh_ttl;
     let successor_hash = state.tokens.hash_refresh_token(&successor);
     match refresh_tokens::rotate(&state.db, &hash, &successor_hash, expires_at).await? {
-        Redeemed::Fresh { user_id, .. } => {
-            Ok(Json(token_response(&state, user_id, successor).await?))
-        }
+        Redeemed::Fresh { user_id, .. } => Ok(NoStore(Json(
+            token_response(&state, user_id, successor).await?,
+        ))),
         Redeemed::Reused => {
             tracing::warn!("refresh token reused: its family is revoked");
             metrics::counter!("switchboard_auth_refresh_reuse_total").increment(1);
@@ -229,6 +229,16 @@ pub async fn me(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::unauthorized("invalid or expired token"))
+}
+
+/// A response carrying credentials: `Cache-Control: no-store`, so no cache
+/// on the way keeps the tokens.
+pub struct NoStore<T>(Json<T>);
+
+impl<T: serde::Serialize> IntoResponse for NoStore<T> {
+    fn into_response(self) -> axum::response::Response {
+        ([(axum::http::header::CACHE_CONTROL, "no-store")], self.0).into_response()
+    }
 }
 
 /// A new family (sign-in): its first refresh token stored, then the response.
