@@ -33,17 +33,6 @@ async fn call(
     req.send().await.unwrap()
 }
 
-async fn workspace_of(app: &TestApp, user: &TestUser) -> Uuid {
-    let (id,): (Uuid,) = sqlx::query_as(
-        "select workspace_id from workspace_members where user_id = $1 and role = 'owner'",
-    )
-    .bind(user.id)
-    .fetch_one(&app.db)
-    .await
-    .unwrap();
-    id
-}
-
 fn routes(user: Uuid, ws: Uuid) -> Vec<(Method, String, Value)> {
     vec![
         (Method::GET, "/api/admin/users".into(), Value::Null),
@@ -76,7 +65,7 @@ fn routes(user: Uuid, ws: Uuid) -> Vec<(Method, String, Value)> {
 async fn admin_routes_need_an_admin() {
     let app = spawn_app().await;
     let user = app.new_user().await;
-    let ws = workspace_of(&app, &user).await;
+    let ws = app.workspace_of(&user).await;
     for (method, path, body) in routes(user.id, ws) {
         let res = call(&app, None, method.clone(), &path, body.clone()).await;
         assert_eq!(res.status(), 401, "{method} {path}");
@@ -124,7 +113,7 @@ async fn admin_actions_are_applied_and_audited() {
     let admin = app.new_user().await;
     make_admin(&app, &admin).await;
     let other = app.new_user().await;
-    let ws = workspace_of(&app, &other).await;
+    let ws = app.workspace_of(&other).await;
     let tok = Some(admin.access_token.as_str());
 
     let users: Value = call(
@@ -238,7 +227,7 @@ async fn admin_input_is_checked() {
     let admin = app.new_user().await;
     make_admin(&app, &admin).await;
     let other = app.new_user().await;
-    let ws = workspace_of(&app, &other).await;
+    let ws = app.workspace_of(&other).await;
     let tok = Some(admin.access_token.as_str());
     let cases: Vec<(Method, String, Value, u16, &str)> = vec![
         (
@@ -561,7 +550,7 @@ async fn the_command_line_grants_lists_and_audits() {
             .any(|l| l.contains(&user.email) && l.ends_with("admin")),
         "{listing}"
     );
-    let ws = workspace_of(&app, &user).await;
+    let ws = app.workspace_of(&user).await;
     assert!(run(&["set-plan", &ws.to_string(), "pro"]).status.success());
     let out = run(&["set-plan", &ws.to_string(), "gold"]);
     assert!(!out.status.success());

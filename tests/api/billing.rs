@@ -53,17 +53,6 @@ pub(crate) async fn billing_app(tweak: impl FnOnce(&mut Config)) -> (TestApp, Mo
     (app, stripe)
 }
 
-pub(crate) async fn workspace_of(app: &TestApp, user: &TestUser) -> Uuid {
-    let (ws,): (Uuid,) = sqlx::query_as(
-        "select workspace_id from workspace_members where user_id = $1 and role = 'owner'",
-    )
-    .bind(user.id)
-    .fetch_one(&app.db)
-    .await
-    .unwrap();
-    ws
-}
-
 pub(crate) async fn plan_of(app: &TestApp, ws: Uuid) -> String {
     let (plan,): (String,) = sqlx::query_as("select plan from workspaces where id = $1")
         .bind(ws)
@@ -149,7 +138,7 @@ pub(crate) async fn checkout(app: &TestApp, user: &TestUser, price: &str) -> Str
             .unwrap()
             .starts_with("https://checkout.stripe.test/")
     );
-    let ws = workspace_of(app, user).await;
+    let ws = app.workspace_of(user).await;
     let (customer,): (Option<String>,) =
         sqlx::query_as("select stripe_customer_id from workspaces where id = $1")
             .bind(ws)
@@ -236,7 +225,7 @@ async fn buying_pro_raises_limits_and_cancelling_returns_to_free() {
     })
     .await;
     let (user, other) = (app.new_user().await, app.new_user().await);
-    let ws = workspace_of(&app, &user).await;
+    let ws = app.workspace_of(&user).await;
     let chat = body(post(&app, &user, "/api/chats", json!({"title": "t"})).await).await;
     let chat = chat["id"].as_str().unwrap().to_owned();
     // Free: one message a minute, so three in a row meet a 429.
@@ -283,10 +272,7 @@ async fn buying_pro_raises_limits_and_cancelling_returns_to_free() {
     assert_eq!(send_three(&app, &user, &chat).await, vec![200, 200, 200]);
 
     // The other user's workspace is untouched.
-    assert_eq!(
-        plan_of(&app, workspace_of(&app, &other).await).await,
-        "free"
-    );
+    assert_eq!(plan_of(&app, app.workspace_of(&other).await).await, "free");
     let theirs = body(get(&app, &other, "/api/billing/subscription").await).await;
     assert_eq!(theirs["plan"], "free");
     assert!(theirs["status"].is_null() && theirs["stripe_customer_id"].is_null());
@@ -316,7 +302,7 @@ async fn owner_member_stranger(app: &TestApp) -> (TestUser, TestUser, TestUser, 
         app.new_user().await,
         app.new_user().await,
     );
-    let ws = workspace_of(app, &owner).await;
+    let ws = app.workspace_of(&owner).await;
     sqlx::query(
         "insert into workspace_members (workspace_id, user_id, role) values ($1, $2, 'member')",
     )

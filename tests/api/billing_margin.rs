@@ -5,7 +5,7 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use crate::{
-    billing::{billing_app, body, deliver_signed, get, workspace_of},
+    billing::{billing_app, body, deliver_signed, get},
     helpers::{TestApp, TestUser},
     mock_stripe::{PRICE_PRO, event_json, invoice_json, subscription_json},
 };
@@ -28,8 +28,8 @@ async fn spend(app: &TestApp, ws: Uuid, user: &TestUser, cost_micros: i64) {
 async fn payer_and_spender(app: &TestApp) -> (TestUser, Uuid, TestUser, Uuid) {
     let (user, other) = (app.new_user().await, app.new_user().await);
     let (ws, other_ws) = (
-        workspace_of(app, &user).await,
-        workspace_of(app, &other).await,
+        app.workspace_of(&user).await,
+        app.workspace_of(&other).await,
     );
     spend(app, ws, &user, 2_500_000).await;
     spend(app, other_ws, &other, 1_000_000).await;

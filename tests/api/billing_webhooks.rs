@@ -8,7 +8,7 @@ use futures::future::join_all;
 use serde_json::json;
 
 use crate::{
-    billing::{billing_app, body, count, deliver, deliver_signed, get, plan_of, workspace_of},
+    billing::{billing_app, body, count, deliver, deliver_signed, get, plan_of},
     helpers::error_code,
     mock_stripe::{
         PREVIOUS_WEBHOOK_SECRET, PRICE_PRO, PRICE_TEAM, WEBHOOK_SECRET, event_json, invoice_json,
@@ -20,7 +20,7 @@ use crate::{
 async fn hostile_webhooks_are_refused_and_change_nothing() {
     let (app, _stripe) = billing_app(|_| {}).await;
     let user = app.new_user().await;
-    let ws = workspace_of(&app, &user).await;
+    let ws = app.workspace_of(&user).await;
     let now = Utc::now().timestamp();
     let sub = subscription_json("sub_h", "cus_h", PRICE_PRO, "active", 1, &ws.to_string());
     let ev = event_json("evt_hostile", "customer.subscription.created", now, sub);
@@ -75,7 +75,7 @@ async fn hostile_webhooks_are_refused_and_change_nothing() {
 async fn rotated_secrets_verify() {
     let (app, _stripe) = billing_app(|_| {}).await;
     let user = app.new_user().await;
-    let ws = workspace_of(&app, &user).await;
+    let ws = app.workspace_of(&user).await;
     let now = Utc::now().timestamp();
     let sub = subscription_json("sub_r", "cus_r", PRICE_PRO, "active", 1, &ws.to_string());
     // Our previous secret, still listed, verifies.
@@ -105,7 +105,7 @@ async fn rotated_secrets_verify() {
 async fn duplicate_replayed_and_concurrent_deliveries_apply_once() {
     let (app, _stripe) = billing_app(|_| {}).await;
     let user = app.new_user().await;
-    let ws = workspace_of(&app, &user).await;
+    let ws = app.workspace_of(&user).await;
     let now = Utc::now().timestamp();
     let sub = subscription_json("sub_d", "cus_d", PRICE_PRO, "active", 1, &ws.to_string());
     deliver_signed(
@@ -147,7 +147,7 @@ async fn subscription_events_out_of_order_leave_the_newest_state() {
     let t0 = Utc::now().timestamp();
     // A: cancelled, and the deletion arrives first.
     let a = app.new_user().await;
-    let ws_a = workspace_of(&app, &a).await.to_string();
+    let ws_a = app.workspace_of(&a).await.to_string();
     let ev = |id: &str, kind: &str, t: i64, status: &str| {
         event_json(
             id,
@@ -167,11 +167,11 @@ async fn subscription_events_out_of_order_leave_the_newest_state() {
     assert_eq!(deliver_signed(&app, &updated).await, "stale");
     let created = ev("evt_a1", "customer.subscription.created", t0, "incomplete");
     assert_eq!(deliver_signed(&app, &created).await, "stale");
-    assert_eq!(plan_of(&app, workspace_of(&app, &a).await).await, "free");
+    assert_eq!(plan_of(&app, app.workspace_of(&a).await).await, "free");
 
     // B: active, with the older `incomplete` arriving last.
     let b = app.new_user().await;
-    let ws_b = workspace_of(&app, &b).await;
+    let ws_b = app.workspace_of(&b).await;
     let sub_b = |status: &str| {
         subscription_json("sub_b", "cus_b", PRICE_TEAM, status, 4, &ws_b.to_string())
     };
@@ -196,14 +196,14 @@ async fn subscription_events_out_of_order_leave_the_newest_state() {
         (Some("active"), Some(4))
     );
     // Neither touched the other's workspace.
-    assert_eq!(plan_of(&app, workspace_of(&app, &a).await).await, "free");
+    assert_eq!(plan_of(&app, app.workspace_of(&a).await).await, "free");
 }
 
 #[tokio::test]
 async fn a_payment_delivered_before_an_older_failure_wins() {
     let (app, _stripe) = billing_app(|_| {}).await;
     let user = app.new_user().await;
-    let ws = workspace_of(&app, &user).await;
+    let ws = app.workspace_of(&user).await;
     let t0 = Utc::now().timestamp();
     let sub = subscription_json("sub_p", "cus_p", PRICE_PRO, "active", 1, &ws.to_string());
     deliver_signed(
@@ -232,7 +232,7 @@ async fn a_payment_delivered_before_an_older_failure_wins() {
 async fn a_subscription_active_after_a_failure_clears_it() {
     let (app, _stripe) = billing_app(|_| {}).await;
     let user = app.new_user().await;
-    let ws = workspace_of(&app, &user).await.to_string();
+    let ws = app.workspace_of(&user).await.to_string();
     let t0 = Utc::now().timestamp();
     let sub = |status: &str| subscription_json("sub_f", "cus_f", PRICE_PRO, status, 1, &ws);
     let failing = "select count(*) from subscriptions where payment_failed_at is not null";
@@ -292,7 +292,7 @@ async fn a_failed_payment_drops_to_free_after_the_grace_period() {
     })
     .await;
     let user = app.new_user().await;
-    let ws = workspace_of(&app, &user).await;
+    let ws = app.workspace_of(&user).await;
     let now = Utc::now().timestamp();
     let sub = subscription_json("sub_g", "cus_g", PRICE_PRO, "active", 1, &ws.to_string());
     deliver_signed(

@@ -8,15 +8,7 @@ use serde_json::{Value, json};
 use switchboard::budget::{Limit, Period, ScopeKind};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, TestUser, eventually, spawn_app_with};
-
-async fn workspace_of(app: &TestApp, user: &TestUser) -> Uuid {
-    sqlx::query_scalar("select workspace_id from workspace_members where user_id = $1")
-        .bind(user.id)
-        .fetch_one(&app.db)
-        .await
-        .unwrap()
-}
+use crate::helpers::{TestApp, eventually, spawn_app_with};
 
 /// What the workspace's daily budget holds in reservations right now.
 async fn held(app: &TestApp, workspace: Uuid) -> i64 {
@@ -46,29 +38,16 @@ async fn usage_rows(app: &TestApp, workspace: Uuid) -> Vec<(Option<Uuid>, i32, i
     .unwrap()
 }
 
-async fn new_key(app: &TestApp, user: &TestUser) -> String {
-    let res = app
-        .client
-        .post(app.url("/api/keys"))
-        .bearer_auth(&user.access_token)
-        .json(&json!({"name": "lifecycle"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    res.json::<Value>().await.unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test]
 async fn a_chat_and_v1_run_the_same_lifecycle() {
     // A slow first token leaves time to see the reservation held.
     let app = spawn_app_with(|c| c.simulated.ttft_ms = 600).await;
     let user = app.new_user().await;
-    let ws_id = workspace_of(&app, &user).await;
-    let key = new_key(&app, &user).await;
+    let ws_id = app.workspace_of(&user).await;
+    let key = app.create_key(&user, json!({"name": "lifecycle"})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let prompt = "Tell me about the one lifecycle";
 
     let chat = app.create_chat(&user.access_token).await;
@@ -152,7 +131,7 @@ async fn the_paying_workspaces_plan_is_read_fresh_and_errors_carry_retry_after()
     })
     .await;
     let user = app.new_user().await;
-    let ws_id = workspace_of(&app, &user).await;
+    let ws_id = app.workspace_of(&user).await;
     let chat = app.create_chat(&user.access_token).await;
     let mut ws = app.ws(&user.access_token).await;
     for i in 0..2 {
@@ -214,7 +193,7 @@ async fn deleting_a_chat_mid_answer_bills_what_was_produced() {
     })
     .await;
     let user = app.new_user().await;
-    let ws_id = workspace_of(&app, &user).await;
+    let ws_id = app.workspace_of(&user).await;
     let chat = app.create_chat(&user.access_token).await;
     let mut ws = app.ws(&user.access_token).await;
     ws.send_message(chat, "d1", "a long answer, please").await;

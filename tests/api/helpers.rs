@@ -146,6 +146,45 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// The workspace the user owns (the one made at sign-up).
+    pub async fn workspace_of(&self, user: &TestUser) -> Uuid {
+        sqlx::query_scalar(
+            "select workspace_id from workspace_members where user_id = $1 and role = 'owner'",
+        )
+        .bind(user.id)
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+
+    /// Puts every workspace the user belongs to on `plan`.
+    pub async fn set_plan(&self, user: &TestUser, plan: &str) {
+        sqlx::query(
+            "update workspaces set plan = $2 where id in (select workspace_id from workspace_members where user_id = $1)",
+        )
+        .bind(user.id)
+        .bind(plan)
+        .execute(&self.db)
+        .await
+        .unwrap();
+    }
+
+    /// Creates an API key (`body` as `POST /api/keys` takes it) and answers the 201 body.
+    pub async fn create_key(&self, user: &TestUser, body: Value) -> Value {
+        let res = self
+            .client
+            .post(self.url("/api/keys"))
+            .bearer_auth(&user.access_token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+        res.json().await.unwrap()
+    }
+}
+
 /// Asserts the error envelope and returns its code.
 pub async fn error_code(res: Response) -> String {
     let body: Value = res.json().await.expect("error body is JSON");

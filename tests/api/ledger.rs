@@ -28,32 +28,11 @@ fn through(c: &mut Config, mock: &MockLlm) {
 }
 
 async fn key_for(app: &TestApp, user: &TestUser) -> (String, Uuid) {
-    let res = app
-        .client
-        .post(app.url("/api/keys"))
-        .bearer_auth(&user.access_token)
-        .json(&json!({"name": "ledger"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let v: Value = res.json().await.unwrap();
+    let v = app.create_key(user, json!({"name": "ledger"})).await;
     (
         v["key"].as_str().unwrap().to_owned(),
         v["id"].as_str().unwrap().parse().unwrap(),
     )
-}
-
-async fn set_plan(app: &TestApp, user: &TestUser, plan: &str) {
-    sqlx::query(
-        "update workspaces set plan = $2 where id in
-         (select workspace_id from workspace_members where user_id = $1)",
-    )
-    .bind(user.id)
-    .bind(plan)
-    .execute(&app.db)
-    .await
-    .unwrap();
 }
 
 /// The key's one usage row: (input, output, cost).
@@ -87,7 +66,7 @@ async fn a_provider_that_ignores_max_tokens_is_cut_off_at_it() {
     mock.set(Behavior::tokens((0..50).map(|i| format!("t{i} "))));
     let app = spawn_app_with(|c| through(c, &mock)).await;
     let user = app.new_user().await;
-    set_plan(&app, &user, "pro").await;
+    app.set_plan(&user, "pro").await;
     let (key, key_id) = key_for(&app, &user).await;
     let res = complete(
         &app,
@@ -109,7 +88,7 @@ async fn over_reported_usage_is_charged_at_most_the_reservation() {
     mock.over_report_input(1_000_000);
     let app = spawn_app_with(|c| through(c, &mock)).await;
     let user = app.new_user().await;
-    set_plan(&app, &user, "pro").await;
+    app.set_plan(&user, "pro").await;
     let (key, key_id) = key_for(&app, &user).await;
     let prompt = "count me fairly";
     let res = complete(
@@ -183,7 +162,7 @@ async fn a_plan_reaches_only_its_tiers_models_on_every_door() {
         .unwrap();
     assert_eq!(res.status(), 403);
 
-    set_plan(&app, &user, "pro").await;
+    app.set_plan(&user, "pro").await;
     let res = complete(&app, &key, ask).await;
     assert_eq!(res.status(), 200, "a paid plan may");
     assert_eq!(mock.requests().len(), 1);
@@ -193,12 +172,7 @@ async fn a_plan_reaches_only_its_tiers_models_on_every_door() {
 async fn a_usage_event_the_database_refuses_never_blocks_the_others() {
     let app = spawn_app_with(|_| {}).await;
     let user = app.new_user().await;
-    let workspace: Uuid =
-        sqlx::query_scalar("select workspace_id from workspace_members where user_id = $1")
-            .bind(user.id)
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
+    let workspace = app.workspace_of(&user).await;
     let event = |workspace_id, tokens| UsageEvent {
         workspace_id,
         user_id: Some(user.id),

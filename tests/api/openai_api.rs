@@ -9,22 +9,9 @@ use switchboard::config::Secret;
 use uuid::Uuid;
 
 use crate::{
-    helpers::{TestApp, TestUser, eventually, spawn_app, spawn_app_with},
+    helpers::{TestApp, eventually, spawn_app, spawn_app_with},
     mock_llm::{Behavior, MockLlm},
 };
-
-async fn create_key(app: &TestApp, user: &TestUser, body: Value) -> Value {
-    let res = app
-        .client
-        .post(app.url("/api/keys"))
-        .bearer_auth(&user.access_token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
-    res.json().await.unwrap()
-}
 
 async fn complete(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
     app.client
@@ -49,12 +36,12 @@ async fn sse_data(res: reqwest::Response) -> Vec<String> {
 async fn keys_are_shown_once_listed_by_prefix_and_revocable() {
     let app = spawn_app().await;
     let user = app.new_user().await;
-    let created = create_key(
-        &app,
-        &user,
-        json!({"name": "my app", "budget_micros": 5000, "rate_limit_rpm": 60}),
-    )
-    .await;
+    let created = app
+        .create_key(
+            &user,
+            json!({"name": "my app", "budget_micros": 5000, "rate_limit_rpm": 60}),
+        )
+        .await;
     let key = created["key"].as_str().unwrap().to_owned();
     assert!(key.starts_with("sk-sb-") && key.len() > 60);
     assert!(key.starts_with(created["prefix"].as_str().unwrap()));
@@ -173,7 +160,7 @@ async fn a_revocation_on_one_node_holds_on_another_at_once() {
     let db = first.config.database.url.clone();
     let second = spawn_app_with(move |c| c.database.url = db).await;
     let user = first.new_user().await;
-    let key = create_key(&first, &user, json!({"name": "shared"})).await;
+    let key = first.create_key(&user, json!({"name": "shared"})).await;
     let secret = key["key"].as_str().unwrap();
     assert_eq!(
         second
@@ -210,7 +197,7 @@ async fn a_revocation_on_one_node_holds_on_another_at_once() {
 async fn completions_stream_and_not_and_land_in_usage() {
     let app = spawn_app().await;
     let user = app.new_user().await;
-    let key = create_key(&app, &user, json!({"name": "k"})).await;
+    let key = app.create_key(&user, json!({"name": "k"})).await;
     let secret = key["key"].as_str().unwrap();
 
     let res = complete(
@@ -294,7 +281,7 @@ async fn completions_stream_and_not_and_land_in_usage() {
 async fn bad_requests_get_openai_errors_naming_the_parameter() {
     let app = spawn_app().await;
     let user = app.new_user().await;
-    let key = create_key(&app, &user, json!({"name": "k"})).await;
+    let key = app.create_key(&user, json!({"name": "k"})).await;
     let secret = key["key"].as_str().unwrap();
     let msgs = json!([{"role": "user", "content": "x"}]);
     let cases = [
@@ -382,7 +369,9 @@ async fn a_keys_budget_and_rate_limit_hold() {
         .await
         .unwrap();
     // sim-1 reserves about 400 µ$ (1024 output tokens) and costs about 9 µ$.
-    let tight = create_key(&app, &user, json!({"name": "tight", "budget_micros": 300})).await;
+    let tight = app
+        .create_key(&user, json!({"name": "tight", "budget_micros": 300}))
+        .await;
     let res = complete(
         &app,
         tight["key"].as_str().unwrap(),
@@ -425,7 +414,9 @@ async fn a_keys_budget_and_rate_limit_hold() {
     .await;
     assert!(spent <= 300, "{spent}");
 
-    let limited = create_key(&app, &user, json!({"name": "slow", "rate_limit_rpm": 2})).await;
+    let limited = app
+        .create_key(&user, json!({"name": "slow", "rate_limit_rpm": 2}))
+        .await;
     let key = limited["key"].as_str().unwrap();
     assert_eq!(complete(&app, key, body.clone()).await.status(), 200);
     assert_eq!(complete(&app, key, body.clone()).await.status(), 200);
@@ -456,7 +447,7 @@ async fn a_client_that_disconnects_cancels_upstream_and_is_billed_for_what_was_p
     let mock = MockLlm::start().await;
     let app = spawn_app_with(|c| through_mock(c, &mock)).await;
     let user = app.new_user().await;
-    let key = create_key(&app, &user, json!({"name": "k"})).await;
+    let key = app.create_key(&user, json!({"name": "k"})).await;
     mock.set(Behavior::slow(300, Duration::from_millis(15)));
     let res = complete(
         &app,
@@ -500,7 +491,7 @@ async fn a_mid_stream_failure_ends_with_an_error_never_done() {
     let mock = MockLlm::start().await;
     let app = spawn_app_with(|c| through_mock(c, &mock)).await;
     let user = app.new_user().await;
-    let key = create_key(&app, &user, json!({"name": "k"})).await;
+    let key = app.create_key(&user, json!({"name": "k"})).await;
     mock.push(Behavior::DropAfter(3));
     let res = complete(
         &app,
@@ -543,7 +534,7 @@ async fn a_mid_stream_failure_ends_with_an_error_never_done() {
 async fn models_and_embeddings() {
     let app = spawn_app().await;
     let user = app.new_user().await;
-    let key = create_key(&app, &user, json!({"name": "k"})).await;
+    let key = app.create_key(&user, json!({"name": "k"})).await;
     let secret = key["key"].as_str().unwrap();
     let models: Value = app
         .client
@@ -625,7 +616,7 @@ async fn the_official_openai_python_sdk_works_unmodified() {
     );
     let app = spawn_app().await;
     let user = app.new_user().await;
-    let key = create_key(&app, &user, json!({"name": "sdk"})).await;
+    let key = app.create_key(&user, json!({"name": "sdk"})).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_client.py");
     let base = app.url("/v1");
     let secret = key["key"].as_str().unwrap().to_owned();

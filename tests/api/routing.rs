@@ -50,17 +50,6 @@ fn with_mocks(c: &mut Config, openai: &MockLlm, anthropic: &MockLlm) {
     }
 }
 
-async fn set_plan(app: &TestApp, user: &TestUser, plan: &str) {
-    sqlx::query(
-        "update workspaces set plan = $2 where id in (select workspace_id from workspace_members where user_id = $1)",
-    )
-    .bind(user.id)
-    .bind(plan)
-    .execute(&app.db)
-    .await
-    .unwrap();
-}
-
 /// Sends over REST and answers (status, body).
 async fn ask(app: &TestApp, user: &TestUser, chat: Uuid, content: &str) -> (u16, Value) {
     let res = app
@@ -77,7 +66,7 @@ async fn ask(app: &TestApp, user: &TestUser, chat: Uuid, content: &str) -> (u16,
 
 async fn pro_user(app: &TestApp) -> (TestUser, Uuid) {
     let user = app.new_user().await;
-    set_plan(app, &user, "pro").await;
+    app.set_plan(&user, "pro").await;
     let chat = app.create_chat(&user.access_token).await;
     (user, chat)
 }
