@@ -148,10 +148,7 @@ impl Actor for ChatActor {
                 tracing::warn!(chat_id = %state.chat_id, message_id = %m.id, "answer interrupted by a restart: marked failed");
                 let id = m.id;
                 state.publish(&state.message_frame(m));
-                let err = ApiError::new(
-                    crate::error::ErrorCode::ProviderUnavailable,
-                    "the answer was interrupted; send again to retry",
-                );
+                let err = super::sink::interrupted();
                 state.publish(&ServerFrame::from_error(&err).about(state.chat_id, id));
             }
         }

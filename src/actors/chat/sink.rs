@@ -47,6 +47,14 @@ impl ChatSink {
     }
 }
 
+/// What subscribers are told of an answer cut off by its actor's death.
+pub(super) fn interrupted() -> ApiError {
+    ApiError::new(
+        ErrorCode::ProviderUnavailable,
+        "the answer was interrupted; send again to retry",
+    )
+}
+
 impl ChatSink {
     /// The answer is failed and no actor is left to say so.
     fn tell_subscribers(&self, m: Message) {
@@ -58,11 +66,7 @@ impl ChatSink {
             message: m,
             deltas_included: None,
         };
-        let err = ApiError::new(
-            ErrorCode::ProviderUnavailable,
-            "the answer was interrupted; send again to retry",
-        );
-        let end = ServerFrame::from_error(&err).about(self.chat_id, id);
+        let end = ServerFrame::from_error(&interrupted()).about(self.chat_id, id);
         self.hub
             .publish(self.chat_id, &Outbound::new(&update, Some(seq.to_string())));
         self.hub.publish(
