@@ -154,14 +154,17 @@ async fn filtered_hnsw_search_keeps_recall_against_exact_search() {
         workspaces.push(ws);
     }
     // Uniform random vectors are HNSW's hardest case (every distance alike);
-    // real embeddings cluster. ef_search 200 (the default) is what keeps ≥ 0.95 here.
+    // real embeddings cluster. Here ef_search 200 (the default) sits right at
+    // 0.95 (0.945–0.955 across runs: the graph is built differently each time),
+    // so the test searches at 400 (1.0 measured) and what it checks is that the
+    // workspace filter itself loses nothing.
     for w in [0usize, 1] {
         let (mut found, mut wanted) = (0usize, 0usize);
         for q in 0..20u64 {
             let query = || pgvector::Vector::from(unit_vector(9_000_000 + q));
             let params = SearchParams {
                 limit: 10,
-                ef_search: 200,
+                ef_search: 400,
                 exact: false,
             };
             let approx = docs::search(&app.db, workspaces[w], None, query(), params)
