@@ -110,7 +110,8 @@ impl App {
                 .set_response_timeout(Some(Duration::from_secs(1)))
                 .set_number_of_retries(1),
         )?;
-        let counters = WindowCounter::new(redis.clone(), &config.redis.key_prefix);
+        let counters = WindowCounter::new(redis.clone(), &config.redis.key_prefix)
+            .with_breaker_cooldown(Duration::from_millis(config.redis.breaker_cooldown_ms));
         let tokens = TokenKeys::new(&config.auth);
         let amqp_url = config.amqp.url.clone().unwrap_or_else(|| Secret::new(""));
         let actors = Actors::start(&config, db.clone(), redis.clone(), counters.clone()).await?;
@@ -152,6 +153,7 @@ impl App {
             embedder,
             key_touches: dashmap::DashMap::new(),
             email,
+            lifecycle: crate::state::Lifecycle::default(),
         });
         Ok(Self { listener, state })
     }
@@ -170,8 +172,12 @@ impl App {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight requests finish
-    /// within the configured grace period and drops whatever is left.
+    /// Serves until `shutdown` resolves, then drains within the configured
+    /// grace period (docs/OPERATIONS.md, "Shutdown"): new generations are
+    /// refused and `/ready` fails at once; running answers get most of the
+    /// grace to finish, then are cancelled and billed; then every stream gets
+    /// its terminal event (WebSocket `error` + close 1001, SSE `error`, `/v1`
+    /// error chunk); last the usage writer flushes.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -180,7 +186,7 @@ impl App {
         let router = http::router(self.state.clone());
         let billing_sweep =
             crate::billing::sweep::Sweeper::start(self.state.db.clone(), &self.state.config);
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let (signalled_tx, signalled) = tokio::sync::watch::channel(false);
         // Small frames (acks, deltas) must not wait out Nagle's algorithm
         // against the peer's delayed ACK: that alone cost ~40 ms per ack.
         let listener = self.listener.tap_io(|tcp| {
@@ -196,27 +202,68 @@ impl App {
             shutdown.await;
             tracing::info!(
                 grace_secs = grace.as_secs(),
-                "shutting down: finishing in-flight requests"
+                "shutting down: draining (no new answers; running ones finish or are cancelled)"
             );
-            let _ = stopping_tx.send(());
+            let _ = signalled_tx.send(true);
         });
-        let deadline = async move {
-            if stopping_rx.await.is_ok() {
-                tokio::time::sleep(grace).await;
-            } else {
-                std::future::pending::<()>().await;
+        let after_signal = |extra: Duration| {
+            let mut signalled = signalled.clone();
+            async move {
+                // An error means serve ended without a signal: nothing to drain.
+                if signalled.wait_for(|s| *s).await.is_ok() {
+                    tokio::time::sleep(extra).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
             }
         };
-        let res = tokio::select! {
-            res = serve => res,
-            () = deadline => {
-                tracing::warn!("grace period over: closing the remaining connections");
-                Ok(())
+        let serve = async {
+            tokio::select! {
+                res = serve => res,
+                () = after_signal(grace) => {
+                    tracing::warn!("grace period over: closing the remaining connections");
+                    Ok(())
+                }
             }
         };
+        let drain = async {
+            let mut signalled = signalled.clone();
+            if signalled.wait_for(|s| *s).await.is_ok() {
+                drain(&self.state, grace).await;
+            }
+        };
+        let (res, ()) = tokio::join!(serve, drain);
         billing_sweep.stop().await;
         self.state.actors.stop(Duration::from_secs(1)).await;
         self.state.email.shutdown().await;
         res
+    }
+}
+
+/// The phases of a shutdown within `grace`: 60 % for running answers to
+/// finish, then cancel and up to 20 % to bill them, then the streams' terminal
+/// events and up to 10 % for the sockets to close; the rest is the usage
+/// writer's flush.
+async fn drain(state: &AppState, grace: Duration) {
+    let started = std::time::Instant::now();
+    let gens = &state.actors.gens;
+    if !gens.drain(grace * 6 / 10, grace * 2 / 10).await {
+        tracing::warn!("some generations did not finish billing within the grace period");
+    }
+    // A generation's end reaches subscribers through its chat actor, just
+    // after its task ended: give those `done` frames a moment to be queued
+    // before each stream's terminal frame.
+    let settle = std::time::Instant::now();
+    while state.actors.chats.streaming_count() > 0 && settle.elapsed() < grace / 20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    state.lifecycle.closing.cancel();
+    state.lifecycle.sockets.close();
+    let left = (grace * 9 / 10).saturating_sub(started.elapsed());
+    if tokio::time::timeout(left, state.lifecycle.sockets.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some WebSockets did not close within the grace period");
     }
 }

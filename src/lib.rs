@@ -37,6 +37,7 @@ pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod billing;
+pub mod breaker;
 pub mod budget;
 pub mod config;
 pub mod documents;

@@ -4,18 +4,19 @@
 //! Owns counting only; what a count means (sign-in throttling, rate limits) is
 //! decided by the caller. While Redis is down each node counts on its own, which
 //! is stricter per node but looser across nodes; the switch is logged once per
-//! transition and shown by `switchboard_redis_degraded` and `/ready`.
+//! transition and shown by `switchboard_redis_degraded` and `/ready`. After a
+//! failure the [`Breaker`] skips Redis for a cooldown, so a hung Redis costs
+//! one timeout per cooldown rather than one per call.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use dashmap::DashMap;
 use redis::{Script, aio::ConnectionManager};
+
+use crate::breaker::Breaker;
 
 /// INCRBY each key, start its window on first use, and answer (count, ttl) pairs.
 const INCR_SCRIPT: &str = r"
@@ -47,8 +48,11 @@ pub struct WindowCounter {
     prefix: Arc<str>,
     script: Arc<Script>,
     local: Arc<DashMap<String, (u64, Instant, Duration)>>,
-    degraded: Arc<AtomicBool>,
+    breaker: Arc<Breaker>,
 }
+
+/// How long Redis is skipped after a failure unless configured.
+const DEFAULT_COOLDOWN: Duration = Duration::from_secs(2);
 
 impl WindowCounter {
     pub fn new(redis: ConnectionManager, prefix: &str) -> Self {
@@ -57,8 +61,24 @@ impl WindowCounter {
             prefix: prefix.into(),
             script: Arc::new(Script::new(INCR_SCRIPT)),
             local: Arc::new(DashMap::new()),
-            degraded: Arc::new(AtomicBool::new(false)),
+            breaker: Arc::new(Breaker::new(DEFAULT_COOLDOWN)),
         }
+    }
+
+    /// Skips Redis for `cooldown` after each failure (`redis.breaker_cooldown_ms`).
+    pub fn with_breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.breaker = Arc::new(Breaker::new(cooldown));
+        self
+    }
+
+    /// Whether a call may go to Redis now (the breaker is closed, or this
+    /// caller is its probe). Every user of this Redis connection asks first.
+    pub fn redis_allowed(&self) -> bool {
+        let allowed = self.breaker.allow();
+        if !allowed {
+            metrics::counter!("switchboard_redis_skipped_total").increment(1);
+        }
+        allowed
     }
 
     fn key(&self, key: &str) -> String {
@@ -67,7 +87,7 @@ impl WindowCounter {
 
     /// True while counts are node-local because Redis failed on the last call.
     pub fn is_degraded(&self) -> bool {
-        self.degraded.load(Ordering::Relaxed)
+        self.breaker.is_open()
     }
 
     /// Another user of this Redis connection saw it fail.
@@ -81,7 +101,12 @@ impl WindowCounter {
     }
 
     fn set_degraded(&self, now: bool, cause: Option<&redis::RedisError>) {
-        if self.degraded.swap(now, Ordering::Relaxed) != now {
+        let changed = if now {
+            self.breaker.failed()
+        } else {
+            self.breaker.succeeded()
+        };
+        if changed {
             if now {
                 tracing::warn!(error = ?cause.map(ToString::to_string), "redis unreachable: limits are now per node");
             } else {
@@ -103,6 +128,9 @@ impl WindowCounter {
         amount: u64,
         window: Duration,
     ) -> Vec<WindowCount> {
+        if !self.redis_allowed() {
+            return self.incr_local(keys, amount, window);
+        }
         let mut inv = self.script.prepare_invoke();
         for k in keys {
             inv.key(self.key(k));
@@ -132,6 +160,9 @@ impl WindowCounter {
 
     /// The current count of a key without changing it.
     pub async fn get(&self, key: &str) -> WindowCount {
+        if !self.redis_allowed() {
+            return self.get_local(key);
+        }
         let mut conn = self.redis.clone();
         let full = self.key(key);
         let res: redis::RedisResult<(Option<i64>, i64)> = redis::pipe()
@@ -160,6 +191,9 @@ impl WindowCounter {
         if let Some(mut e) = self.local.get_mut(key) {
             e.0 = e.0.saturating_sub(1);
         }
+        if !self.redis_allowed() {
+            return;
+        }
         let mut conn = self.redis.clone();
         // Only a live window: a DECR on an expired key would start one at -1 with no TTL.
         let res = Script::new(
@@ -176,6 +210,9 @@ impl WindowCounter {
     /// Forgets a key, in Redis and locally.
     pub async fn reset(&self, key: &str) {
         self.local.remove(key);
+        if !self.redis_allowed() {
+            return;
+        }
         let mut conn = self.redis.clone();
         if let Err(e) = redis::cmd("DEL")
             .arg(self.key(key))

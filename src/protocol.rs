@@ -96,6 +96,9 @@ pub enum ServerFrame {
         chat_id: Option<Uuid>,
         #[serde(skip_serializing_if = "Option::is_none")]
         message_id: Option<Uuid>,
+        /// Set when the error answers a `send`: which message it is about.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
     },
     Pong,
 }
@@ -108,6 +111,20 @@ impl ServerFrame {
             retry_after: None,
             chat_id: None,
             message_id: None,
+            client_msg_id: None,
+        }
+    }
+
+    /// The last frame of every stream when the server shuts down: the client
+    /// reconnects (elsewhere) and resumes from the last seq or event id it saw.
+    pub fn shutting_down() -> Self {
+        Self::Error {
+            code: ErrorCode::Unavailable,
+            message: "the server is shutting down: reconnect and resume".into(),
+            retry_after: Some(1),
+            chat_id: None,
+            message_id: None,
+            client_msg_id: None,
         }
     }
 
@@ -120,10 +137,25 @@ impl ServerFrame {
             retry_after: e.retry_after_secs(),
             chat_id: None,
             message_id: None,
+            client_msg_id: None,
         }
     }
 
     /// Ties an error frame to the chat and message it ends.
+    /// The error answers the `send` of `client_msg_id` to `chat`.
+    pub fn answering(mut self, chat: Uuid, id: &str) -> Self {
+        if let Self::Error {
+            chat_id,
+            client_msg_id,
+            ..
+        } = &mut self
+        {
+            *chat_id = Some(chat);
+            *client_msg_id = Some(id.to_owned());
+        }
+        self
+    }
+
     pub fn about(mut self, chat: Uuid, message: Uuid) -> Self {
         if let Self::Error {
             chat_id,
@@ -165,15 +197,40 @@ impl ServerFrame {
     }
 }
 
-/// Where a resume starts: everything after `seq`; `seq` itself is replayed
-/// whole when the client had only part of it.
-pub fn parse_last_event_id(id: &str) -> Option<i64> {
+/// Where a client resumes: every message after `after`, and the message at
+/// `after` itself again, as it stands, when it is an answer whose end the
+/// client has not seen (answers change after they are first published: a
+/// client that left mid-answer cannot know how it went on or ended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    pub after: i64,
+    pub saw_end: bool,
+}
+
+impl Resume {
+    /// A WebSocket `since_seq` (or REST `?since_seq=`): the client cannot say
+    /// whether it saw the end of the answer at that seq, so it gets it again.
+    pub fn since_seq(seq: i64) -> Self {
+        Self {
+            after: seq,
+            saw_end: false,
+        }
+    }
+}
+
+/// An SSE `Last-Event-ID`: `seq` (a message), `seq:index` (a delta) or
+/// `seq:done`. Ids this server never issues (negative, overflowing) are refused.
+pub fn parse_last_event_id(id: &str) -> Option<Resume> {
+    let seq = |s: &str| s.parse::<i64>().ok().filter(|s| *s >= 0);
     match id.split_once(':') {
-        None => id.parse().ok(),
-        Some((seq, "done")) => seq.parse().ok(),
-        Some((seq, index)) => {
+        None => seq(id).map(Resume::since_seq),
+        Some((s, "done")) => seq(s).map(|after| Resume {
+            after,
+            saw_end: true,
+        }),
+        Some((s, index)) => {
             index.parse::<u32>().ok()?;
-            seq.parse::<i64>().ok().map(|s| s - 1)
+            seq(s).map(Resume::since_seq)
         }
     }
 }
@@ -203,10 +260,13 @@ mod tests {
 
     #[test]
     fn last_event_ids() {
-        assert_eq!(parse_last_event_id("7"), Some(7));
-        assert_eq!(parse_last_event_id("7:done"), Some(7));
-        assert_eq!(parse_last_event_id("7:12"), Some(6));
+        let resume = |after, saw_end| Some(Resume { after, saw_end });
+        assert_eq!(parse_last_event_id("7"), resume(7, false));
+        assert_eq!(parse_last_event_id("7:done"), resume(7, true));
+        assert_eq!(parse_last_event_id("7:12"), resume(7, false));
         assert_eq!(parse_last_event_id("x"), None);
         assert_eq!(parse_last_event_id("7:x"), None);
+        assert_eq!(parse_last_event_id("-3"), None);
+        assert_eq!(parse_last_event_id("99999999999999999999"), None);
     }
 }

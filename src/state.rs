@@ -33,6 +33,19 @@ pub struct AppInner {
     pub billing: crate::billing::Billing,
     /// The outbox relay and, when configured, the email worker.
     pub email: crate::email::EmailTasks,
+    /// Where shutdown stands, for the doors that hold long-lived streams.
+    pub lifecycle: Lifecycle,
+}
+
+/// Shutdown as the doors see it. Draining (refusing new generations) is the
+/// lifecycle's own `Generations::draining`; once the generations have ended,
+/// `closing` fires and every stream sends its terminal event and ends.
+#[derive(Default)]
+pub struct Lifecycle {
+    pub closing: tokio_util::sync::CancellationToken,
+    /// Every WebSocket connection: axum's graceful shutdown does not see
+    /// upgraded connections, so the app waits for these itself.
+    pub sockets: tokio_util::task::TaskTracker,
 }
 
 impl AppState {

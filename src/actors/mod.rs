@@ -181,6 +181,7 @@ impl Actors {
             embed_cache,
             tasks: tokio_util::task::TaskTracker::new(),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            draining: tokio_util::sync::CancellationToken::new(),
         });
         let documents = library(config, db.clone(), gens.clone());
         let hub = hub::ChatHub::default();

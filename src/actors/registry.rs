@@ -21,11 +21,17 @@ use ractor::{ActorId, ActorRef, Message, RpcReplyPort, rpc::CallResult};
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The errors a registry call can end in besides the actor's own.
-pub trait RegistryError: Send + 'static {
+pub trait RegistryError: Sized + Send + 'static {
     /// The actor's bounded queue is full.
     fn busy() -> Self;
     /// No actor could be reached or started.
     fn unavailable() -> Self;
+    /// The actor took the call but did not answer in time: unlike `busy`, it
+    /// may still act on it (a message may be stored), so callers must not
+    /// read it as a refusal.
+    fn timed_out() -> Self {
+        Self::unavailable()
+    }
 }
 
 /// A live actor and what callers share with it.
@@ -222,7 +228,7 @@ where
             }
             match h.actor.call(&build, Some(CALL_TIMEOUT)).await {
                 Ok(CallResult::Success(r)) => return r,
-                Ok(CallResult::Timeout) => return Err(E::busy()),
+                Ok(CallResult::Timeout) => return Err(E::timed_out()),
                 Ok(CallResult::SenderError) | Err(_) => {
                     if counted {
                         Pending(h.pending.clone()).dequeued(kind);

@@ -18,10 +18,15 @@ impl BudgetLedger {
     pub(super) async fn reserve_local(
         &self,
         res: &mut Reservation,
-        cause: redis::RedisError,
+        cause: Option<redis::RedisError>,
     ) -> Result<Reservation, BudgetError> {
-        // Logged once per transition by the shared flag.
-        self.counters.mark_degraded(&cause);
+        // Logged once per transition by the shared flag; `None` when the
+        // breaker skipped Redis.
+        if let Some(cause) = &cause {
+            self.counters.mark_degraded(cause);
+        }
+        // Redis's counters miss what is spent here: rebuilt once it is back.
+        self.mark_buckets_dirty(res);
         // Seed missing buckets from Postgres outside the lock.
         let missing: Vec<Bucket> = {
             let book = self.local.lock().map_err(|_| BudgetError::Unavailable)?;

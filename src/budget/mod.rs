@@ -10,7 +10,9 @@
 //!
 //! Postgres `usage_events` is the durable truth: a missing `spent` counter is
 //! rebuilt from it. With Redis down the ledger keeps the same books per node
-//! and says so (logs, `switchboard_redis_degraded`, `/ready`).
+//! and says so (logs, `switchboard_redis_degraded`, `/ready`), skipping Redis
+//! while the breaker (`crate::breaker`) is open; once Redis answers again the
+//! counters are reconciled with Postgres before they are trusted (reconcile.rs).
 
 use std::{
     collections::HashMap,
@@ -27,6 +29,7 @@ use crate::limits::WindowCounter;
 
 mod alerts;
 mod local;
+mod reconcile;
 
 use local::LocalBook;
 
@@ -200,6 +203,7 @@ pub struct BudgetLedger {
     settle: Arc<Script>,
     counters: WindowCounter,
     local: Arc<Mutex<LocalBook>>,
+    dirty: Arc<Mutex<reconcile::Dirty>>,
     global_daily_micros: i64,
     global_monthly_micros: i64,
 }
@@ -236,6 +240,7 @@ impl BudgetLedger {
             settle: Arc::new(Script::new(SETTLE_SCRIPT)),
             counters,
             local: Arc::default(),
+            dirty: Arc::default(),
             global_daily_micros: cfg.global_daily_micros,
             global_monthly_micros: cfg.global_monthly_micros,
         }
@@ -281,6 +286,12 @@ impl BudgetLedger {
         if res.buckets.is_empty() {
             return Ok(res);
         }
+        if !self.counters.redis_allowed() {
+            return self.reserve_local(&mut res, None).await;
+        }
+        if let Err(e) = self.reconcile().await {
+            return self.reserve_local(&mut res, Some(e)).await;
+        }
         // Each pass can find one bucket without a counter; seed it and go again.
         for _ in 0..=res.buckets.len() {
             match self.reserve_redis(&res).await {
@@ -317,10 +328,14 @@ impl BudgetLedger {
                         .query_async(&mut conn)
                         .await;
                     if let Err(e) = set {
-                        return self.reserve_local(&mut res, e).await;
+                        return self.reserve_local(&mut res, Some(e)).await;
                     }
                 }
-                Err(e) => return self.reserve_local(&mut res, e).await,
+                Err(e) => {
+                    // The script may still run (a hung Redis): release it later.
+                    self.mark_uncertain(&res);
+                    return self.reserve_local(&mut res, Some(e)).await;
+                }
             }
         }
         tracing::error!("budget counters could not be seeded");
@@ -403,6 +418,9 @@ impl BudgetLedger {
         let mut alerts = Vec::new();
         let spent_after: Vec<i64> = if res.local || res.buckets.is_empty() {
             self.settle_local(&res, actual)
+        } else if !self.counters.redis_allowed() {
+            self.mark_uncertain(&res);
+            self.settle_local(&res, actual)
         } else {
             let mut inv = self.settle.prepare_invoke();
             inv.arg(&res.id).arg(actual);
@@ -428,8 +446,9 @@ impl BudgetLedger {
                 }
                 Err(e) => {
                     // The reservation expires by itself; the spend is in usage_events.
-                    tracing::warn!(error = %e, "cannot settle in redis; the reservation will expire");
+                    tracing::warn!(error = %e, "cannot settle in redis; released once it answers again");
                     self.counters.mark_degraded(&e);
+                    self.mark_uncertain(&res);
                     self.settle_local(&res, actual)
                 }
             }
@@ -457,6 +476,9 @@ impl BudgetLedger {
 
     /// Releases every reservation a previous run of this node left behind.
     pub async fn release_node_reservations(&self) -> usize {
+        if !self.counters.redis_allowed() {
+            return 0;
+        }
         let mut conn = self.redis.clone();
         let Ok(members): redis::RedisResult<Vec<String>> = redis::cmd("SMEMBERS")
             .arg(self.node_set())
@@ -492,20 +514,25 @@ impl BudgetLedger {
     pub async fn standing(&self, l: &Limit) -> Result<(i64, i64), BudgetError> {
         let b = self.buckets(std::slice::from_ref(l)).remove(0);
         let mut conn = self.redis.clone();
-        let res: redis::RedisResult<(Option<i64>, Vec<String>)> = redis::pipe()
-            .get(format!("{}:spent", b.key))
-            .zrangebyscore(format!("{}:res", b.key), now_ms(), "+inf")
-            .query_async(&mut conn)
-            .await;
+        let res: Option<(Option<i64>, Vec<String>)> = if self.counters.redis_allowed() {
+            redis::pipe()
+                .get(format!("{}:spent", b.key))
+                .zrangebyscore(format!("{}:res", b.key), now_ms(), "+inf")
+                .query_async(&mut conn)
+                .await
+                .ok()
+        } else {
+            None
+        };
         let held_sum = |m: &[String]| {
             m.iter()
                 .filter_map(|m| m.rsplit('|').next()?.parse::<i64>().ok())
                 .sum::<i64>()
         };
         match res {
-            Ok((Some(spent), held)) => Ok((spent, held_sum(&held))),
-            Ok((None, held)) => Ok((self.spent_in_postgres(l).await?, held_sum(&held))),
-            Err(_) => {
+            Some((Some(spent), held)) => Ok((spent, held_sum(&held))),
+            Some((None, held)) => Ok((self.spent_in_postgres(l).await?, held_sum(&held))),
+            None => {
                 let spent = self.spent_in_postgres(l).await?;
                 let held = self
                     .local

@@ -202,6 +202,8 @@ pub struct DatabaseConfig {
 pub struct RedisConfig {
     pub url: Option<Secret>,
     pub key_prefix: String,
+    /// After a failed call, Redis is skipped (per-node fallback) this long before one probe.
+    pub breaker_cooldown_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

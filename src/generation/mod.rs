@@ -119,6 +119,9 @@ pub struct Inner {
     pub tasks: TaskTracker,
     /// Parent of every generation's cancel token: cancelled at shutdown.
     pub shutdown: CancellationToken,
+    /// Fired when shutdown begins: no new generation is planned from then on,
+    /// so clients retry on another node instead of being cut off here.
+    pub draining: CancellationToken,
 }
 
 impl std::ops::Deref for Generations {
@@ -166,6 +169,7 @@ impl Generations {
     /// rest and waits up to `bill` for them to bill and settle. Answers
     /// whether every task ended.
     pub async fn drain(&self, finish: Duration, bill: Duration) -> bool {
+        self.draining.cancel();
         self.tasks.close();
         if tokio::time::timeout(finish, self.tasks.wait())
             .await

@@ -21,6 +21,10 @@ pub enum PlanError {
     Route(#[from] RouteError),
     #[error(transparent)]
     Admit(#[from] AdmitError),
+    #[error(
+        "the server is shutting down: send again (another node, or this one once restarted, answers)"
+    )]
+    ShuttingDown,
 }
 
 /// An admitted generation that has not started: it holds a budget
@@ -47,6 +51,9 @@ impl Generations {
         requested_model: Option<&str>,
         max_tokens: u32,
     ) -> Result<Planned, PlanError> {
+        if self.draining.is_cancelled() {
+            return Err(PlanError::ShuttingDown);
+        }
         let prompt_tokens = tokenizer::count_prompt(prompt);
         let providers = &self.providers;
         let candidates = self.router.candidates(

@@ -37,3 +37,23 @@ pub async fn migrate(db: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateErro
 pub fn is_unique_violation(e: &sqlx::Error, constraint: &str) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation() && db.constraint() == Some(constraint))
 }
+
+/// True when retrying `e` can succeed: the connection or the server, not the
+/// statement (lost or refused connections, pool timeouts, a server starting
+/// or shutting down, serialization failures and deadlocks).
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            ["08", "40", "53", "57"]
+                .iter()
+                .any(|class| c.starts_with(class))
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        _ => false,
+    }
+}

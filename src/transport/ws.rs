@@ -4,7 +4,8 @@
 //! the socket's bounded outbound queue, which the chat hub also feeds. Direct
 //! answers (ack, pong, errors) go through the same queue, so a socket sees one
 //! order. Close codes: 1009 frame too large, 4001 authentication failed,
-//! 4002 heartbeat timeout, 4008 slow consumer, 1008 too many connections.
+//! 4002 heartbeat timeout, 4008 slow consumer, 1008 too many connections,
+//! 1001 server shutting down (after an `error` frame saying so).
 
 use std::{
     collections::HashSet,
@@ -45,6 +46,7 @@ pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 pub const CLOSE_HEARTBEAT: u16 = 4002;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Most queued frames written before one flush.
 const WRITE_BATCH: usize = 64;
 /// Per-socket read buffer; client frames are small JSON.
@@ -80,7 +82,11 @@ pub async fn upgrade(
         // which was most of a socket's memory; frames larger than this still
         // arrive whole, in more reads.
         .read_buffer_size(WS_READ_BUFFER)
-        .on_upgrade(move |socket| connection(state, socket, user))
+        .on_upgrade(move |socket| {
+            // Tracked, so shutdown waits for the socket's close frame to go out.
+            let sockets = state.lifecycle.sockets.clone();
+            sockets.track_future(connection(state, socket, user))
+        })
 }
 
 /// A page served by this server itself (the browser client at `/`) opens its
@@ -205,6 +211,7 @@ async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) 
         rx,
         close_rx,
         overflow.clone(),
+        state.lifecycle.closing.clone(),
         WriterTiming {
             ping_every: Duration::from_secs(state.config.ws.ping_interval_secs.max(1)),
             idle: Duration::from_secs(state.config.ws.idle_timeout_secs.max(1)),
@@ -249,6 +256,8 @@ async fn read_loop(
         let msg = tokio::select! {
             m = stream.next() => m,
             () = session.overflow.cancelled() => break,
+            // The writer sends what is queued, the `error` and close 1001.
+            () = session.state.lifecycle.closing.cancelled() => break,
         };
         last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         match msg {
@@ -295,6 +304,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Outbound>,
     mut close_rx: mpsc::Receiver<(u16, &'static str)>,
     overflow: CancellationToken,
+    closing: CancellationToken,
     t: WriterTiming,
 ) {
     let mut ping = tokio::time::interval(t.ping_every);
@@ -330,11 +340,21 @@ async fn write_loop(
                         return;
                     }
                 }
+                None if closing.is_cancelled() => return going_away(&mut sink).await,
                 None => {
                     let _ = sink.close().await;
                     return;
                 }
             },
+            // Below the queue: frames already queued (the answers' `done`) go first.
+            () = closing.cancelled() => {
+                while let Ok(more) = rx.try_recv() {
+                    if sink.feed(WsMessage::Text(more.json.as_ref().into())).await.is_err() {
+                        return;
+                    }
+                }
+                return going_away(&mut sink).await;
+            }
             _ = ping.tick() => {
                 let seen = Duration::from_millis(t.last_seen.load(Ordering::Relaxed));
                 if t.started.elapsed().saturating_sub(seen) > t.idle {
@@ -347,6 +367,14 @@ async fn write_loop(
             }
         }
     }
+}
+
+/// Shutdown's last words on a socket: why, then close 1001.
+async fn going_away(sink: &mut futures::stream::SplitSink<WebSocket, WsMessage>) {
+    let _ = sink.feed(text(&ServerFrame::shutting_down())).await;
+    let _ = sink
+        .send(close(CLOSE_GOING_AWAY, "server shutting down"))
+        .await;
 }
 
 /// One authenticated socket's view: what it follows and may see.
@@ -381,25 +409,39 @@ impl Session {
         self.reply(&ServerFrame::from_error(&ApiError::from(e.clone())));
     }
 
-    /// Whether the user may see the chat; answers `not_found` itself when not.
-    /// Read from Postgres every time: a member removed from the workspace loses
-    /// the chat at their next frame, on every node.
-    async fn may_see(&mut self, chat_id: Uuid) -> bool {
+    /// Whether the user may see the chat. Read from Postgres every time: a
+    /// member removed from the workspace loses the chat at their next frame,
+    /// on every node.
+    async fn may_see(&self, chat_id: Uuid) -> Result<(), ApiError> {
         match store::chats::get_for_user(&self.state.db, self.user_id, chat_id).await {
-            Ok(Some(_)) => true,
-            Ok(None) => {
-                self.error(ErrorCode::NotFound, "chat not found");
-                false
-            }
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(ApiError::not_found("chat")),
             Err(e) => {
                 tracing::error!(error = %e, "membership check failed");
-                self.error(
+                Err(ApiError::new(
                     ErrorCode::Unavailable,
                     "storage unavailable: not saved, nothing done; retry",
-                );
+                ))
+            }
+        }
+    }
+
+    /// `may_see`, answering the refusal itself.
+    async fn check_visible(&self, chat_id: Uuid) -> bool {
+        match self.may_see(chat_id).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.reply(&ServerFrame::from_error(&e));
                 false
             }
         }
+    }
+
+    /// A send's checks before it reaches the chat: visible, and the sender may spend.
+    async fn may_send(&self, chat_id: Uuid) -> Result<(), ApiError> {
+        self.may_see(chat_id).await?;
+        crate::auth::spend::may_spend(&self.state.db, &self.state.config.accounts, self.user_id)
+            .await
     }
 
     async fn on_text(&mut self, raw: &str) {
@@ -433,23 +475,16 @@ impl Session {
                 model,
                 documents,
             } => {
-                if !self.may_see(chat_id).await {
-                    return;
-                }
-                if let Err(e) = crate::auth::spend::may_spend(
-                    &self.state.db,
-                    &self.state.config.accounts,
-                    self.user_id,
-                )
-                .await
-                {
-                    return self.error(e.code, e.message);
+                if let Err(e) = self.may_send(chat_id).await {
+                    let frame = ServerFrame::from_error(&e).answering(chat_id, &client_msg_id);
+                    return self.reply(&frame);
                 }
                 // The sender follows the chat it writes to, so it sees the answer.
                 if !self.subscribed.contains(&chat_id) && !self.subscribe_live(chat_id, None).await
                 {
                     return;
                 }
+                let id = client_msg_id.clone();
                 let req = SendRequest {
                     author: self.user_id,
                     client_msg_id,
@@ -464,14 +499,18 @@ impl Session {
                         message_id: ack.message_id,
                         seq: ack.seq,
                     }),
-                    Err(e) => self.chat_error(&e),
+                    // Says which message, so a client knows what to re-send
+                    // (with the same id: never stored twice).
+                    Err(e) => self.reply(
+                        &ServerFrame::from_error(&ApiError::from(e)).answering(chat_id, &id),
+                    ),
                 }
             }
             ClientFrame::Cancel {
                 chat_id,
                 message_id,
             } => {
-                if !self.may_see(chat_id).await {
+                if !self.check_visible(chat_id).await {
                     return;
                 }
                 if let Err(e) = self.state.actors.chats.cancel(chat_id, message_id).await {
@@ -486,7 +525,7 @@ impl Session {
             self.error(ErrorCode::InvalidRequest, "since_seq: must not be negative");
             return;
         }
-        if !self.may_see(chat_id).await {
+        if !self.check_visible(chat_id).await {
             return;
         }
         if self.subscribed.contains(&chat_id) {
@@ -510,7 +549,11 @@ impl Session {
             .state
             .actors
             .chats
-            .subscribe(chat_id, self.subscriber(), since_seq)
+            .subscribe(
+                chat_id,
+                self.subscriber(),
+                since_seq.map(crate::protocol::Resume::since_seq),
+            )
             .await
         {
             Ok(()) => {

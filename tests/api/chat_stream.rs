@@ -9,14 +9,14 @@ use crate::helpers::{TestApp, error_code, spawn_app, spawn_app_with};
 
 /// One parsed SSE event.
 #[derive(Debug, Clone)]
-struct SseEvent {
-    id: Option<String>,
-    event: String,
-    data: Value,
+pub(crate) struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: Value,
 }
 
 /// Reads SSE events from a response until `stop` says so (or the stream ends).
-async fn read_sse(
+pub(crate) async fn read_sse(
     res: reqwest::Response,
     mut stop: impl FnMut(&SseEvent) -> bool,
 ) -> Vec<SseEvent> {

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::{Value, json};
 use switchboard::budget::{Limit, Period, ScopeKind};
 use uuid::Uuid;
@@ -230,4 +231,126 @@ async fn deleting_a_chat_mid_answer_bills_what_was_produced() {
         || async { (held(&app, ws_id).await == 0).then_some(()) },
     )
     .await;
+}
+
+/// Reads until the third delta; answers the answer's message id.
+async fn three_deltas(ws: &mut crate::ws_client::WsClient) -> String {
+    let mut n = 0;
+    let mut answer = None;
+    while n < 3 {
+        let f = ws.next().await;
+        if f["type"] == "delta" {
+            n += 1;
+            answer = f["message_id"].as_str().map(str::to_owned);
+        }
+    }
+    answer.unwrap()
+}
+
+/// Every way an answer can be cut short, in one workspace: each ends billed
+/// exactly once, for what the provider produced, and the books balance.
+#[tokio::test]
+async fn cancel_delete_disconnect_and_v1_drop_each_bill_once_and_balance() {
+    let app = spawn_app_with(|c| {
+        c.simulated.token_delay_ms = 50;
+        c.simulated.reply_tokens = 200;
+    })
+    .await;
+    let user = app.new_user().await;
+    let ws_id = app.workspace_of(&user).await;
+    let mut ws = app.ws(&user.access_token).await;
+    // 1. Cancelled by its sender.
+    let cancelled = app.create_chat(&user.access_token).await;
+    ws.send_message(cancelled, "c1", "cancel me").await;
+    let id = three_deltas(&mut ws).await;
+    ws.send(json!({"type": "cancel", "chat_id": cancelled, "message_id": id}))
+        .await;
+    ws.next_of("done").await;
+
+    // 2. Its chat deleted mid-answer.
+    let deleted = app.create_chat(&user.access_token).await;
+    ws.send_message(deleted, "d1", "delete me").await;
+    three_deltas(&mut ws).await;
+    let res = app
+        .client
+        .delete(app.url(&format!("/api/chats/{deleted}")))
+        .bearer_auth(&user.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+
+    // 3. A REST (SSE) client that disconnects mid-answer.
+    let left = app.create_chat(&user.access_token).await;
+    let res = app
+        .client
+        .post(app.url(&format!("/api/chats/{left}/messages")))
+        .bearer_auth(&user.access_token)
+        .header("accept", "text/event-stream")
+        .json(&json!({"content": "leave me"}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = res.bytes_stream();
+    let mut seen = String::new();
+    while seen.matches("event: delta").count() < 3 {
+        seen.push_str(&String::from_utf8_lossy(
+            &body.next().await.unwrap().unwrap(),
+        ));
+    }
+    drop(body);
+
+    // 4. A `/v1` client that drops its stream.
+    let key = app.create_key(&user, json!({"name": "ledger"})).await;
+    let res = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(key["key"].as_str().unwrap())
+        .json(&json!({"model": "sim-1", "stream": true,
+                      "messages": [{"role": "user", "content": "drop me"}]}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = res.bytes_stream();
+    let mut seen = String::new();
+    while seen.matches("\"content\"").count() < 4 {
+        seen.push_str(&String::from_utf8_lossy(
+            &body.next().await.unwrap().unwrap(),
+        ));
+    }
+    drop(body);
+
+    // Four answers, four usage rows, nothing reserved, and the provider's
+    // token window (what it produced, in and out) equals what was billed.
+    let rows = eventually(Duration::from_secs(15), "four usage rows", || async {
+        let rows = usage_rows(&app, ws_id).await;
+        (rows.len() >= 4 && held(&app, ws_id).await == 0).then_some(rows)
+    })
+    .await;
+    assert_eq!(rows.len(), 4, "each answer billed once: {rows:?}");
+    for (_, input, output, cost) in &rows {
+        assert!(*input > 0 && *cost >= 0);
+        assert!(
+            (3..200).contains(output),
+            "billed {output}: what was produced before the cut, not the whole answer"
+        );
+    }
+    let billed: i64 = rows.iter().map(|r| i64::from(r.1 + r.2)).sum();
+    assert_eq!(i64::from(provider_tokens(&app).await), billed);
+    let per_answer: Vec<(i32, i64)> = sqlx::query_as(
+        "select m.output_tokens, (select count(*) from usage_events u where u.message_id = m.id)
+         from messages m where m.role = 'assistant' and m.chat_id = any($1)",
+    )
+    .bind([cancelled, left])
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(per_answer.len(), 2);
+    for (output, n) in per_answer {
+        assert_eq!(n, 1, "one usage row per stored answer");
+        assert!(
+            rows.iter().any(|r| r.2 == output),
+            "the row bills what was stored"
+        );
+    }
 }

@@ -37,34 +37,45 @@ async fn ready_when_everything_is_up() {
 }
 
 #[tokio::test]
-async fn not_ready_names_redis_and_rabbitmq_when_unreachable() {
+async fn redis_and_rabbitmq_down_is_degraded_not_unready() {
     let app = spawn_app_with(|c| {
         c.redis.url = Some(Secret::new("redis://127.0.0.1:1"));
         c.amqp.url = Some(Secret::new("amqp://guest:guest@127.0.0.1:1/%2f"));
     })
     .await;
+    // Requests still work (limits count per node; email waits in the outbox),
+    // so the node stays in the load balancer and says what is degraded.
     let res = app.client.get(app.url("/ready")).send().await.unwrap();
-    assert_eq!(res.status(), 503);
+    assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "unavailable");
-    let msg = body["error"]["message"].as_str().unwrap();
-    assert!(
-        msg.contains("redis") && msg.contains("rabbitmq") && !msg.contains("postgres"),
-        "{msg}"
-    );
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["degraded"], serde_json::json!(["redis", "rabbitmq"]));
     assert_eq!(body["checks"]["postgres"], "up");
     assert_eq!(body["checks"]["redis"], "down");
     assert_eq!(body["checks"]["rabbitmq"], "down");
-    // Liveness is unaffected.
-    assert_eq!(
-        app.client
-            .get(app.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(body["checks"]["limits"], "local");
+    let user = app.new_user().await;
+    let chat = app.create_chat(&user.access_token).await;
+    let res = app
+        .client
+        .post(app.url(&format!("/api/chats/{chat}/messages")))
+        .bearer_auth(&user.access_token)
+        .json(&serde_json::json!({"content": "still served"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "a send works with Redis down");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(r#"switchboard_dependency_up{dependency="redis"} 0"#));
+    assert!(metrics.contains(r#"switchboard_dependency_up{dependency="postgres"} 1"#));
 }
 
 #[tokio::test]

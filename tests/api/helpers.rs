@@ -1,7 +1,7 @@
 //! `spawn_app()`: the real server on 127.0.0.1:0 against the machine's
 //! Postgres, Redis and RabbitMQ, with a database of its own.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
@@ -22,7 +22,8 @@ pub struct TestApp {
     pub db_name: String,
     pub config: Config,
     pub state: switchboard::state::AppState,
-    _stop: oneshot::Sender<()>,
+    stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 /// The Postgres server tests use: `TEST_DATABASE_URL` or the local default, without a database name.
@@ -73,7 +74,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let db = app.state().db.clone();
     let state = app.state().clone();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
+    let served = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
     TestApp {
@@ -86,7 +87,8 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         db_name,
         config,
         state,
-        _stop: stop,
+        stop: Some(stop),
+        served: Some(served),
     }
 }
 
@@ -99,6 +101,22 @@ pub struct TestUser {
 }
 
 impl TestApp {
+    /// What SIGTERM does to `serve`: signals shutdown and waits for the app
+    /// to finish draining (failing the test if it never does).
+    pub async fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            let grace = Duration::from_secs(self.config.server.shutdown_grace_secs);
+            tokio::time::timeout(grace + Duration::from_secs(10), served)
+                .await
+                .expect("the app stops after its grace period")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -176,10 +176,14 @@ async fn subscribe_since_seq_replays_then_goes_live_without_gaps() {
     let mut back = app.ws(&user.access_token).await;
     back.send(json!({"type": "subscribe", "chat_id": chat, "since_seq": 2}))
         .await;
-    let replay: Vec<Value> = vec![back.next().await, back.next().await];
+    // Seq 2 is an answer: it comes again as it stands (the client cannot say
+    // whether it saw its end), then everything after it.
+    let replay: Vec<Value> = vec![back.next().await, back.next().await, back.next().await];
     let seqs: Vec<i64> = replay.iter().map(|f| f["seq"].as_i64().unwrap()).collect();
-    assert_eq!(seqs, vec![3, 4]);
-    assert_eq!(replay[1]["message"]["content"], expected("second"));
+    assert_eq!(seqs, vec![2, 3, 4]);
+    assert_eq!(replay[0]["message"]["status"], "complete");
+    assert_eq!(replay[0]["message"]["content"], expected("first"));
+    assert_eq!(replay[2]["message"]["content"], expected("second"));
     // Then live: the next send continues at seq 5, with nothing replayed twice.
     back.send_message(chat, "r3", "third").await;
     let a = back.answer().await;
@@ -696,7 +700,9 @@ async fn a_crash_looping_chat_actor_is_given_up() {
 
 #[tokio::test]
 async fn postgres_down_means_a_clear_error_and_no_ack() {
-    let app = spawn_app().await;
+    // Each query gives up on the pool after a second, so the error comes
+    // well within the client's wait even on a loaded machine.
+    let app = spawn_app_with(|c| c.database.acquire_timeout_secs = 1).await;
     let user = app.new_user().await;
     let chat = app.create_chat(&user.access_token).await;
     let mut ws = app.ws(&user.access_token).await;
@@ -751,4 +757,104 @@ async fn answers_left_streaming_by_a_dead_server_are_failed_at_start() {
             .unwrap();
     assert_eq!(status, "failed");
     assert_eq!(content, "half an ans", "the partial answer is kept");
+}
+
+#[tokio::test]
+async fn a_client_msg_id_reused_for_other_content_is_refused() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    let chat = app.create_chat(&user.access_token).await;
+    let mut ws = app.ws(&user.access_token).await;
+    ws.send_message(chat, "same-id", "the first message").await;
+    ws.answer().await;
+    ws.send_message(chat, "same-id", "a different message")
+        .await;
+    let err = ws.next_of("error").await;
+    assert_eq!(err["code"], "conflict", "{err}");
+    assert_eq!(err["client_msg_id"], "same-id");
+    assert_eq!(err["chat_id"], json!(chat));
+    // The same content again is the ordinary idempotent resend.
+    ws.send_message(chat, "same-id", "the first message").await;
+    let ack = ws.next_of("ack").await;
+    assert_eq!(ack["seq"], 1);
+    let stored: i64 = sqlx::query_scalar("select count(*) from messages where chat_id = $1")
+        .bind(chat)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 2, "one message and its answer");
+}
+
+#[tokio::test]
+async fn resuming_from_an_answers_own_seq_loses_nothing_and_learns_how_it_ended() {
+    let app = spawn_app_with(|c| {
+        c.simulated.token_delay_ms = 30;
+        c.simulated.reply_tokens = 40;
+    })
+    .await;
+    let user = app.new_user().await;
+    let chat = app.create_chat(&user.access_token).await;
+    let mut first = app.ws(&user.access_token).await;
+    first.send_message(chat, "g1", "resume from me").await;
+    let answer = loop {
+        let f = first.next().await;
+        if f["type"] == "message" && f["message"]["role"] == "assistant" {
+            break f;
+        }
+    };
+    let seq = answer["seq"].as_i64().unwrap();
+    for _ in 0..3 {
+        first.next_of("delta").await;
+    }
+    drop(first); // gone mid-answer, having seen the answer's own seq
+
+    // Resuming from that seq: the answer as it stands, then the rest, live.
+    let mut back = app.ws(&user.access_token).await;
+    back.send(json!({"type": "subscribe", "chat_id": chat, "since_seq": seq}))
+        .await;
+    let snap = back.next().await;
+    assert_eq!(snap["seq"], seq, "{snap}");
+    let mut text = snap["message"]["content"].as_str().unwrap().to_owned();
+    if snap["message"]["status"] == "streaming" {
+        let included = snap["deltas_included"].as_u64().unwrap();
+        loop {
+            let f = back.next().await;
+            match f["type"].as_str().unwrap() {
+                "delta" => {
+                    assert!(f["index"].as_u64().unwrap() >= included);
+                    text.push_str(f["text"].as_str().unwrap());
+                }
+                "done" => break,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(
+        text,
+        reply_tokens("resume from me", 40).concat(),
+        "no gap, no duplicate"
+    );
+
+    // An answer a restart failed: resuming from its seq says so.
+    let failed = Uuid::now_v7();
+    let failed_seq: i64 = sqlx::query_scalar(
+        "with next as (update chats set last_seq = last_seq + 1 where id = $1 returning last_seq)
+         insert into messages (id, chat_id, seq, role, content, status, finish_reason, provider, model)
+         select $2, $1, next.last_seq, 'assistant', 'cut sh', 'failed', 'interrupted', 'simulated', 'sim-1'
+         from next returning seq",
+    )
+    .bind(chat)
+    .bind(failed)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let mut again = app.ws(&user.access_token).await;
+    again
+        .send(json!({"type": "subscribe", "chat_id": chat, "since_seq": failed_seq}))
+        .await;
+    let row = again.next().await;
+    assert_eq!(row["message"]["status"], "failed", "{row}");
+    let err = again.next().await;
+    assert_eq!(err["type"], "error", "{err}");
+    assert_eq!(err["message_id"], json!(failed));
 }

@@ -24,7 +24,7 @@ use crate::{
     config::pricing::micros_to_usd,
     error::ApiError,
     generation::{BillTo, Ending, Planned},
-    protocol::ServerFrame,
+    protocol::{Resume, ServerFrame},
     providers::{ChatRequest, PromptMessage, ProviderError},
     store::{
         self,
@@ -187,14 +187,10 @@ impl Actor for ChatActor {
     ) -> Result<(), ActorProcessingErr> {
         crate::actors::handled("chat");
         match msg {
-            ChatMsg::Subscribe {
-                sub,
-                since_seq,
-                reply,
-            } => {
+            ChatMsg::Subscribe { sub, since, reply } => {
                 s.pending.dequeued("chat");
                 s.last_active = Instant::now();
-                let _ = reply.send(subscribe(s, sub, since_seq).await);
+                let _ = reply.send(subscribe(s, sub, since).await);
             }
             ChatMsg::Unsubscribe {
                 conn,
@@ -250,18 +246,43 @@ impl Actor for ChatActor {
 async fn subscribe(
     s: &mut ChatState,
     sub: Subscriber,
-    since_seq: Option<i64>,
+    since: Option<Resume>,
 ) -> Result<(), ChatError> {
     // Replay and registration happen in one handler: nothing is published in
     // between, so the client sees no gap and no duplicate.
-    if let Some(since) = since_seq {
-        let missed = messages::list_after(&s.deps.db, s.chat_id, since.max(0), REPLAY_LIMIT)
+    if let Some(since) = since {
+        let from = if since.saw_end {
+            since.after
+        } else {
+            since.after - 1
+        };
+        let missed = messages::list_after(&s.deps.db, s.chat_id, from.max(0), REPLAY_LIMIT)
             .await
             .map_err(|_| ChatError::Unavailable)?;
         for m in missed {
+            // The message at the resume point again only if it is an answer.
+            if m.seq <= since.after && m.role != "assistant" {
+                continue;
+            }
+            let ended_badly = (m.status == "failed").then(|| (m.id, m.finish_reason.clone()));
             let frame = s.snapshot(m);
             if !sub.push(Outbound::new(&frame, frame.event_id(|_| None))) {
                 return Err(ChatError::SlowConsumer);
+            }
+            // A failed answer is followed by its error, as it was live.
+            if let Some((id, reason)) = ended_badly {
+                let err = if reason.as_deref() == Some("interrupted") {
+                    super::sink::interrupted()
+                } else {
+                    ApiError::new(
+                        crate::error::ErrorCode::ProviderUnavailable,
+                        "the answer failed; send again to retry",
+                    )
+                };
+                let frame = ServerFrame::from_error(&err).about(s.chat_id, id);
+                if !sub.push(Outbound::new(&frame, None)) {
+                    return Err(ChatError::SlowConsumer);
+                }
             }
         }
     } else if let Some(r) = s.turns.current() {
@@ -291,7 +312,7 @@ async fn accept(
         // generation is dropped and its reservation released.
         Err(e) if store::is_unique_violation(&e, "messages_chat_id_client_msg_id_key") => {
             return match messages::by_client_msg_id(db, s.chat_id, &req.client_msg_id).await {
-                Ok(Some(m)) => Ok(Ack::duplicate(req.client_msg_id, &m)),
+                Ok(Some(m)) => Ack::resent(req, &m),
                 _ => Err(ChatError::Unavailable),
             };
         }
@@ -479,12 +500,18 @@ fn checkpoint(s: &mut ChatState) {
 }
 
 impl Ack {
-    pub(super) fn duplicate(client_msg_id: String, m: &Message) -> Self {
-        Self {
-            client_msg_id,
+    /// The ack of a message already stored under this `client_msg_id`; the
+    /// same id with other content is a client bug, refused as Stripe refuses
+    /// a reused idempotency key, rather than silently answered with the old one.
+    pub(super) fn resent(req: SendRequest, m: &Message) -> Result<Self, ChatError> {
+        if m.content != req.content {
+            return Err(ChatError::IdReused);
+        }
+        Ok(Self {
+            client_msg_id: req.client_msg_id,
             message_id: m.id,
             seq: m.seq,
             duplicate: true,
-        }
+        })
     }
 }

@@ -33,6 +33,14 @@ pub enum ChatError {
     NoProvider,
     #[error("{0}")]
     NotInPlan(String),
+    #[error("the server is shutting down: not saved; reconnect and send again")]
+    ShuttingDown,
+    #[error(
+        "no answer in time: the message may have been saved; send it again with the same client_msg_id (it is never stored twice)"
+    )]
+    TimedOut,
+    #[error("client_msg_id already used for a different message in this chat")]
+    IdReused,
 }
 
 impl ChatError {
@@ -41,18 +49,19 @@ impl ChatError {
             Self::NotFound | Self::NoSuchGeneration => ErrorCode::NotFound,
             Self::Invalid(_) => ErrorCode::InvalidRequest,
             Self::Busy | Self::RateLimited(_) => ErrorCode::RateLimited,
-            Self::Unavailable => ErrorCode::Unavailable,
+            Self::Unavailable | Self::ShuttingDown | Self::TimedOut => ErrorCode::Unavailable,
             Self::SlowConsumer => ErrorCode::SlowConsumer,
             Self::BudgetExceeded(..) => ErrorCode::BudgetExceeded,
             Self::NoProvider => ErrorCode::ProviderUnavailable,
             Self::NotInPlan(_) => ErrorCode::Forbidden,
+            Self::IdReused => ErrorCode::Conflict,
         }
     }
 
     /// When a retry can succeed, for `Retry-After` and `retry_after`.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Busy => Some(Duration::from_secs(1)),
+            Self::Busy | Self::ShuttingDown | Self::TimedOut => Some(Duration::from_secs(1)),
             Self::RateLimited(d) | Self::BudgetExceeded(_, d) => Some(*d),
             _ => None,
         }
@@ -65,6 +74,9 @@ impl RegistryError for ChatError {
     }
     fn unavailable() -> Self {
         Self::Unavailable
+    }
+    fn timed_out() -> Self {
+        Self::TimedOut
     }
 }
 
@@ -85,6 +97,7 @@ impl From<PlanError> for ChatError {
             PlanError::Route(RouteError::NoProvider) => Self::NoProvider,
             PlanError::Route(e @ RouteError::NotInPlan(_)) => Self::NotInPlan(e.to_string()),
             PlanError::Admit(e) => e.into(),
+            PlanError::ShuttingDown => Self::ShuttingDown,
         }
     }
 }

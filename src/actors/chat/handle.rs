@@ -100,7 +100,7 @@ impl ChatRegistry {
             .await
             .map_err(err)?
         {
-            return Ok(Ack::duplicate(req.client_msg_id, &m));
+            return Ack::resent(req, &m);
         }
         let cfg = &self.deps.config;
         let history = messages::prompt_history(db, chat_id, cfg.history_messages)
@@ -148,12 +148,12 @@ impl ChatRegistry {
         &self,
         chat_id: Uuid,
         sub: Subscriber,
-        since_seq: Option<i64>,
+        since: Option<crate::protocol::Resume>,
     ) -> Result<(), ChatError> {
         self.actors
             .call(chat_id, |reply| ChatMsg::Subscribe {
                 sub: sub.clone(),
-                since_seq,
+                since,
                 reply,
             })
             .await
@@ -201,6 +201,11 @@ impl ChatRegistry {
 
     pub fn live_count(&self) -> usize {
         self.actors.len()
+    }
+
+    /// Chats with an answer streaming now.
+    pub fn streaming_count(&self) -> usize {
+        self.deps.streaming.len()
     }
 
     /// Crash restarts of chat actors since start.

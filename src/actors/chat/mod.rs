@@ -86,7 +86,7 @@ type AdmittedSlot = Arc<Mutex<Option<Admitted>>>;
 pub enum ChatMsg {
     Subscribe {
         sub: Subscriber,
-        since_seq: Option<i64>,
+        since: Option<crate::protocol::Resume>,
         reply: RpcReplyPort<Result<(), ChatError>>,
     },
     Unsubscribe {

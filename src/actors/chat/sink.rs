@@ -22,8 +22,8 @@ use crate::{
     store::messages::{self, Message},
 };
 
-/// How long the final write of an answer keeps retrying.
-const FINALIZE_FOR: Duration = Duration::from_secs(30);
+/// When a final write still failing is worth an error in the log.
+const LONG_OUTAGE: Duration = Duration::from_secs(30);
 
 pub(super) struct ChatSink {
     pub actor: ActorRef<ChatMsg>,
@@ -109,14 +109,22 @@ impl Sink for ChatSink {
     }
 }
 
-/// Writes the answer's final state, with backoff, until it lands or time is up
-/// (then the start-up sweep fails the row; the usage is already billed).
+/// Writes the answer's final state, with backoff, until it lands: subscribers
+/// get `done` only once the row says so. Only an error that retrying cannot
+/// cure (the database refusing this row) gives up; the start-up sweep then
+/// fails the row (the usage is billed either way).
 async fn finalize(db: &PgPool, id: Uuid, e: &Ending, text: &str) -> Option<Message> {
+    // Postgres text cannot hold NUL, which a provider may well send.
+    let text = if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    };
     let outcome = messages::Outcome {
         status: e.status.as_str(),
         provider: &e.provider,
         model: &e.model,
-        content: text,
+        content: &text,
         finish_reason: &e.finish_reason,
         input_tokens: i32::try_from(e.usage.input_tokens).unwrap_or(i32::MAX),
         output_tokens: i32::try_from(e.usage.output_tokens).unwrap_or(i32::MAX),
@@ -124,19 +132,25 @@ async fn finalize(db: &PgPool, id: Uuid, e: &Ending, text: &str) -> Option<Messa
     };
     let started = tokio::time::Instant::now();
     let mut wait = Duration::from_millis(50);
+    let mut told = false;
     loop {
         match messages::finalize(db, id, &outcome).await {
             Ok(m) => return Some(m),
             // Deleted with its chat, or already failed by a restarted actor.
             Err(sqlx::Error::RowNotFound) => return None,
-            Err(err) if started.elapsed() < FINALIZE_FOR => {
-                tracing::warn!(message_id = %id, error = %err, "cannot finalize answer; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(2));
+            Err(err) if !crate::store::is_transient(&err) => {
+                tracing::error!(message_id = %id, error = %err, "the database refused the answer's final state");
+                return None;
             }
             Err(err) => {
-                tracing::error!(message_id = %id, error = %err, "cannot finalize answer: gave up");
-                return None;
+                if !told && started.elapsed() >= LONG_OUTAGE {
+                    told = true;
+                    tracing::error!(message_id = %id, error = %err, "cannot finalize answer for a while; still retrying");
+                } else {
+                    tracing::warn!(message_id = %id, error = %err, "cannot finalize answer; retrying");
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
             }
         }
     }

@@ -31,7 +31,7 @@ use crate::{
         hub::{ConnId, Outbound, Subscriber},
     },
     error::{ApiError, ApiResult, ErrorCode},
-    protocol::{ServerFrame, parse_last_event_id},
+    protocol::{Resume, ServerFrame, parse_last_event_id},
     state::AppState,
     store::{self, messages::Message},
 };
@@ -83,7 +83,7 @@ async fn subscribe(
     state: &AppState,
     user_id: Uuid,
     chat_id: Uuid,
-    since_seq: Option<i64>,
+    since: Option<Resume>,
 ) -> ApiResult<Subscription> {
     let conn = state.actors.hub.new_conn_id();
     let (tx, rx) = mpsc::channel(state.config.ws.outbound_queue);
@@ -94,11 +94,7 @@ async fn subscribe(
         tx,
         overflow: overflow.clone(),
     };
-    state
-        .actors
-        .chats
-        .subscribe(chat_id, sub, since_seq)
-        .await?;
+    state.actors.chats.subscribe(chat_id, sub, since).await?;
     Ok(Subscription {
         state: state.clone(),
         chat_id,
@@ -275,7 +271,7 @@ pub async fn follow_events(
         .get("last-event-id")
         .map(|v| v.to_str().ok().and_then(parse_last_event_id))
     {
-        Some(Some(seq)) => Some(seq.max(0)),
+        Some(Some(resume)) => Some(resume),
         Some(None) => {
             return Err(ApiError::invalid(
                 "Last-Event-ID: not an event id of this API",
@@ -284,7 +280,7 @@ pub async fn follow_events(
         None if q.since_seq.is_some_and(|s| s < 0) => {
             return Err(ApiError::invalid("since_seq: must not be negative"));
         }
-        None => q.since_seq,
+        None => q.since_seq.map(Resume::since_seq),
     };
     let sub = subscribe(&state, user.id, chat_id, since).await?;
     let stream = futures::stream::unfold((sub, false), |(mut sub, ended)| async move {
@@ -292,10 +288,14 @@ pub async fn follow_events(
             return None;
         }
         tokio::select! {
+            biased;
             o = sub.rx.recv() => o.map(|out| (Ok::<_, Infallible>(sse_event(&out)), (sub, false))),
             () = sub.overflow.cancelled() => {
                 let f = ServerFrame::error(ErrorCode::SlowConsumer, "reading too slowly");
                 Some((Ok(sse_event(&Outbound::new(&f, None))), (sub, true)))
+            }
+            () = sub.state.lifecycle.closing.cancelled() => {
+                Some((Ok(sse_event(&Outbound::new(&ServerFrame::shutting_down(), None))), (sub, true)))
             }
         }
     });
@@ -322,9 +322,14 @@ fn sse_answer(sub: Subscription, watch: AnswerWatch, ack: Ack) -> Response {
                 return None;
             }
             let out = tokio::select! {
+                biased;
                 o = sub.rx.recv() => o?,
                 () = sub.overflow.cancelled() => {
                     let f = ServerFrame::error(ErrorCode::SlowConsumer, "reading too slowly");
+                    return Some((Ok(sse_event(&Outbound::new(&f, None))), (sub, watch, pre, true)));
+                }
+                () = sub.state.lifecycle.closing.cancelled() => {
+                    let f = ServerFrame::shutting_down();
                     return Some((Ok(sse_event(&Outbound::new(&f, None))), (sub, watch, pre, true)));
                 }
             };
@@ -346,8 +351,10 @@ async fn json_answer(
     let wait = async {
         loop {
             let out = tokio::select! {
+                biased;
                 o = sub.rx.recv() => o,
                 () = sub.overflow.cancelled() => None,
+                () = sub.state.lifecycle.closing.cancelled() => None,
             };
             let Some(out) = out else {
                 return Err(ApiError::new(

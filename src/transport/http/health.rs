@@ -45,8 +45,8 @@ pub async fn health() -> Json<Health> {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[utoipa::path(get, path = "/ready", tag = "ops",
-    responses((status = 200, description = "Postgres, Redis and RabbitMQ answer"),
-              (status = 503, description = "names each dependency that is down")))]
+    responses((status = 200, description = "serving: `status` is `ready`, or `degraded` when Redis or RabbitMQ is down (requests still work: limits count per node, email waits in the outbox)"),
+              (status = 503, description = "not serving: Postgres is down, or the node is draining for shutdown")))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let (pg, redis, amqp) = tokio::join!(
         probe(async {
@@ -67,17 +67,18 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         probe(amqp_check(&state.amqp_url)),
     );
     let checks = [("postgres", pg), ("redis", redis), ("rabbitmq", amqp)];
-    let down: Vec<&str> = checks
-        .iter()
-        .filter(|(_, r)| r.is_err())
-        .map(|(n, _)| *n)
-        .collect();
     for (name, r) in &checks {
+        metrics::gauge!("switchboard_dependency_up", "dependency" => *name).set(if r.is_ok() {
+            1.0
+        } else {
+            0.0
+        });
         if let Err(e) = r {
             tracing::warn!(dependency = name, error = %e, "readiness check failed");
         }
     }
     let status_of = |r: &Result<(), String>| if r.is_ok() { "up" } else { "down" };
+    let draining = state.actors.gens.draining.is_cancelled();
     let detail = json!({
         "postgres": status_of(&checks[0].1),
         "redis": status_of(&checks[1].1),
@@ -86,20 +87,43 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         "limits": if state.counters.is_degraded() || checks[1].1.is_err() { "local" } else { "shared" },
         // Informative: email waits in the outbox or queue, so it never takes a node out.
         "email": state.email.status.readiness(),
+        "draining": draining,
     });
-    if down.is_empty() {
-        (
-            StatusCode::OK,
-            Json(json!({ "status": "ready", "checks": detail })),
-        )
+    // Only what stops this node serving takes it out of a load balancer:
+    // Redis or RabbitMQ down is the same for every node, and failing them all
+    // at once would turn a degradation into an outage.
+    let stopping = if draining {
+        Some("draining for shutdown".to_owned())
     } else {
-        let message = format!("not ready: {} down", down.join(", "));
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                json!({ "error": { "code": "unavailable", "message": message }, "checks": detail }),
-            ),
-        )
+        checks[0].1.is_err().then(|| "postgres down".to_owned())
+    };
+    let degraded: Vec<&str> = checks[1..]
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(n, _)| *n)
+        .collect();
+    match stopping {
+        None => {
+            let status = if degraded.is_empty() {
+                "ready"
+            } else {
+                "degraded"
+            };
+            let mut body = json!({ "status": status, "checks": detail });
+            if !degraded.is_empty() {
+                body["degraded"] = json!(degraded);
+            }
+            (StatusCode::OK, Json(body))
+        }
+        Some(why) => {
+            let message = format!("not ready: {why}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(
+                    json!({ "error": { "code": "unavailable", "message": message }, "checks": detail }),
+                ),
+            )
+        }
     }
 }
 

@@ -204,6 +204,10 @@ fn plan_error(e: PlanError) -> OaiError {
             OaiError::server(StatusCode::SERVICE_UNAVAILABLE, "No provider is available.")
         }
         PlanError::Admit(e) => e.into(),
+        PlanError::ShuttingDown => OaiError::server(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The server is shutting down: retry the request.",
+        ),
     }
 }
 
