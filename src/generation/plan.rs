@@ -7,11 +7,26 @@ use crate::{
     budget::Reservation,
     config::pricing::ModelPrice,
     providers::{
-        PromptMessage,
+        ChatRequest, PromptMessage,
         router::{Candidate, RouteError, worst_case_micros},
-        tokenizer,
+        tokenizer, unsupported_param,
     },
 };
+
+/// What tool definitions and tool calls add to a prompt, as text to count.
+fn tools_text(request: &ChatRequest) -> String {
+    let mut text = String::new();
+    for t in &request.options.tools {
+        text.push_str(&t.to_openai().to_string());
+    }
+    for m in &request.messages {
+        for c in &m.tool_calls {
+            text.push_str(&c.name);
+            text.push_str(&c.arguments);
+        }
+    }
+    text
+}
 
 use super::Generations;
 
@@ -21,6 +36,12 @@ pub enum PlanError {
     Route(#[from] RouteError),
     #[error(transparent)]
     Admit(#[from] AdmitError),
+    /// The provider that would answer cannot honour a parameter of the request.
+    #[error("{param}: not supported by provider {provider}")]
+    Unsupported {
+        param: &'static str,
+        provider: String,
+    },
 }
 
 /// An admitted generation that has not started: it holds a budget
@@ -63,6 +84,51 @@ impl Generations {
             payer,
             candidates,
             (prompt_tokens, max_tokens),
+            worst_micros,
+            reservation,
+        ))
+    }
+
+    /// [`Generations::plan`] for a request that may carry tools, structured
+    /// output or sampling options: a candidate whose provider cannot honour
+    /// one of them is left out, so a fallback never drops a parameter
+    /// silently; when the first one cannot, the request is refused naming it.
+    pub async fn plan_request(
+        &self,
+        payer: Payer,
+        request: &ChatRequest,
+        requested_model: Option<&str>,
+    ) -> Result<Planned, PlanError> {
+        let prompt_tokens = tokenizer::count_prompt(&request.messages)
+            .saturating_add(tokenizer::count_tokens(&tools_text(request)));
+        let providers = &self.providers;
+        let mut candidates = self.router.candidates(
+            &payer.plan,
+            prompt_tokens,
+            requested_model,
+            &self.pricing,
+            &|p| providers.contains(p),
+        )?;
+        let refused = |c: &Candidate| {
+            providers
+                .provider(&c.provider)
+                .and_then(|p| unsupported_param(&*p, request))
+        };
+        if let Some(param) = candidates.first().and_then(refused) {
+            return Err(PlanError::Unsupported {
+                param,
+                provider: candidates[0].provider.clone(),
+            });
+        }
+        candidates.retain(|c| refused(c).is_none());
+        let worst_micros =
+            worst_case_micros(&self.pricing, &candidates, prompt_tokens, request.max_tokens);
+        let reservation = self.admission.admit(&payer, worst_micros).await?;
+        Ok(Planned::admitted(
+            self.clone(),
+            payer,
+            candidates,
+            (prompt_tokens, request.max_tokens),
             worst_micros,
             reservation,
         ))

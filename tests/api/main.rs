@@ -42,6 +42,7 @@ mod ops_browser;
 mod pinecone;
 mod providers;
 mod routing;
+mod sdk_compat;
 mod smtp_sink;
 mod web;
 mod webdriver;
