@@ -480,6 +480,43 @@ mod tests {
     }
 
     #[test]
+    fn tool_use_blocks_stream_as_tool_call_pieces() {
+        let mut d = AnthropicDecoder::new(vec![msg("user", "Hi")]);
+        let mut out = VecDeque::new();
+        for e in [
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Let me see."}}"#,
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{}}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"location\":"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"\"Paris\"}"}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":9}}"#,
+        ] {
+            assert!(!d.event(ev(e), &mut out).unwrap(), "{e}");
+        }
+        assert!(d.event(ev(r#"{"type":"message_stop"}"#), &mut out).unwrap());
+        let out: Vec<_> = out.into_iter().collect();
+        assert_eq!(out[0], StreamEvent::Token("Let me see.".into()));
+        assert_eq!(
+            out[1],
+            StreamEvent::ToolCall(ToolCallDelta {
+                index: 0,
+                id: Some("toolu_1".into()),
+                name: Some("get_weather".into()),
+                arguments: String::new(),
+            })
+        );
+        let args: String = out
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::ToolCall(d) => Some(d.arguments.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(args, r#"{"location":"Paris"}"#);
+        assert_eq!(out.last(), Some(&StreamEvent::Finish("tool_calls".into())));
+    }
+
+    #[test]
     fn error_events_map_by_type() {
         let mut d = AnthropicDecoder::new(vec![]);
         let mut out = VecDeque::new();

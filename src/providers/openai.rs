@@ -474,6 +474,65 @@ mod tests {
     }
 
     #[test]
+    fn tool_call_chunks_become_tool_call_pieces() {
+        let head = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,
+            "delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_1","type":"function",
+            "function":{"name":"get_weather","arguments":""}}]},"finish_reason":null}]}"#;
+        assert_eq!(
+            parse_chunk(head).unwrap().tool_calls,
+            [ToolCallDelta {
+                index: 0,
+                id: Some("call_1".into()),
+                name: Some("get_weather".into()),
+                arguments: String::new(),
+            }]
+        );
+        let piece = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,
+            "delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\":1}"}}]},"finish_reason":null}]}"#;
+        assert_eq!(
+            parse_chunk(piece).unwrap().tool_calls,
+            [ToolCallDelta {
+                index: 0,
+                arguments: r#"{"a":1}"#.into(),
+                ..ToolCallDelta::default()
+            }]
+        );
+    }
+
+    #[test]
+    fn options_and_tool_turns_go_out_as_openai_fields() {
+        let p = OpenAiProvider::new(None, None, "gpt-4o-mini".into());
+        let mut r = request();
+        r.messages.push(PromptMessage {
+            role: "assistant".into(),
+            tool_calls: vec![crate::providers::ToolCall {
+                id: "call_1".into(),
+                name: "f".into(),
+                arguments: "{}".into(),
+            }],
+            ..PromptMessage::default()
+        });
+        r.messages.push(PromptMessage {
+            role: "tool".into(),
+            content: "42".into(),
+            tool_call_id: Some("call_1".into()),
+            ..PromptMessage::default()
+        });
+        r.options.seed = Some(3);
+        r.options.tool_choice = Some(crate::providers::ToolChoice::Required);
+        let body = p.body(&r);
+        assert_eq!(body["seed"], 3);
+        assert_eq!(body["tool_choice"], "required");
+        assert_eq!(body["messages"][2]["tool_calls"][0]["function"]["name"], "f");
+        assert!(body["messages"][2]["content"].is_null());
+        assert_eq!(
+            body["messages"][3],
+            json!({"role": "tool", "content": "42", "tool_call_id": "call_1"})
+        );
+        assert!(p.supports("tools") && !p.supports("logprobs"));
+    }
+
+    #[test]
     fn strict_and_lenient_chunks() {
         let strict = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",
             "choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#;

@@ -428,3 +428,89 @@ async fn the_node_openai_sdk_and_the_vercel_ai_sdk_work_unmodified() {
     assert_eq!(s["usage"]["outputTokens"], 20);
     assert_eq!(seen["ai_object"], json!({"name": "Paris", "population": 42, "capital": true}), "{seen}");
 }
+
+#[tokio::test]
+async fn tools_pass_through_to_openai_translate_to_anthropic_and_refusals_name_the_parameter() {
+    use crate::mock_llm::MockLlm;
+    use switchboard::config::Secret;
+    let mock = MockLlm::start().await;
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.providers.openai_base_url = Some(mock.openai_base());
+        c.providers.openai_api_key = Some(Secret::new("sk-upstream"));
+        c.providers.anthropic_base_url = Some(mock.url());
+        c.providers.anthropic_api_key = Some(Secret::new("sk-ant-upstream"));
+        c.routing.max_retries = 0;
+        c.providers.paid_tier = "openai,anthropic,simulated".into();
+    })
+    .await;
+    let user = app.new_user().await;
+    app.set_plan(&user, "team").await;
+    let key = app.create_key(&user, json!({"name": "k"})).await;
+    let key = key["key"].as_str().unwrap();
+    let tool: Value = serde_json::from_str(WEATHER).unwrap();
+    let history = json!([
+        {"role": "user", "content": ASK},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"location\":\"Paris\",\"unit\":\"celsius\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22C"},
+    ]);
+    let schema = json!({"type": "json_schema", "json_schema": {"name": "city", "strict": true,
+        "schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}});
+
+    // OpenAI-compatible: every parameter goes out as the client sent it.
+    let res = post(&app, key, "/v1/chat/completions", json!({"model": "gpt-4o-mini", "messages": history,
+        "tools": [tool], "tool_choice": "auto", "parallel_tool_calls": false, "response_format": schema,
+        "seed": 7, "presence_penalty": 0.5, "frequency_penalty": -0.5, "user": "end-user-1"})).await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let sent = mock.last_request().unwrap().body;
+    assert_eq!(sent["tools"], json!([tool]));
+    assert_eq!(sent["tool_choice"], "auto");
+    assert_eq!(sent["parallel_tool_calls"], false);
+    assert_eq!(sent["response_format"], schema);
+    assert_eq!(sent["seed"], 7);
+    assert_eq!(sent["presence_penalty"], 0.5);
+    assert_eq!(sent["frequency_penalty"], -0.5);
+    assert_eq!(sent["user"], "end-user-1");
+    assert_eq!(sent["messages"][1]["tool_calls"], history[1]["tool_calls"]);
+    assert_eq!(sent["messages"][2], json!({"role": "tool", "tool_call_id": "call_1", "content": "22C"}));
+
+    // Anthropic: tools and tool turns translated to its blocks.
+    let res = post(&app, key, "/v1/chat/completions", json!({"model": "claude-3-5-haiku-latest",
+        "messages": history, "tools": [tool], "tool_choice": "required", "parallel_tool_calls": false,
+        "user": "end-user-1"})).await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let sent = mock.last_request().unwrap().body;
+    assert_eq!(sent["tools"], json!([{"name": "get_weather", "description": "Current weather for a city",
+        "input_schema": tool["function"]["parameters"]}]));
+    assert_eq!(sent["tool_choice"], json!({"type": "any", "disable_parallel_tool_use": true}));
+    assert_eq!(sent["metadata"], json!({"user_id": "end-user-1"}));
+    assert_eq!(sent["messages"][1], json!({"role": "assistant", "content": [{"type": "tool_use",
+        "id": "call_1", "name": "get_weather", "input": {"location": "Paris", "unit": "celsius"}}]}));
+    assert_eq!(sent["messages"][2], json!({"role": "user", "content": [{"type": "tool_result",
+        "tool_use_id": "call_1", "content": "22C"}]}));
+
+    // What Anthropic cannot honour is refused by name, before anything is sent.
+    let before = mock.request_count();
+    for (param, value) in [
+        ("response_format", schema.clone()),
+        ("seed", json!(1)),
+        ("presence_penalty", json!(0.1)),
+        ("frequency_penalty", json!(0.1)),
+        ("logprobs", json!(true)),
+    ] {
+        let mut body = json!({"model": "claude-3-5-haiku-latest", "messages": [{"role": "user", "content": "x"}]});
+        body[param] = value;
+        let res = post(&app, key, "/v1/chat/completions", body).await;
+        assert_eq!(res.status(), 400, "{param}");
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["param"], param, "{err}");
+        assert_eq!(err["error"]["code"], "unsupported_parameter");
+        assert!(err["error"]["message"].as_str().unwrap().contains("anthropic"), "{err}");
+    }
+    // The Responses API goes through the same check.
+    let res = post(&app, key, "/v1/responses", json!({"model": "claude-3-5-haiku-latest", "input": "x",
+        "text": {"format": {"type": "json_object"}}})).await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["param"], "text");
+    assert_eq!(mock.request_count(), before, "nothing reached the provider");
+}

@@ -38,7 +38,7 @@ use uuid::Uuid;
 
 use super::{OaiError, authenticate, payer, plan_error, provider_error, request};
 use crate::{
-    generation::{BillTo, Ending, GenEvent, Status},
+    generation::{BillTo, Ending, GenEvent, PlanError, Status},
     providers::{
         ChatRequest, GenOptions, PromptMessage, ResponseFormat, ToolCall, ToolCallDelta, Usage,
     },
@@ -287,6 +287,17 @@ async fn respond(state: AppState, headers: HeaderMap, body: Bytes) -> Result<Res
     let planned = gens
         .plan_request(payer(&auth), &request, Some(&req.model))
         .await
+        .map_err(|e| match e {
+            // This API's name for structured output.
+            PlanError::Unsupported {
+                param: "response_format",
+                provider,
+            } => PlanError::Unsupported {
+                param: "text",
+                provider,
+            },
+            e => e,
+        })
         .map_err(plan_error)?;
     let (tx, mut rx) = mpsc::channel::<GenEvent>(64);
     let cancel = gens.cancel_token();
