@@ -117,9 +117,10 @@ impl ChatProvider for SimulatedProvider {
             .map(|m| estimate_tokens(&m.content))
             .sum();
         let planned = planned_reply(&request, &prompt, self.config.reply_tokens);
+        // A plain answer cut by max_tokens is a shorter answer (it still ends
+        // with its full stop), as before tools existed; others are cut as a prefix.
         let (tokens, calls, n, full) = match planned {
-            Reply::Text(all) => {
-                let full = all.len() as u32;
+            Reply::Text(all, full) => {
                 let n = full.min(request.max_tokens).max(1);
                 let tokens: Vec<String> = all.into_iter().take(n as usize).collect();
                 (tokens, Vec::new(), n, full)
@@ -181,7 +182,9 @@ impl ChatProvider for SimulatedProvider {
 
 /// What the simulated model answers: text tokens, or tool calls.
 enum Reply {
-    Text(Vec<String>),
+    /// The tokens, and how many a whole answer has (more than given when the
+    /// plain answer was already made to fit `max_tokens`).
+    Text(Vec<String>, u32),
     Calls(Vec<super::ToolCall>),
 }
 
@@ -190,7 +193,7 @@ fn planned_reply(request: &ChatRequest, prompt: &str, reply_len: u32) -> Reply {
     let last = request.messages.last();
     if let Some(last) = last.filter(|m| m.role == "tool") {
         let name = tool_name_of(&request.messages, last.tool_call_id.as_deref());
-        return Reply::Text(words(&format!("Tool {name} returned: {}", last.content)));
+        return text(words(&format!("Tool {name} returned: {}", last.content)));
     }
     if opts.tools_enabled() {
         let chosen = chosen_tools(&opts.tools, opts.tool_choice.as_ref(), prompt);
@@ -214,14 +217,22 @@ fn planned_reply(request: &ChatRequest, prompt: &str, reply_len: u32) -> Reply {
     }
     match &opts.response_format {
         Some(ResponseFormat::JsonSchema { schema, .. }) => {
-            Reply::Text(pieces(&sample_json(schema, schema, prompt).to_string()))
+            text(pieces(&sample_json(schema, schema, prompt).to_string()))
         }
         Some(ResponseFormat::JsonObject) => {
             let answer = reply_tokens(prompt, reply_len.clamp(1, 8)).concat();
-            Reply::Text(pieces(&json!({ "answer": answer }).to_string()))
+            text(pieces(&json!({ "answer": answer }).to_string()))
         }
-        _ => Reply::Text(reply_tokens(prompt, reply_len)),
+        _ => Reply::Text(
+            reply_tokens(prompt, reply_len.min(request.max_tokens).max(1)),
+            reply_len,
+        ),
     }
+}
+
+fn text(tokens: Vec<String>) -> Reply {
+    let n = tokens.len() as u32;
+    Reply::Text(tokens, n)
 }
 
 /// The tools a prompt asks for, in the order they were given.
