@@ -16,11 +16,7 @@ use super::{AppEnv, Config, ConfigError, ENV_MAP};
 const MAX_UNREADABLE: usize = 50;
 
 /// `SWITCHBOARD_*` variables whose path is no setting of the files' tree.
-pub fn unknown_env_keys(
-    dir: &Path,
-    env: AppEnv,
-    vars: &[(String, String)],
-) -> Vec<String> {
+pub fn unknown_env_keys(dir: &Path, env: AppEnv, vars: &[(String, String)]) -> Vec<String> {
     let files = Figment::new()
         .merge(Toml::file(dir.join("default.toml")))
         .merge(Toml::file(dir.join(format!("{}.toml", env.as_str()))));

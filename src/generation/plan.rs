@@ -121,8 +121,12 @@ impl Generations {
             });
         }
         candidates.retain(|c| refused(c).is_none());
-        let worst_micros =
-            worst_case_micros(&self.pricing, &candidates, prompt_tokens, request.max_tokens);
+        let worst_micros = worst_case_micros(
+            &self.pricing,
+            &candidates,
+            prompt_tokens,
+            request.max_tokens,
+        );
         let reservation = self.admission.admit(&payer, worst_micros).await?;
         Ok(Planned::admitted(
             self.clone(),

@@ -154,13 +154,17 @@ fn messages(prompt: &[PromptMessage]) -> Vec<Value> {
                 blocks.push(json!({"type": "text", "text": m.content}));
             }
             for c in &m.tool_calls {
-                let input: Value =
-                    serde_json::from_str(&c.arguments).unwrap_or_else(|_| json!({}));
-                blocks.push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input}));
+                let input: Value = serde_json::from_str(&c.arguments).unwrap_or_else(|_| json!({}));
+                blocks
+                    .push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input}));
             }
             out.push(json!({"role": "assistant", "content": blocks}));
         } else {
-            let role = if m.role == "assistant" { "assistant" } else { "user" };
+            let role = if m.role == "assistant" {
+                "assistant"
+            } else {
+                "user"
+            };
             out.push(json!({"role": role, "content": m.content}));
         }
     }
@@ -182,7 +186,10 @@ impl ChatProvider for AnthropicProvider {
     /// Tools translate; Anthropic has no `response_format`, `seed`,
     /// penalties or logprobs, so those are refused.
     fn supports(&self, param: &str) -> bool {
-        matches!(param, "tools" | "tool_choice" | "parallel_tool_calls" | "user")
+        matches!(
+            param,
+            "tools" | "tool_choice" | "parallel_tool_calls" | "user"
+        )
     }
 
     fn stream(&self, request: ChatRequest) -> EventStream {
@@ -288,7 +295,9 @@ impl SseDecoder for AnthropicDecoder {
                         .find(|(b, _)| *b == block)
                         .map(|(_, i)| *i)
                         .ok_or_else(|| {
-                            ProviderError::Malformed("input_json_delta outside a tool_use block".into())
+                            ProviderError::Malformed(
+                                "input_json_delta outside a tool_use block".into(),
+                            )
                         })?;
                     let part = delta
                         .get("partial_json")

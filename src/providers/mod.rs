@@ -156,7 +156,10 @@ pub trait ChatProvider: Send + Sync + 'static {
 }
 
 /// The first parameter of `request` that `provider` cannot honour.
-pub fn unsupported_param(provider: &dyn ChatProvider, request: &ChatRequest) -> Option<&'static str> {
+pub fn unsupported_param(
+    provider: &dyn ChatProvider,
+    request: &ChatRequest,
+) -> Option<&'static str> {
     request
         .options
         .params()

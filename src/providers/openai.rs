@@ -137,8 +137,10 @@ impl OpenAiProvider {
                     let calls: Vec<Value> = m
                         .tool_calls
                         .iter()
-                        .map(|c| json!({"id": c.id, "type": "function",
-                                        "function": {"name": c.name, "arguments": c.arguments}}))
+                        .map(|c| {
+                            json!({"id": c.id, "type": "function",
+                                        "function": {"name": c.name, "arguments": c.arguments}})
+                        })
                         .collect();
                     out["tool_calls"] = json!(calls);
                     if m.content.is_empty() {
@@ -326,7 +328,9 @@ fn parse_chunk(data: &str) -> Result<Chunk, ProviderError> {
     if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
         return Err(stream_error(error));
     }
-    let mut chunk = match serde_json::from_value::<CreateChatCompletionStreamResponse>(value.clone()) {
+    let mut chunk = match serde_json::from_value::<CreateChatCompletionStreamResponse>(
+        value.clone(),
+    ) {
         Ok(typed) => from_typed(typed),
         Err(strict) => {
             tracing::debug!(error = %strict, "chunk does not fit the OpenAI types; reading it leniently");
@@ -523,7 +527,10 @@ mod tests {
         let body = p.body(&r);
         assert_eq!(body["seed"], 3);
         assert_eq!(body["tool_choice"], "required");
-        assert_eq!(body["messages"][2]["tool_calls"][0]["function"]["name"], "f");
+        assert_eq!(
+            body["messages"][2]["tool_calls"][0]["function"]["name"],
+            "f"
+        );
         assert!(body["messages"][2]["content"].is_null());
         assert_eq!(
             body["messages"][3],

@@ -128,7 +128,9 @@ impl ChatProvider for SimulatedProvider {
             Reply::Calls(calls) => {
                 let n: u32 = calls
                     .iter()
-                    .map(|c| tokenizer::count_tokens(&c.name) + tokenizer::count_tokens(&c.arguments))
+                    .map(|c| {
+                        tokenizer::count_tokens(&c.name) + tokenizer::count_tokens(&c.arguments)
+                    })
                     .sum();
                 (Vec::new(), calls, n.max(1), n.max(1))
             }
@@ -236,7 +238,11 @@ fn text(tokens: Vec<String>) -> Reply {
 }
 
 /// The tools a prompt asks for, in the order they were given.
-fn chosen_tools<'a>(tools: &'a [ToolDef], choice: Option<&ToolChoice>, prompt: &str) -> Vec<&'a ToolDef> {
+fn chosen_tools<'a>(
+    tools: &'a [ToolDef],
+    choice: Option<&ToolChoice>,
+    prompt: &str,
+) -> Vec<&'a ToolDef> {
     let lower = prompt.to_lowercase();
     let named: Vec<&ToolDef> = tools
         .iter()
@@ -247,7 +253,9 @@ fn chosen_tools<'a>(tools: &'a [ToolDef], choice: Option<&ToolChoice>, prompt: &
         .collect();
     match choice {
         Some(ToolChoice::None) => Vec::new(),
-        Some(ToolChoice::Function(name)) => tools.iter().filter(|t| &t.name == name).take(1).collect(),
+        Some(ToolChoice::Function(name)) => {
+            tools.iter().filter(|t| &t.name == name).take(1).collect()
+        }
         Some(ToolChoice::Required) if named.is_empty() => tools.iter().take(1).collect(),
         _ => named,
     }
@@ -332,7 +340,11 @@ fn sample_at(schema: &Value, root: &Value, prompt: &str, name: &str, depth: u32)
     if let Some(c) = obj.get("const") {
         return c.clone();
     }
-    if let Some(first) = obj.get("enum").and_then(Value::as_array).and_then(|e| e.first()) {
+    if let Some(first) = obj
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
         return first.clone();
     }
     for key in ["anyOf", "oneOf", "allOf"] {
@@ -367,9 +379,9 @@ fn sample_at(schema: &Value, root: &Value, prompt: &str, name: &str, depth: u32)
             Value::Object(out)
         }
         "array" => {
-            let item = obj.get("items").map_or(Value::Null, |i| {
-                sample_at(i, root, prompt, name, depth + 1)
-            });
+            let item = obj
+                .get("items")
+                .map_or(Value::Null, |i| sample_at(i, root, prompt, name, depth + 1));
             json!([item])
         }
         "integer" => json!(42),
@@ -503,7 +515,10 @@ mod tests {
             sample_json(&schema, &schema, "Tell me about Lyon please"),
             json!({"city": {"name": "Lyon", "pop": 4.2}, "tags": ["a"], "note": 42, "kind": true})
         );
-        assert_eq!(prompt_word("What is the weather in Paris? Use it."), Some("Paris".into()));
+        assert_eq!(
+            prompt_word("What is the weather in Paris? Use it."),
+            Some("Paris".into())
+        );
         assert_eq!(prompt_word("Hello there."), None);
     }
 

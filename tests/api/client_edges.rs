@@ -53,8 +53,11 @@ fn validate_config_reports_past_an_unreadable_value_and_warns_of_unknown_keys() 
 fn dotenv_is_read_at_start_and_the_environment_wins() {
     let dir = std::env::temp_dir().join(format!("sb-dotenv-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::os::unix::fs::symlink(Path::new(env!("CARGO_MANIFEST_DIR")).join("config"), dir.join("config"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+        dir.join("config"),
+    )
+    .unwrap();
     std::fs::write(
         dir.join(".env"),
         "APP_ENV=development\nLLM_PROVIDER_FREE_TIER=fromdotenv\nLLM_PROVIDER_PAID_TIER=dotenvonly\n",

@@ -42,9 +42,15 @@ async fn sse(res: reqwest::Response) -> Vec<(Option<String>, String)> {
     let mut out = Vec::new();
     let mut event = None;
     for line in text.lines() {
-        if let Some(e) = line.strip_prefix("event: ").or_else(|| line.strip_prefix("event:")) {
+        if let Some(e) = line
+            .strip_prefix("event: ")
+            .or_else(|| line.strip_prefix("event:"))
+        {
             event = Some(e.trim().to_owned());
-        } else if let Some(d) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
+        } else if let Some(d) = line
+            .strip_prefix("data: ")
+            .or_else(|| line.strip_prefix("data:"))
+        {
             out.push((event.take(), d.to_owned()));
         }
     }
@@ -75,12 +81,21 @@ async fn embeddings_in_both_encodings_with_dimensions_and_token_ids() {
     let (app, key) = app_and_key().await;
     let text = "the cat sat";
     let expected = LocalEmbedder::vector(text);
-    let res = post(&app, &key, "/v1/embeddings",
-        json!({"model": "local-hash-384", "input": text, "encoding_format": "base64"})).await;
+    let res = post(
+        &app,
+        &key,
+        "/v1/embeddings",
+        json!({"model": "local-hash-384", "input": text, "encoding_format": "base64"}),
+    )
+    .await;
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
-    let b64 = body["data"][0]["embedding"].as_str().expect("base64 is a string");
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    let b64 = body["data"][0]["embedding"]
+        .as_str()
+        .expect("base64 is a string");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
     assert_eq!(bytes.len(), 384 * 4);
     let decoded: Vec<f32> = bytes
         .chunks(4)
@@ -88,26 +103,60 @@ async fn embeddings_in_both_encodings_with_dimensions_and_token_ids() {
         .collect();
     assert_eq!(decoded, expected, "little-endian f32, exactly");
 
-    let res = post(&app, &key, "/v1/embeddings",
-        json!({"model": "local-hash-384", "input": [text], "encoding_format": "float"})).await;
+    let res = post(
+        &app,
+        &key,
+        "/v1/embeddings",
+        json!({"model": "local-hash-384", "input": [text], "encoding_format": "float"}),
+    )
+    .await;
     let body: Value = res.json().await.unwrap();
     assert!(close(&floats(&body["data"][0]["embedding"]), &expected));
 
     // Token ids (one list, and a list of lists) embed their text.
     let ids: Vec<u32> = tiktoken_rs::cl100k_base().unwrap().encode_ordinary(text);
     for input in [json!(ids), json!([ids, ids])] {
-        let res = post(&app, &key, "/v1/embeddings", json!({"model": "local-hash-384", "input": input})).await;
+        let res = post(
+            &app,
+            &key,
+            "/v1/embeddings",
+            json!({"model": "local-hash-384", "input": input}),
+        )
+        .await;
         assert_eq!(res.status(), 200, "{input}");
         let body: Value = res.json().await.unwrap();
-        assert!(close(&floats(&body["data"][0]["embedding"]), &expected), "{input}");
+        assert!(
+            close(&floats(&body["data"][0]["embedding"]), &expected),
+            "{input}"
+        );
     }
 
     for (body, param, code) in [
-        (json!({"model": "local-hash-384", "input": "x", "dimensions": 64}), "dimensions", Value::Null),
-        (json!({"model": "local-hash-384", "input": "x", "encoding_format": "hex"}), "encoding_format", Value::Null),
-        (json!({"model": "nope", "input": "x"}), "model", json!("model_not_found")),
-        (json!({"model": "local-hash-384", "input": [[4294967295u32]]}), "input", Value::Null),
-        (json!({"model": "local-hash-384", "input": []}), "input", Value::Null),
+        (
+            json!({"model": "local-hash-384", "input": "x", "dimensions": 64}),
+            "dimensions",
+            Value::Null,
+        ),
+        (
+            json!({"model": "local-hash-384", "input": "x", "encoding_format": "hex"}),
+            "encoding_format",
+            Value::Null,
+        ),
+        (
+            json!({"model": "nope", "input": "x"}),
+            "model",
+            json!("model_not_found"),
+        ),
+        (
+            json!({"model": "local-hash-384", "input": [[4294967295u32]]}),
+            "input",
+            Value::Null,
+        ),
+        (
+            json!({"model": "local-hash-384", "input": []}),
+            "input",
+            Value::Null,
+        ),
     ] {
         let res = post(&app, &key, "/v1/embeddings", body.clone()).await;
         assert_eq!(res.status(), 400, "{body}");
@@ -124,9 +173,15 @@ async fn embeddings_in_both_encodings_with_dimensions_and_token_ids() {
 async fn tool_calls_stream_exactly_as_openai_and_are_billed() {
     let (app, key) = app_and_key().await;
     let tool: Value = serde_json::from_str(WEATHER).unwrap();
-    let res = post(&app, &key, "/v1/chat/completions", json!({"model": "sim-1", "stream": true,
+    let res = post(
+        &app,
+        &key,
+        "/v1/chat/completions",
+        json!({"model": "sim-1", "stream": true,
         "stream_options": {"include_usage": true}, "tools": [tool],
-        "messages": [{"role": "user", "content": ASK}]})).await;
+        "messages": [{"role": "user", "content": ASK}]}),
+    )
+    .await;
     assert_eq!(res.status(), 200);
     let data = sse(res).await;
     assert_eq!(data.last().unwrap().1, "[DONE]");
@@ -148,7 +203,10 @@ async fn tool_calls_stream_exactly_as_openai_and_are_billed() {
     assert_eq!(head["function"]["arguments"], "");
     for d in &deltas[1..] {
         assert_eq!(d["index"], 0);
-        assert!(d.get("id").is_none() && d["function"].get("name").is_none(), "{d}");
+        assert!(
+            d.get("id").is_none() && d["function"].get("name").is_none(),
+            "{d}"
+        );
     }
     let args: String = deltas
         .iter()
@@ -158,36 +216,66 @@ async fn tool_calls_stream_exactly_as_openai_and_are_billed() {
     assert_eq!(args, json!({"location": "Paris", "unit": "celsius"}));
     let finish: Vec<&Value> = chunks
         .iter()
-        .filter(|c| !c["choices"][0]["finish_reason"].is_null() && c["choices"].as_array().is_some_and(|a| !a.is_empty()))
+        .filter(|c| {
+            !c["choices"][0]["finish_reason"].is_null()
+                && c["choices"].as_array().is_some_and(|a| !a.is_empty())
+        })
         .map(|c| &c["choices"][0]["finish_reason"])
         .collect();
     assert_eq!(finish, [&json!("tool_calls")]);
     let usage = &chunks.last().unwrap()["usage"];
     let out_tokens = usage["completion_tokens"].as_u64().unwrap();
     let expected = u64::from(tokenizer::count_tokens("get_weather"))
-        + u64::from(tokenizer::count_tokens(r#"{"location":"Paris","unit":"celsius"}"#));
+        + u64::from(tokenizer::count_tokens(
+            r#"{"location":"Paris","unit":"celsius"}"#,
+        ));
     assert_eq!(out_tokens, expected, "tool-call tokens are the output");
-    let billed: (i64,) = crate::helpers::eventually(std::time::Duration::from_secs(5), "usage row", || async {
-        sqlx::query_as::<_, (i32,)>("select output_tokens from usage_events")
-            .fetch_optional(&app.db)
-            .await
-            .unwrap()
-            .map(|(n,)| (i64::from(n),))
-    })
-    .await;
+    let billed: (i64,) =
+        crate::helpers::eventually(std::time::Duration::from_secs(5), "usage row", || async {
+            sqlx::query_as::<_, (i32,)>("select output_tokens from usage_events")
+                .fetch_optional(&app.db)
+                .await
+                .unwrap()
+                .map(|(n,)| (i64::from(n),))
+        })
+        .await;
     assert_eq!(billed.0 as u64, expected);
 
     // tool_choice naming a tool that was not given; a tool message without its id.
     for (body, param) in [
-        (json!({"model": "sim-1", "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "nope"}},
-                "messages": [{"role": "user", "content": "x"}]}), "tool_choice"),
-        (json!({"model": "sim-1", "tools": [{"type": "code_interpreter"}], "messages": [{"role": "user", "content": "x"}]}), "tools"),
-        (json!({"model": "sim-1", "messages": [{"role": "tool", "content": "x"}]}), "messages"),
-        (json!({"model": "sim-1", "response_format": {"type": "xml"}, "messages": [{"role": "user", "content": "x"}]}), "response_format"),
-        (json!({"model": "sim-1", "presence_penalty": 3, "messages": [{"role": "user", "content": "x"}]}), "presence_penalty"),
-        (json!({"model": "sim-1", "logprobs": true, "messages": [{"role": "user", "content": "x"}]}), "logprobs"),
-        (json!({"model": "sim-1", "logit_bias": {"1": 1}, "messages": [{"role": "user", "content": "x"}]}), "logit_bias"),
-        (json!({"model": "sim-1", "audio": {"voice": "x"}, "messages": [{"role": "user", "content": "x"}]}), "audio"),
+        (
+            json!({"model": "sim-1", "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "nope"}},
+                "messages": [{"role": "user", "content": "x"}]}),
+            "tool_choice",
+        ),
+        (
+            json!({"model": "sim-1", "tools": [{"type": "code_interpreter"}], "messages": [{"role": "user", "content": "x"}]}),
+            "tools",
+        ),
+        (
+            json!({"model": "sim-1", "messages": [{"role": "tool", "content": "x"}]}),
+            "messages",
+        ),
+        (
+            json!({"model": "sim-1", "response_format": {"type": "xml"}, "messages": [{"role": "user", "content": "x"}]}),
+            "response_format",
+        ),
+        (
+            json!({"model": "sim-1", "presence_penalty": 3, "messages": [{"role": "user", "content": "x"}]}),
+            "presence_penalty",
+        ),
+        (
+            json!({"model": "sim-1", "logprobs": true, "messages": [{"role": "user", "content": "x"}]}),
+            "logprobs",
+        ),
+        (
+            json!({"model": "sim-1", "logit_bias": {"1": 1}, "messages": [{"role": "user", "content": "x"}]}),
+            "logit_bias",
+        ),
+        (
+            json!({"model": "sim-1", "audio": {"voice": "x"}, "messages": [{"role": "user", "content": "x"}]}),
+            "audio",
+        ),
     ] {
         let res = post(&app, &key, "/v1/chat/completions", body.clone()).await;
         assert_eq!(res.status(), 400, "{body}");
@@ -199,17 +287,29 @@ async fn tool_calls_stream_exactly_as_openai_and_are_billed() {
 #[tokio::test]
 async fn responses_stream_the_responses_events_in_order() {
     let (app, key) = app_and_key().await;
-    let res = post(&app, &key, "/v1/responses", json!({"model": "sim-1", "stream": true,
-        "instructions": "Be brief.", "input": [{"role": "user", "content": "Say hello"}]})).await;
+    let res = post(
+        &app,
+        &key,
+        "/v1/responses",
+        json!({"model": "sim-1", "stream": true,
+        "instructions": "Be brief.", "input": [{"role": "user", "content": "Say hello"}]}),
+    )
+    .await;
     assert_eq!(res.status(), 200);
     let events = sse(res).await;
     let kinds: Vec<&str> = events.iter().map(|(e, _)| e.as_deref().unwrap()).collect();
-    let data: Vec<Value> = events.iter().map(|(_, d)| serde_json::from_str(d).unwrap()).collect();
+    let data: Vec<Value> = events
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
     for (i, d) in data.iter().enumerate() {
         assert_eq!(d["sequence_number"], i as u64);
         assert_eq!(d["type"], kinds[i]);
     }
-    let deltas = kinds.iter().filter(|k| **k == "response.output_text.delta").count();
+    let deltas = kinds
+        .iter()
+        .filter(|k| **k == "response.output_text.delta")
+        .count();
     let mut expected_kinds = vec![
         "response.created",
         "response.in_progress",
@@ -238,32 +338,62 @@ async fn responses_stream_the_responses_events_in_order() {
     assert_eq!(last["instructions"], "Be brief.");
     assert!(last["usage"]["input_tokens"].as_u64().unwrap() > 0);
     // The same books as completions: one usage event.
-    let (n,): (i64,) = crate::helpers::eventually(std::time::Duration::from_secs(5), "usage row", || async {
-        let row: (i64,) = sqlx::query_as("select count(*) from usage_events")
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-        (row.0 == 1).then_some(row)
-    })
-    .await;
+    let (n,): (i64,) =
+        crate::helpers::eventually(std::time::Duration::from_secs(5), "usage row", || async {
+            let row: (i64,) = sqlx::query_as("select count(*) from usage_events")
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+            (row.0 == 1).then_some(row)
+        })
+        .await;
     assert_eq!(n, 1);
 
     // Unknown /v1 routes and models answer in OpenAI's shape.
-    let res = app.client.get(app.url("/v1/nope")).bearer_auth(&key).send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/v1/nope"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 404);
     let err: Value = res.json().await.unwrap();
     assert_eq!(err["error"]["type"], "invalid_request_error", "{err}");
-    let res = app.client.get(app.url("/v1/models/sim-1")).bearer_auth(&key).send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/v1/models/sim-1"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap()["id"], "sim-1");
-    let res = app.client.get(app.url("/v1/models/gpt-4o")).bearer_auth(&key).send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/v1/models/gpt-4o"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 404);
-    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "model_not_found");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "model_not_found"
+    );
     // A named model whose provider is not configured is not served by another.
-    let res = post(&app, &key, "/v1/chat/completions",
-        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})).await;
+    let res = post(
+        &app,
+        &key,
+        "/v1/chat/completions",
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
     assert_eq!(res.status(), 400);
-    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "model_not_found");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "model_not_found"
+    );
 }
 
 /// Seeds a tiktoken cache with cl100k_base (rebuilt from the tables compiled
@@ -293,7 +423,10 @@ fn tiktoken_cache() -> PathBuf {
 #[tokio::test]
 async fn the_python_sdk_and_langchain_use_tools_structured_output_responses_and_embeddings() {
     let python = root().join(".venv-tests/bin/python");
-    assert!(python.exists(), "the SDK venv is missing: run scripts/setup.sh (make test does)");
+    assert!(
+        python.exists(),
+        "the SDK venv is missing: run scripts/setup.sh (make test does)"
+    );
     let (app, key) = app_and_key().await;
     let out = tokio::process::Command::new(&python)
         .arg(root().join("tests/sdk/openai_features.py"))
@@ -302,12 +435,19 @@ async fn the_python_sdk_and_langchain_use_tools_structured_output_responses_and_
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
     let e = &seen["embeddings"];
     let cat = LocalEmbedder::vector("the cat sat");
     let stocks = LocalEmbedder::vector("stock prices");
-    assert!(close(&floats(&e["default"][0]), &cat), "base64 by default, decoded right: {e}");
+    assert!(
+        close(&floats(&e["default"][0]), &cat),
+        "base64 by default, decoded right: {e}"
+    );
     assert!(close(&floats(&e["default"][1]), &stocks));
     assert!(close(&floats(&e["float"][0]), &cat));
     assert_eq!(e["base64_is_string"], true);
@@ -321,7 +461,10 @@ async fn the_python_sdk_and_langchain_use_tools_structured_output_responses_and_
     let t = &seen["tools"];
     assert_eq!(t["finish_reason"], "tool_calls", "{t}");
     assert_eq!(t["name"], "get_weather");
-    assert_eq!(t["arguments"], json!({"location": "Paris", "unit": "celsius"}));
+    assert_eq!(
+        t["arguments"],
+        json!({"location": "Paris", "unit": "celsius"})
+    );
     assert!(t["usage"].as_u64().unwrap() > 0);
     assert_eq!(t["answer"], "Tool get_weather returned: 22C and sunny");
     assert_eq!(t["answer_finish"], "stop");
@@ -331,13 +474,25 @@ async fn the_python_sdk_and_langchain_use_tools_structured_output_responses_and_
     let streamed = &t["stream_calls"]["0"];
     assert_eq!(streamed["id"], t["id"], "the same call, streamed or not");
     assert_eq!(streamed["name"], "get_weather");
-    assert_eq!(serde_json::from_str::<Value>(streamed["arguments"].as_str().unwrap()).unwrap(), t["arguments"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(streamed["arguments"].as_str().unwrap()).unwrap(),
+        t["arguments"]
+    );
     assert!(streamed["fragments"].as_u64().unwrap() > 1);
     assert_eq!(t["none"], "stop", "tool_choice none answers in text");
 
     let p = &seen["parse"];
-    assert_eq!(p["parsed"], json!({"name": "Paris", "population": 42, "capital": true}), "{p}");
-    assert!(p["json_object"]["answer"].as_str().is_some_and(|a| !a.is_empty()), "{p}");
+    assert_eq!(
+        p["parsed"],
+        json!({"name": "Paris", "population": 42, "capital": true}),
+        "{p}"
+    );
+    assert!(
+        p["json_object"]["answer"]
+            .as_str()
+            .is_some_and(|a| !a.is_empty()),
+        "{p}"
+    );
 
     let r = &seen["responses"];
     let hello = reply_tokens("Say hello", 20).concat();
@@ -352,12 +507,21 @@ async fn the_python_sdk_and_langchain_use_tools_structured_output_responses_and_
     assert_eq!(r["cut_status"], "incomplete");
     assert_eq!(r["cut_reason"], "max_output_tokens");
     assert_eq!(r["tool_name"], "get_weather");
-    assert_eq!(r["tool_args"], json!({"location": "Paris", "unit": "celsius"}));
+    assert_eq!(
+        r["tool_args"],
+        json!({"location": "Paris", "unit": "celsius"})
+    );
 
     let m = &seen["models"];
     assert_eq!(m["retrieved"], "sim-1", "{m}");
-    assert_eq!(m["missing"], json!({"status": 404, "code": "model_not_found"}));
-    assert_eq!(m["route"], json!({"status": 404, "type": "invalid_request_error"}));
+    assert_eq!(
+        m["missing"],
+        json!({"status": 404, "code": "model_not_found"})
+    );
+    assert_eq!(
+        m["route"],
+        json!({"status": 404, "type": "invalid_request_error"})
+    );
 
     let refused = &seen["refused"];
     for (what, param) in [
@@ -376,9 +540,19 @@ async fn the_python_sdk_and_langchain_use_tools_structured_output_responses_and_
     assert_eq!(refused["named_unconfigured"]["code"], "model_not_found");
 
     let lc = &seen["langchain"];
-    assert_eq!(lc["tool_calls"], json!([{"name": "get_weather", "args": {"location": "Paris"}}]), "{lc}");
-    assert_eq!(lc["structured"], json!({"name": "Paris", "population": 42, "capital": true}));
-    assert!(close(&floats(&lc["embed_query"]), &cat), "token ids from tiktoken embed the text");
+    assert_eq!(
+        lc["tool_calls"],
+        json!([{"name": "get_weather", "args": {"location": "Paris"}}]),
+        "{lc}"
+    );
+    assert_eq!(
+        lc["structured"],
+        json!({"name": "Paris", "population": 42, "capital": true})
+    );
+    assert!(
+        close(&floats(&lc["embed_query"]), &cat),
+        "token ids from tiktoken embed the text"
+    );
 }
 
 #[tokio::test]
@@ -396,21 +570,35 @@ async fn the_node_openai_sdk_and_the_vercel_ai_sdk_work_unmodified() {
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let seen: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
 
     let e = &seen["embeddings"];
     let cat = LocalEmbedder::vector("the cat sat");
     assert_eq!(e["vectors"][0].as_array().map(Vec::len), Some(384), "{e}");
-    assert_eq!(floats(&e["vectors"][0]), cat, "base64 by default, decoded to the exact f32s");
-    assert_eq!(floats(&e["vectors"][1]), LocalEmbedder::vector("stock prices"));
+    assert_eq!(
+        floats(&e["vectors"][0]),
+        cat,
+        "base64 by default, decoded to the exact f32s"
+    );
+    assert_eq!(
+        floats(&e["vectors"][1]),
+        LocalEmbedder::vector("stock prices")
+    );
     assert!(close(&floats(&e["float"]), &cat));
 
     let t = &seen["tools"];
     assert_eq!(t["finish_reason"], "tool_calls", "{t}");
     assert_eq!(t["name"], "get_weather");
-    assert_eq!(t["arguments"], json!({"location": "Paris", "unit": "celsius"}));
+    assert_eq!(
+        t["arguments"],
+        json!({"location": "Paris", "unit": "celsius"})
+    );
     assert_eq!(t["answer"], "Tool get_weather returned: 22C and sunny");
     assert_eq!(t["stream_finish"], "tool_calls");
     assert_eq!(t["stream_name"], "get_weather");
@@ -418,15 +606,26 @@ async fn the_node_openai_sdk_and_the_vercel_ai_sdk_work_unmodified() {
     assert_eq!(t["stream_id_matches"], true);
     assert!(t["stream_deltas"].as_u64().unwrap() > 2);
 
-    assert_eq!(seen["parse"], json!({"name": "Paris", "population": 42, "capital": true}), "{seen}");
-    assert_eq!(seen["refused"], json!({"status": 400, "param": "logprobs", "code": "unsupported_parameter"}));
+    assert_eq!(
+        seen["parse"],
+        json!({"name": "Paris", "population": 42, "capital": true}),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["refused"],
+        json!({"status": 400, "param": "logprobs", "code": "unsupported_parameter"})
+    );
 
     let s = &seen["ai_stream"];
     assert_eq!(s["text"], reply_tokens("Say hello", 20).concat(), "{s}");
     assert!(s["parts"].as_u64().unwrap() > 1, "streamed, not one piece");
     assert_eq!(s["finish"], "stop");
     assert_eq!(s["usage"]["outputTokens"], 20);
-    assert_eq!(seen["ai_object"], json!({"name": "Paris", "population": 42, "capital": true}), "{seen}");
+    assert_eq!(
+        seen["ai_object"],
+        json!({"name": "Paris", "population": 42, "capital": true}),
+        "{seen}"
+    );
 }
 
 #[tokio::test]
@@ -472,7 +671,10 @@ async fn tools_pass_through_to_openai_translate_to_anthropic_and_refusals_name_t
     assert_eq!(sent["frequency_penalty"], -0.5);
     assert_eq!(sent["user"], "end-user-1");
     assert_eq!(sent["messages"][1]["tool_calls"], history[1]["tool_calls"]);
-    assert_eq!(sent["messages"][2], json!({"role": "tool", "tool_call_id": "call_1", "content": "22C"}));
+    assert_eq!(
+        sent["messages"][2],
+        json!({"role": "tool", "tool_call_id": "call_1", "content": "22C"})
+    );
 
     // Anthropic: tools and tool turns translated to its blocks.
     let res = post(&app, key, "/v1/chat/completions", json!({"model": "claude-3-5-haiku-latest",
@@ -480,14 +682,26 @@ async fn tools_pass_through_to_openai_translate_to_anthropic_and_refusals_name_t
         "user": "end-user-1"})).await;
     assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
     let sent = mock.last_request().unwrap().body;
-    assert_eq!(sent["tools"], json!([{"name": "get_weather", "description": "Current weather for a city",
-        "input_schema": tool["function"]["parameters"]}]));
-    assert_eq!(sent["tool_choice"], json!({"type": "any", "disable_parallel_tool_use": true}));
+    assert_eq!(
+        sent["tools"],
+        json!([{"name": "get_weather", "description": "Current weather for a city",
+        "input_schema": tool["function"]["parameters"]}])
+    );
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "any", "disable_parallel_tool_use": true})
+    );
     assert_eq!(sent["metadata"], json!({"user_id": "end-user-1"}));
-    assert_eq!(sent["messages"][1], json!({"role": "assistant", "content": [{"type": "tool_use",
-        "id": "call_1", "name": "get_weather", "input": {"location": "Paris", "unit": "celsius"}}]}));
-    assert_eq!(sent["messages"][2], json!({"role": "user", "content": [{"type": "tool_result",
-        "tool_use_id": "call_1", "content": "22C"}]}));
+    assert_eq!(
+        sent["messages"][1],
+        json!({"role": "assistant", "content": [{"type": "tool_use",
+        "id": "call_1", "name": "get_weather", "input": {"location": "Paris", "unit": "celsius"}}]})
+    );
+    assert_eq!(
+        sent["messages"][2],
+        json!({"role": "user", "content": [{"type": "tool_result",
+        "tool_use_id": "call_1", "content": "22C"}]})
+    );
 
     // What Anthropic cannot honour is refused by name, before anything is sent.
     let before = mock.request_count();
@@ -505,11 +719,23 @@ async fn tools_pass_through_to_openai_translate_to_anthropic_and_refusals_name_t
         let err: Value = res.json().await.unwrap();
         assert_eq!(err["error"]["param"], param, "{err}");
         assert_eq!(err["error"]["code"], "unsupported_parameter");
-        assert!(err["error"]["message"].as_str().unwrap().contains("anthropic"), "{err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("anthropic"),
+            "{err}"
+        );
     }
     // The Responses API goes through the same check.
-    let res = post(&app, key, "/v1/responses", json!({"model": "claude-3-5-haiku-latest", "input": "x",
-        "text": {"format": {"type": "json_object"}}})).await;
+    let res = post(
+        &app,
+        key,
+        "/v1/responses",
+        json!({"model": "claude-3-5-haiku-latest", "input": "x",
+        "text": {"format": {"type": "json_object"}}}),
+    )
+    .await;
     assert_eq!(res.status(), 400);
     assert_eq!(res.json::<Value>().await.unwrap()["error"]["param"], "text");
     assert_eq!(mock.request_count(), before, "nothing reached the provider");

@@ -413,8 +413,10 @@ impl ToolCalls {
     fn to_json(&self) -> Value {
         self.0
             .iter()
-            .map(|c| json!({"id": c.id, "type": "function",
-                           "function": {"name": c.name, "arguments": c.arguments}}))
+            .map(|c| {
+                json!({"id": c.id, "type": "function",
+                           "function": {"name": c.name, "arguments": c.arguments}})
+            })
             .collect()
     }
 }
@@ -425,7 +427,9 @@ fn delta_json(d: &ToolCallDelta) -> Value {
     match (&d.id, &d.name) {
         (Some(id), name) => json!({"index": d.index, "id": id, "type": "function",
                                    "function": {"name": name, "arguments": d.arguments}}),
-        (None, Some(name)) => json!({"index": d.index, "function": {"name": name, "arguments": d.arguments}}),
+        (None, Some(name)) => {
+            json!({"index": d.index, "function": {"name": name, "arguments": d.arguments}})
+        }
         (None, None) => json!({"index": d.index, "function": {"arguments": d.arguments}}),
     }
 }

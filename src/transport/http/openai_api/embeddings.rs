@@ -189,10 +189,20 @@ async fn embed(state: AppState, headers: HeaderMap, body: Bytes) -> Result<Respo
         })?;
     let data: Vec<Value> = vectors
         .into_iter()
-        .map(|v| if dims < DIMENSIONS { shorten(v, dims) } else { v })
+        .map(|v| {
+            if dims < DIMENSIONS {
+                shorten(v, dims)
+            } else {
+                v
+            }
+        })
         .enumerate()
         .map(|(i, v)| {
-            let embedding = if base64 { json!(base64_of(&v)) } else { json!(v) };
+            let embedding = if base64 {
+                json!(base64_of(&v))
+            } else {
+                json!(v)
+            };
             json!({"object": "embedding", "index": i, "embedding": embedding})
         })
         .collect();

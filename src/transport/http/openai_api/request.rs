@@ -44,7 +44,12 @@ fn tool_def(f: &Value) -> Result<ToolDef, OaiError> {
                 && n.chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         })
-        .ok_or_else(|| bad("tools", "each function needs a name of 1-64 of a-z A-Z 0-9 _ -"))?;
+        .ok_or_else(|| {
+            bad(
+                "tools",
+                "each function needs a name of 1-64 of a-z A-Z 0-9 _ -",
+            )
+        })?;
     let parameters = match f.get("parameters") {
         None | Some(Value::Null) => serde_json::json!({"type": "object", "properties": {}}),
         Some(p) if p.is_object() => p.clone(),
@@ -63,7 +68,9 @@ fn tool_def(f: &Value) -> Result<ToolDef, OaiError> {
 
 /// Chat Completions tools: `[{"type": "function", "function": {...}}]`.
 pub fn chat_tools(v: &Value) -> Result<Vec<ToolDef>, OaiError> {
-    let list = v.as_array().ok_or_else(|| bad("tools", "must be an array"))?;
+    let list = v
+        .as_array()
+        .ok_or_else(|| bad("tools", "must be an array"))?;
     list.iter()
         .map(|t| match t.get("type").and_then(Value::as_str) {
             Some("function") => tool_def(t.get("function").unwrap_or(&Value::Null)),
@@ -77,7 +84,9 @@ pub fn chat_tools(v: &Value) -> Result<Vec<ToolDef>, OaiError> {
 
 /// Responses tools: `[{"type": "function", "name", "parameters", ...}]`.
 pub fn responses_tools(v: &Value) -> Result<Vec<ToolDef>, OaiError> {
-    let list = v.as_array().ok_or_else(|| bad("tools", "must be an array"))?;
+    let list = v
+        .as_array()
+        .ok_or_else(|| bad("tools", "must be an array"))?;
     list.iter()
         .map(|t| match t.get("type").and_then(Value::as_str) {
             Some("function") => tool_def(t),
@@ -107,7 +116,12 @@ pub fn tool_choice(v: &Value, tools: &[ToolDef]) -> Result<ToolChoice, OaiError>
                 .ok_or_else(|| bad("tool_choice", "a function choice needs its name"))?;
             ToolChoice::Function(name.to_owned())
         }
-        _ => return Err(bad("tool_choice", "must be none, auto, required or a function")),
+        _ => {
+            return Err(bad(
+                "tool_choice",
+                "must be none, auto, required or a function",
+            ));
+        }
     };
     if choice != ToolChoice::None && tools.is_empty() {
         return Err(bad("tool_choice", "is only allowed when tools are given"));

@@ -96,7 +96,10 @@ fn content_text(content: &Value) -> Result<String, OaiError> {
             Ok(text)
         }
         Value::Null => Ok(String::new()),
-        _ => Err(bad("input", "content must be a string or an array of parts")),
+        _ => Err(bad(
+            "input",
+            "content must be a string or an array of parts",
+        )),
     }
 }
 
@@ -123,7 +126,10 @@ fn prompt(input: &Value, instructions: Option<&str>) -> Result<Vec<PromptMessage
         _ => return Err(bad("input", "must be a string or an array of input items")),
     };
     for item in items {
-        let kind = item.get("type").and_then(Value::as_str).unwrap_or("message");
+        let kind = item
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("message");
         let text = |k: &str| item.get(k).and_then(Value::as_str).map(str::to_owned);
         match kind {
             "message" => {
@@ -143,7 +149,8 @@ fn prompt(input: &Value, instructions: Option<&str>) -> Result<Vec<PromptMessage
                 let call = ToolCall {
                     id: text("call_id")
                         .ok_or_else(|| bad("input", "a function_call needs its call_id"))?,
-                    name: text("name").ok_or_else(|| bad("input", "a function_call needs its name"))?,
+                    name: text("name")
+                        .ok_or_else(|| bad("input", "a function_call needs its name"))?,
                     arguments: text("arguments").unwrap_or_default(),
                 };
                 // Calls made in one turn belong to one assistant message.
@@ -166,8 +173,9 @@ fn prompt(input: &Value, instructions: Option<&str>) -> Result<Vec<PromptMessage
                     role: "tool".into(),
                     content: output,
                     tool_call_id: Some(
-                        text("call_id")
-                            .ok_or_else(|| bad("input", "a function_call_output needs its call_id"))?,
+                        text("call_id").ok_or_else(|| {
+                            bad("input", "a function_call_output needs its call_id")
+                        })?,
                     ),
                     ..PromptMessage::default()
                 });
@@ -392,8 +400,10 @@ impl Echo {
         let tools: Vec<Value> = o
             .tools
             .iter()
-            .map(|t| json!({"type": "function", "name": t.name, "description": t.description,
-                            "parameters": t.parameters, "strict": t.strict.unwrap_or(false)}))
+            .map(|t| {
+                json!({"type": "function", "name": t.name, "description": t.description,
+                            "parameters": t.parameters, "strict": t.strict.unwrap_or(false)})
+            })
             .collect();
         let tool_choice = match &o.tool_choice {
             None => json!("auto"),
@@ -606,7 +616,11 @@ impl Builder {
                     self.close_calls(&mut out);
                     self.usage = Some(e.usage);
                     self.incomplete = e.finish_reason == "length";
-                    self.status = if self.incomplete { "incomplete" } else { "completed" };
+                    self.status = if self.incomplete {
+                        "incomplete"
+                    } else {
+                        "completed"
+                    };
                     let kind = if self.incomplete {
                         "response.incomplete"
                     } else {
@@ -660,7 +674,10 @@ impl Builder {
         }
         if !d.arguments.is_empty() {
             self.calls[slot].call.arguments.push_str(&d.arguments);
-            let (id, index) = (self.calls[slot].item_id.clone(), self.calls[slot].output_index);
+            let (id, index) = (
+                self.calls[slot].item_id.clone(),
+                self.calls[slot].output_index,
+            );
             out.push(self.event(
                 "response.function_call_arguments.delta",
                 json!({"item_id": id, "output_index": index, "delta": d.arguments}),
