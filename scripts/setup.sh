@@ -170,13 +170,27 @@ fi
 
 # --- 6. the official OpenAI SDK, for the compatibility test -------------------------
 # A venv of the project's own (PyPI), so nothing is installed system-wide.
+# LangChain's OpenAI integration too (tests/api/sdk_compat.rs).
 venv="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv-tests"
-if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import openai' >/dev/null 2>&1; then
-  log "openai SDK for tests: present"
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import openai, langchain_openai' >/dev/null 2>&1; then
+  log "openai SDK and langchain-openai for tests: present"
 else
-  log "openai SDK for tests: installing into .venv-tests"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.40,<2'
+  log "openai SDK and langchain-openai for tests: installing into .venv-tests"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.92,<2' 'langchain-openai==1.1.9'
+fi
+
+# --- 6b. the Node SDKs (openai, the Vercel AI SDK), pinned by tests/sdk/node/package-lock.json
+sdk_node="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/sdk/node"
+command -v npm >/dev/null 2>&1 || die "npm not found (Node 20 + npm are required)"
+sdk_stamp="$sdk_node/node_modules/.lock-sha256"
+sdk_lock=$(sha256sum "$sdk_node/package-lock.json" | cut -d' ' -f1)
+if [ -f "$sdk_stamp" ] && [ "$(cat "$sdk_stamp")" = "$sdk_lock" ]; then
+  log "Node SDKs for tests: up to date"
+else
+  log "Node SDKs for tests: installing (npm ci)"
+  (cd "$sdk_node" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$sdk_lock" > "$sdk_stamp"
 fi
 
 # --- 7. the browser client: npm packages, and Chromium for its browser tests --------

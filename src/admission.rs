@@ -153,6 +153,10 @@ impl Admission {
             {
                 metrics::counter!("switchboard_rate_limited_total", "limit" => "messages")
                     .increment(1);
+                // Info, not debug: a newcomer whose SDK silently retries a 429
+                // should find why in the server log.
+                tracing::info!(%scope, limit, plan = %p.plan, retry_after_secs = count.resets_in.as_secs(),
+                    "refused: messages-per-minute limit reached");
                 return Err(AdmitError::RateLimited {
                     retry_after: count.resets_in,
                 });
@@ -164,6 +168,8 @@ impl Admission {
                 if used.count >= u64::from(plan.tokens_per_minute) {
                     metrics::counter!("switchboard_rate_limited_total", "limit" => "tokens")
                         .increment(1);
+                    tracing::info!(%scope, limit = plan.tokens_per_minute, plan = %p.plan,
+                        "refused: tokens-per-minute limit reached");
                     return Err(AdmitError::RateLimited {
                         retry_after: used.resets_in.max(Duration::from_secs(1)),
                     });
@@ -175,6 +181,8 @@ impl Admission {
             .await
             .map_err(|e| match e {
                 BudgetError::Exceeded { retry_after, .. } => {
+                    tracing::info!(workspace_id = %p.workspace_id, plan = %p.plan, why = %e,
+                        "refused: budget exhausted");
                     AdmitError::BudgetExceeded(e.to_string(), retry_after)
                 }
                 BudgetError::Unavailable => AdmitError::Unavailable,

@@ -47,6 +47,7 @@ pub mod error;
 pub mod generation;
 pub mod import;
 pub mod limits;
+pub mod metric_docs;
 pub mod protocol;
 pub mod providers;
 pub mod state;

@@ -68,9 +68,52 @@ enum WorkerKind {
     Email,
 }
 
+/// `validate-config`: every problem, even past a value that cannot be read,
+/// and a warning for each `SWITCHBOARD_*` variable that names no setting.
+fn validate_config() -> ExitCode {
+    let env = match switchboard::config::AppEnv::from_env() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("1 configuration problem(s):\n  - {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (problems, warnings) = switchboard::config::check::report(
+        std::path::Path::new("config"),
+        env,
+        std::env::vars().collect(),
+    );
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    if problems.is_empty() {
+        println!("configuration OK ({})", env.as_str());
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "{} configuration problem(s) ({}):",
+        problems.len(),
+        env.as_str()
+    );
+    for p in problems {
+        eprintln!("  - {p}");
+    }
+    ExitCode::FAILURE
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `.env` as `.env.example` implies; variables already set win (dotenvy
+    // never overrides), so the shell and the service manager keep the last word.
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("warning: .env not loaded: {e}");
+    }
     let cli = Cli::parse();
+    if matches!(cli.command, Command::ValidateConfig) {
+        return validate_config();
+    }
     let config = match Config::load() {
         Ok(c) => c,
         Err(e) => {
@@ -79,22 +122,7 @@ async fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::ValidateConfig => {
-            let problems = config.problems();
-            if problems.is_empty() {
-                println!("configuration OK ({})", config.env.as_str());
-                return ExitCode::SUCCESS;
-            }
-            eprintln!(
-                "{} configuration problem(s) ({}):",
-                problems.len(),
-                config.env.as_str()
-            );
-            for p in problems {
-                eprintln!("  - {p}");
-            }
-            ExitCode::FAILURE
-        }
+        Command::ValidateConfig => validate_config(),
         Command::Migrate => {
             telemetry::init_tracing(config.server.log_format);
             let result = async { app::migrate(&app::db_pool(&config)?).await }.await;

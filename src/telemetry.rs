@@ -42,11 +42,13 @@ pub fn init_tracing(format: LogFormat) {
 )]
 pub fn install_metrics() -> &'static PrometheusHandle {
     PROMETHEUS.get_or_init(|| {
-        PrometheusBuilder::new()
+        let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
             .expect("non-empty buckets")
             .install_recorder()
-            .expect("the only metrics recorder in this process")
+            .expect("the only metrics recorder in this process");
+        crate::metric_docs::register();
+        handle
     })
 }
 

@@ -346,6 +346,11 @@ impl ProviderRegistry {
         self.actors.get(name).is_some()
     }
 
+    /// The running provider's client, to ask what it supports.
+    pub fn provider(&self, name: &str) -> Option<Arc<dyn ChatProvider>> {
+        self.actors.get(name).map(|h| h.extra)
+    }
+
     /// Requests and tokens in the provider's one-minute windows.
     pub async fn windows(&self, name: &str) -> Option<(usize, u32)> {
         let actor = self.actors.get(name)?.actor;

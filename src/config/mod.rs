@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 mod accounts;
 mod billing;
+pub mod check;
 mod documents;
 pub mod pricing;
 mod validate;

@@ -170,6 +170,7 @@ pub fn build_context(hits: Vec<Hit>, budget: u32) -> Option<Context> {
         message: PromptMessage {
             role: "system".to_owned(),
             content: text,
+            ..PromptMessage::default()
         },
         citations,
     })

@@ -39,7 +39,7 @@ use crate::{
     actors::{persistence::UsageMsg, provider::ProviderRegistry},
     admission::Admission,
     config::{RoutingConfig, pricing::PriceTable},
-    providers::{ChatRequest, ProviderError, Usage, router::Router},
+    providers::{ChatRequest, ProviderError, ToolCallDelta, Usage, router::Router},
 };
 
 /// What a generation tells whoever started it.
@@ -53,6 +53,8 @@ pub enum GenEvent {
     },
     /// Pieces of the answer, in order; tokens that were already waiting come together.
     Tokens(Vec<String>),
+    /// Pieces of tool calls, in order (only when the request offered tools).
+    ToolCalls(Vec<ToolCallDelta>),
     /// The end, after billing: always the last event.
     Ended(Ending),
 }

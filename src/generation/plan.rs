@@ -7,11 +7,26 @@ use crate::{
     budget::Reservation,
     config::pricing::ModelPrice,
     providers::{
-        PromptMessage,
+        ChatRequest, PromptMessage,
         router::{Candidate, RouteError, worst_case_micros},
-        tokenizer,
+        tokenizer, unsupported_param,
     },
 };
+
+/// What tool definitions and tool calls add to a prompt, as text to count.
+fn tools_text(request: &ChatRequest) -> String {
+    let mut text = String::new();
+    for t in &request.options.tools {
+        text.push_str(&t.to_openai().to_string());
+    }
+    for m in &request.messages {
+        for c in &m.tool_calls {
+            text.push_str(&c.name);
+            text.push_str(&c.arguments);
+        }
+    }
+    text
+}
 
 use super::Generations;
 
@@ -25,6 +40,12 @@ pub enum PlanError {
         "the server is shutting down: send again (another node, or this one once restarted, answers)"
     )]
     ShuttingDown,
+    /// The provider that would answer cannot honour a parameter of the request.
+    #[error("{param}: not supported by provider {provider}")]
+    Unsupported {
+        param: &'static str,
+        provider: String,
+    },
 }
 
 /// An admitted generation that has not started: it holds a budget
@@ -51,18 +72,39 @@ impl Generations {
         requested_model: Option<&str>,
         max_tokens: u32,
     ) -> Result<Planned, PlanError> {
+        let prompt_tokens = tokenizer::count_prompt(prompt);
+        self.admit_route(payer, prompt_tokens, requested_model, max_tokens, |_| None)
+            .await
+    }
+
+    /// Routes (leaving out candidates `refuses` names a parameter for; the
+    /// first one refusing refuses the request), then admits the worst case.
+    async fn admit_route(
+        &self,
+        payer: Payer,
+        prompt_tokens: u32,
+        requested_model: Option<&str>,
+        max_tokens: u32,
+        refuses: impl Fn(&Candidate) -> Option<&'static str>,
+    ) -> Result<Planned, PlanError> {
         if self.draining.is_cancelled() {
             return Err(PlanError::ShuttingDown);
         }
-        let prompt_tokens = tokenizer::count_prompt(prompt);
         let providers = &self.providers;
-        let candidates = self.router.candidates(
+        let mut candidates = self.router.candidates(
             &payer.plan,
             prompt_tokens,
             requested_model,
             &self.pricing,
             &|p| providers.contains(p),
         )?;
+        if let Some(param) = candidates.first().and_then(&refuses) {
+            return Err(PlanError::Unsupported {
+                param,
+                provider: candidates[0].provider.clone(),
+            });
+        }
+        candidates.retain(|c| refuses(c).is_none());
         let worst_micros = worst_case_micros(&self.pricing, &candidates, prompt_tokens, max_tokens);
         let reservation = self.admission.admit(&payer, worst_micros).await?;
         Ok(Planned::admitted(
@@ -73,6 +115,34 @@ impl Generations {
             worst_micros,
             reservation,
         ))
+    }
+
+    /// [`Generations::plan`] for a request that may carry tools, structured
+    /// output or sampling options: a candidate whose provider cannot honour
+    /// one of them is left out, so a fallback never drops a parameter
+    /// silently; when the first one cannot, the request is refused naming it.
+    pub async fn plan_request(
+        &self,
+        payer: Payer,
+        request: &ChatRequest,
+        requested_model: Option<&str>,
+    ) -> Result<Planned, PlanError> {
+        let prompt_tokens = tokenizer::count_prompt(&request.messages)
+            .saturating_add(tokenizer::count_tokens(&tools_text(request)));
+        let providers = &self.providers;
+        let refuses = |c: &Candidate| {
+            providers
+                .provider(&c.provider)
+                .and_then(|p| unsupported_param(&*p, request))
+        };
+        self.admit_route(
+            payer,
+            prompt_tokens,
+            requested_model,
+            request.max_tokens,
+            refuses,
+        )
+        .await
     }
 
     /// What a plan may ask for by name, by the same rule as [`Generations::plan`]:

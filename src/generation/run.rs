@@ -11,7 +11,7 @@ use super::{
     attempt::{OpenError, Opened, log_served, open_first},
     billing::Bill,
 };
-use crate::providers::{ChatRequest, EventStream, ProviderError, StreamEvent};
+use crate::providers::{ChatRequest, EventStream, ProviderError, StreamEvent, tokenizer};
 
 /// Most tokens delivered in one event.
 const COALESCE: usize = 64;
@@ -112,7 +112,10 @@ async fn relay(
         };
         let mut ready = vec![head];
         while ready.len() < COALESCE
-            && matches!(ready.last(), Some(Some(Ok(StreamEvent::Token(_)))))
+            && matches!(
+                ready.last(),
+                Some(Some(Ok(StreamEvent::Token(_) | StreamEvent::ToolCall(_))))
+            )
         {
             match stream.next().now_or_never() {
                 Some(ev) => ready.push(ev),
@@ -120,9 +123,21 @@ async fn relay(
             }
         }
         let mut tokens = Vec::new();
+        let mut calls = Vec::new();
         let mut end: Option<End> = None;
         for ev in ready {
             match ev {
+                Some(Ok(StreamEvent::ToolCall(d))) => {
+                    // Tool-call text is output like any other, billed and capped the same.
+                    let n = tokenizer::count_tokens(&d.arguments)
+                        + d.name.as_deref().map_or(0, tokenizer::count_tokens);
+                    if bill.produced + tokens.len() as u32 + n > max_tokens {
+                        end = Some((Status::Complete, "length".into(), None));
+                        break;
+                    }
+                    bill.produced += n;
+                    calls.push(d);
+                }
                 Some(Ok(StreamEvent::Token(t))) => {
                     // A provider that ignores max_tokens is cut off here: the
                     // reservation covered max_tokens, not what it chose to send.
@@ -153,6 +168,9 @@ async fn relay(
             bill.produced += n;
             metrics::counter!("switchboard_tokens_streamed_total").increment(u64::from(n));
             listening = sink.deliver(GenEvent::Tokens(tokens)).await;
+        }
+        if !calls.is_empty() && listening {
+            listening = sink.deliver(GenEvent::ToolCalls(calls)).await;
         }
         if let Some(end) = end {
             break end;

@@ -12,6 +12,15 @@
 //!   `message_stop` (the end marker). `ping`, block starts and stops, and event
 //!   types this module does not know are ignored, as Anthropic's versioning
 //!   policy asks.
+//! - Tools: OpenAI's function tools become `tools` with `input_schema`;
+//!   `tool_choice` auto/required/none/a function becomes auto/any/none/tool,
+//!   `parallel_tool_calls: false` sets `disable_parallel_tool_use`; assistant
+//!   tool calls go out as `tool_use` blocks and `tool` turns as `tool_result`
+//!   blocks of one user turn. A streamed `tool_use` block comes back as
+//!   OpenAI-style tool-call pieces (its start: id and name; each
+//!   `input_json_delta`: arguments). `user` goes to `metadata.user_id`.
+//!   `response_format`, `seed`, the penalties and logprobs have no Anthropic
+//!   equivalent and are refused.
 //! - An `error` event maps by its type: `overloaded_error` → `Upstream{529}`,
 //!   `api_error` → `Upstream{500}`, `rate_limit_error` → `RateLimited`,
 //!   authentication and permission errors → `Unauthorized`, anything else →
@@ -23,11 +32,11 @@
 use std::collections::VecDeque;
 
 use eventsource_stream::Event;
-use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::{
-    ChatProvider, ChatRequest, EventStream, PromptMessage, ProviderError, StreamEvent, Usage,
+    ChatProvider, ChatRequest, EventStream, PromptMessage, ProviderError, StreamEvent,
+    ToolCallDelta, ToolChoice, Usage,
     http::{self, SseDecoder},
     tokenizer,
 };
@@ -43,28 +52,6 @@ pub struct AnthropicProvider {
     api_key: Secret,
     default_model: String,
     client: reqwest::Client,
-}
-
-#[derive(Debug, Serialize)]
-struct MessagesRequest<'a> {
-    model: &'a str,
-    max_tokens: u32,
-    messages: Vec<Message<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<String>,
-    stream: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_p: Option<f32>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    stop_sequences: &'a [String],
-}
-
-#[derive(Debug, Serialize)]
-struct Message<'a> {
-    role: &'static str,
-    content: &'a str,
 }
 
 impl AnthropicProvider {
@@ -84,45 +71,107 @@ impl AnthropicProvider {
         self
     }
 
-    fn body<'a>(&'a self, request: &'a ChatRequest) -> MessagesRequest<'a> {
+    fn body(&self, request: &ChatRequest) -> Value {
         let system: Vec<&str> = request
             .messages
             .iter()
             .filter(|m| m.role == "system")
             .map(|m| m.content.as_str())
             .collect();
-        let messages = request
-            .messages
-            .iter()
-            .filter(|m| m.role != "system")
-            .map(|m| Message {
-                role: if m.role == "assistant" {
-                    "assistant"
-                } else {
-                    "user"
-                },
-                content: &m.content,
-            })
-            .collect();
-        MessagesRequest {
-            model: if request.model.is_empty() {
-                &self.default_model
+        let mut body = json!({
+            "model": if request.model.is_empty() { &self.default_model } else { &request.model },
+            "max_tokens": if request.max_tokens == 0 { DEFAULT_MAX_TOKENS } else { request.max_tokens },
+            "messages": messages(&request.messages),
+            "stream": true,
+        });
+        if !system.is_empty() {
+            body["system"] = json!(system.join("\n\n"));
+        }
+        if let Some(t) = request.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(p) = request.top_p {
+            body["top_p"] = json!(p);
+        }
+        if !request.stop.is_empty() {
+            body["stop_sequences"] = json!(request.stop);
+        }
+        let o = &request.options;
+        if !o.tools.is_empty() {
+            let tools: Vec<Value> = o
+                .tools
+                .iter()
+                .map(|t| {
+                    let mut tool = json!({"name": t.name, "input_schema": t.parameters});
+                    if let Some(d) = &t.description {
+                        tool["description"] = json!(d);
+                    }
+                    tool
+                })
+                .collect();
+            body["tools"] = json!(tools);
+        }
+        let mut choice = o.tool_choice.as_ref().map(|c| match c {
+            ToolChoice::None => json!({"type": "none"}),
+            ToolChoice::Auto => json!({"type": "auto"}),
+            ToolChoice::Required => json!({"type": "any"}),
+            ToolChoice::Function(name) => json!({"type": "tool", "name": name}),
+        });
+        if o.parallel_tool_calls == Some(false) && !o.tools.is_empty() {
+            choice
+                .get_or_insert_with(|| json!({"type": "auto"}))
+                .as_object_mut()
+                .map(|c| c.insert("disable_parallel_tool_use".into(), json!(true)));
+        }
+        if let Some(c) = choice {
+            body["tool_choice"] = c;
+        }
+        if let Some(u) = &o.user {
+            body["metadata"] = json!({"user_id": u});
+        }
+        body
+    }
+}
+
+/// The conversation in Anthropic's turns: assistant tool calls become
+/// `tool_use` blocks, tool results `tool_result` blocks of one user turn.
+fn messages(prompt: &[PromptMessage]) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut results: Vec<Value> = Vec::new();
+    for m in prompt.iter().filter(|m| m.role != "system") {
+        if m.role == "tool" {
+            results.push(json!({"type": "tool_result",
+                                "tool_use_id": m.tool_call_id.as_deref().unwrap_or_default(),
+                                "content": m.content}));
+            continue;
+        }
+        if !results.is_empty() {
+            out.push(json!({"role": "user", "content": std::mem::take(&mut results)}));
+        }
+        if m.role == "assistant" && !m.tool_calls.is_empty() {
+            let mut blocks = Vec::new();
+            if !m.content.is_empty() {
+                blocks.push(json!({"type": "text", "text": m.content}));
+            }
+            for c in &m.tool_calls {
+                let input: Value = serde_json::from_str(&c.arguments).unwrap_or_else(|_| json!({}));
+                blocks
+                    .push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input}));
+            }
+            out.push(json!({"role": "assistant", "content": blocks}));
+        } else {
+            let role = if m.role == "assistant" {
+                "assistant"
             } else {
-                &request.model
-            },
-            max_tokens: if request.max_tokens == 0 {
-                DEFAULT_MAX_TOKENS
-            } else {
-                request.max_tokens
-            },
-            messages,
-            system: (!system.is_empty()).then(|| system.join("\n\n")),
-            stream: true,
-            temperature: request.temperature,
-            top_p: request.top_p,
-            stop_sequences: &request.stop,
+                "user"
+            };
+            out.push(json!({"role": role, "content": m.content}));
         }
     }
+    if !results.is_empty() {
+        out.push(json!({"role": "user", "content": results}));
+    }
+    out
 }
 
 impl ChatProvider for AnthropicProvider {
@@ -132,6 +181,15 @@ impl ChatProvider for AnthropicProvider {
 
     fn default_model(&self) -> &str {
         &self.default_model
+    }
+
+    /// Tools translate; Anthropic has no `response_format`, `seed`,
+    /// penalties or logprobs, so those are refused.
+    fn supports(&self, param: &str) -> bool {
+        matches!(
+            param,
+            "tools" | "tool_choice" | "parallel_tool_calls" | "user"
+        )
     }
 
     fn stream(&self, request: ChatRequest) -> EventStream {
@@ -154,6 +212,8 @@ impl ChatProvider for AnthropicProvider {
 struct AnthropicDecoder {
     prompt: Vec<PromptMessage>,
     text: String,
+    /// Content block index → tool call index, for `tool_use` blocks.
+    tool_blocks: Vec<(u64, u32)>,
     input_tokens: Option<u32>,
     output_tokens: Option<u32>,
     stop_reason: Option<String>,
@@ -164,6 +224,7 @@ impl AnthropicDecoder {
         Self {
             prompt,
             text: String::new(),
+            tool_blocks: Vec::new(),
             input_tokens: None,
             output_tokens: None,
             stop_reason: None,
@@ -226,6 +287,31 @@ impl SseDecoder for AnthropicDecoder {
                 let delta = value.get("delta").ok_or_else(|| {
                     ProviderError::Malformed("content_block_delta without delta".into())
                 })?;
+                if delta.get("type").and_then(Value::as_str) == Some("input_json_delta") {
+                    let block = value.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    let index = self
+                        .tool_blocks
+                        .iter()
+                        .find(|(b, _)| *b == block)
+                        .map(|(_, i)| *i)
+                        .ok_or_else(|| {
+                            ProviderError::Malformed(
+                                "input_json_delta outside a tool_use block".into(),
+                            )
+                        })?;
+                    let part = delta
+                        .get("partial_json")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    if !part.is_empty() {
+                        self.text.push_str(part);
+                        out.push_back(StreamEvent::ToolCall(ToolCallDelta {
+                            index,
+                            arguments: part.to_owned(),
+                            ..ToolCallDelta::default()
+                        }));
+                    }
+                }
                 if delta.get("type").and_then(Value::as_str) == Some("text_delta") {
                     let text = delta.get("text").and_then(Value::as_str).ok_or_else(|| {
                         ProviderError::Malformed("text_delta without text".into())
@@ -234,6 +320,26 @@ impl SseDecoder for AnthropicDecoder {
                         self.text.push_str(text);
                         out.push_back(StreamEvent::Token(text.to_owned()));
                     }
+                }
+            }
+            "content_block_start" => {
+                let block = value.get("content_block");
+                if block.and_then(|b| b.get("type")).and_then(Value::as_str) == Some("tool_use") {
+                    let text = |k: &str| {
+                        block
+                            .and_then(|b| b.get(k))
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    };
+                    let index = self.tool_blocks.len() as u32;
+                    let at = value.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    self.tool_blocks.push((at, index));
+                    out.push_back(StreamEvent::ToolCall(ToolCallDelta {
+                        index,
+                        id: text("id"),
+                        name: text("name"),
+                        arguments: String::new(),
+                    }));
                 }
             }
             "message_delta" => {
@@ -253,7 +359,7 @@ impl SseDecoder for AnthropicDecoder {
                 return Ok(true);
             }
             "error" => return Err(stream_error(&value)),
-            _ => {} // ping, content_block_start/stop, and whatever comes next
+            _ => {} // ping, content_block_stop, and whatever comes next
         }
         Ok(false)
     }
@@ -315,6 +421,7 @@ mod tests {
         PromptMessage {
             role: role.into(),
             content: content.into(),
+            ..PromptMessage::default()
         }
     }
 
@@ -379,6 +486,43 @@ mod tests {
                 StreamEvent::Finish("length".into()),
             ]
         );
+    }
+
+    #[test]
+    fn tool_use_blocks_stream_as_tool_call_pieces() {
+        let mut d = AnthropicDecoder::new(vec![msg("user", "Hi")]);
+        let mut out = VecDeque::new();
+        for e in [
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Let me see."}}"#,
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{}}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"location\":"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"\"Paris\"}"}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":9}}"#,
+        ] {
+            assert!(!d.event(ev(e), &mut out).unwrap(), "{e}");
+        }
+        assert!(d.event(ev(r#"{"type":"message_stop"}"#), &mut out).unwrap());
+        let out: Vec<_> = out.into_iter().collect();
+        assert_eq!(out[0], StreamEvent::Token("Let me see.".into()));
+        assert_eq!(
+            out[1],
+            StreamEvent::ToolCall(ToolCallDelta {
+                index: 0,
+                id: Some("toolu_1".into()),
+                name: Some("get_weather".into()),
+                arguments: String::new(),
+            })
+        );
+        let args: String = out
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::ToolCall(d) => Some(d.arguments.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(args, r#"{"location":"Paris"}"#);
+        assert_eq!(out.last(), Some(&StreamEvent::Finish("tool_calls".into())));
     }
 
     #[test]

@@ -49,6 +49,12 @@ struct RunRequest<'a> {
     temperature: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f32>,
 }
 
 impl CloudflareProvider {
@@ -93,6 +99,12 @@ impl ChatProvider for CloudflareProvider {
         &self.default_model
     }
 
+    /// Workers AI's run API takes these three as OpenAI does; its tool and
+    /// JSON modes differ per model, so tools and `response_format` are refused.
+    fn supports(&self, param: &str) -> bool {
+        matches!(param, "seed" | "presence_penalty" | "frequency_penalty")
+    }
+
     fn stream(&self, request: ChatRequest) -> EventStream {
         let model = if request.model.is_empty() {
             &self.default_model
@@ -105,6 +117,9 @@ impl ChatProvider for CloudflareProvider {
             max_tokens: (request.max_tokens > 0).then_some(request.max_tokens),
             temperature: request.temperature,
             top_p: request.top_p,
+            seed: request.options.seed,
+            presence_penalty: request.options.presence_penalty,
+            frequency_penalty: request.options.frequency_penalty,
         };
         let builder = self
             .client

@@ -8,6 +8,7 @@ pub mod anthropic;
 pub mod cloudflare;
 pub mod embedding;
 pub mod openai;
+pub mod options;
 pub mod router;
 pub mod simulated;
 pub mod tokenizer;
@@ -16,10 +17,25 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 /// One turn of the conversation sent to a model.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+///
+/// An assistant turn may carry the tool calls it made; a `tool` turn is the
+/// result of one of them (`tool_call_id`). Both are empty for plain chat.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PromptMessage {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+/// A function call an assistant made: its id, the function and its JSON arguments (text).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -31,7 +47,11 @@ pub struct ChatRequest {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub stop: Vec<String>,
+    /// Tools, structured output and sampling options beyond the basics (`/v1` only).
+    pub options: GenOptions,
 }
+
+pub use self::options::{GenOptions, ResponseFormat, ToolChoice, ToolDef};
 
 /// Tokens in and out of one generation (defined with the prices that turn it into money).
 pub use crate::config::pricing::Usage;
@@ -44,6 +64,19 @@ pub enum StreamEvent {
     Usage(Usage),
     /// The answer ended; the reason is the provider's (`stop`, `length`, ...).
     Finish(String),
+    /// A piece of a tool call, as OpenAI streams it: the first piece of call
+    /// `index` carries its id and function name, later ones argument text.
+    ToolCall(ToolCallDelta),
+}
+
+/// One streamed piece of a tool call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolCallDelta {
+    /// Which call of this answer (0, 1, ...).
+    pub index: u32,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 /// Everything that can go wrong with a provider, in one shape, so routing can
@@ -113,6 +146,25 @@ pub trait ChatProvider: Send + Sync + 'static {
     fn default_model(&self) -> &str;
     /// Starts a streamed generation. Dropping the stream cancels it upstream.
     fn stream(&self, request: ChatRequest) -> EventStream;
+    /// Whether this provider honours the request parameter `param` (named as
+    /// in OpenAI's API: `tools`, `seed`, ...). A request using one it does not
+    /// is refused with a 400 naming it, never sent with the parameter dropped.
+    fn supports(&self, param: &str) -> bool {
+        let _ = param;
+        false
+    }
+}
+
+/// The first parameter of `request` that `provider` cannot honour.
+pub fn unsupported_param(
+    provider: &dyn ChatProvider,
+    request: &ChatRequest,
+) -> Option<&'static str> {
+    request
+        .options
+        .params()
+        .into_iter()
+        .find(|p| !provider.supports(p))
 }
 
 /// The chat providers the settings enable: the simulated one always, and each

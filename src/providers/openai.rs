@@ -23,6 +23,11 @@
 //!   leaving out `created`, or inventing a `finish_reason`) is read leniently
 //!   for its content, finish reason and usage; only a chunk that is not JSON, or
 //!   has neither `choices` nor `usage`, is [`ProviderError::Malformed`].
+//! - Tools, tool choice, `response_format`, `seed`, the penalties and `user`
+//!   go out as OpenAI's own fields; assistant turns with `tool_calls` and
+//!   `tool` turns are written as OpenAI's messages; streamed `tool_calls`
+//!   pieces come back as [`StreamEvent::ToolCall`]. `logprobs` is refused
+//!   (the stream engine does not carry them back).
 //! - `data: {"error": {...}}` in the middle of a stream (OpenAI and OpenRouter
 //!   send it) ends the stream with the error's status code as
 //!   [`ProviderError::Upstream`] (502 when it names none).
@@ -36,10 +41,11 @@ use async_openai::types::chat::{
     CreateChatCompletionStreamResponse, StopConfiguration,
 };
 use eventsource_stream::Event;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::{
-    ChatProvider, ChatRequest, EventStream, PromptMessage, ProviderError, StreamEvent, Usage,
+    ChatProvider, ChatRequest, EventStream, PromptMessage, ProviderError, StreamEvent,
+    ToolCallDelta, Usage,
     http::{self, SseDecoder},
     tokenizer,
 };
@@ -85,7 +91,7 @@ impl OpenAiProvider {
         deprecated,
         reason = "max_tokens is what OpenAI-compatible servers read"
     )]
-    fn body(&self, request: &ChatRequest) -> CreateChatCompletionRequest {
+    fn typed_body(&self, request: &ChatRequest) -> CreateChatCompletionRequest {
         let max_tokens = (request.max_tokens > 0).then_some(request.max_tokens);
         let (max_completion_tokens, max_tokens) = if self.is_openai() {
             (max_tokens, None)
@@ -116,6 +122,65 @@ impl OpenAiProvider {
     }
 }
 
+/// The request body: async-openai's typed request, with what it cannot say
+/// simply (tool calls in the history, tool results, the options) written in
+/// OpenAI's JSON as the client sent it.
+impl OpenAiProvider {
+    fn body(&self, request: &ChatRequest) -> Value {
+        let mut body = serde_json::to_value(self.typed_body(request)).unwrap_or_default();
+        if let Some(messages) = body.get_mut("messages").and_then(Value::as_array_mut) {
+            for (out, m) in messages.iter_mut().zip(&request.messages) {
+                if m.role == "tool" {
+                    *out = json!({"role": "tool", "content": m.content,
+                                  "tool_call_id": m.tool_call_id});
+                } else if !m.tool_calls.is_empty() {
+                    let calls: Vec<Value> = m
+                        .tool_calls
+                        .iter()
+                        .map(|c| {
+                            json!({"id": c.id, "type": "function",
+                                        "function": {"name": c.name, "arguments": c.arguments}})
+                        })
+                        .collect();
+                    out["tool_calls"] = json!(calls);
+                    if m.content.is_empty() {
+                        out["content"] = Value::Null;
+                    }
+                }
+            }
+        }
+        let o = &request.options;
+        let mut set = |k: &str, v: Value| {
+            body[k] = v;
+        };
+        if !o.tools.is_empty() {
+            set("tools", o.tools.iter().map(|t| t.to_openai()).collect());
+        }
+        if let Some(c) = &o.tool_choice {
+            set("tool_choice", c.to_openai());
+        }
+        if let Some(p) = o.parallel_tool_calls {
+            set("parallel_tool_calls", json!(p));
+        }
+        if let Some(f) = &o.response_format {
+            set("response_format", f.to_openai());
+        }
+        if let Some(seed) = o.seed {
+            set("seed", json!(seed));
+        }
+        if let Some(p) = o.presence_penalty {
+            set("presence_penalty", json!(p));
+        }
+        if let Some(p) = o.frequency_penalty {
+            set("frequency_penalty", json!(p));
+        }
+        if let Some(u) = &o.user {
+            set("user", json!(u));
+        }
+        body
+    }
+}
+
 /// One prompt message in OpenAI's shape; unknown roles are sent as the user's.
 fn message(m: &PromptMessage) -> ChatCompletionRequestMessage {
     let content = m.content.clone();
@@ -134,6 +199,11 @@ impl ChatProvider for OpenAiProvider {
 
     fn default_model(&self) -> &str {
         &self.default_model
+    }
+
+    /// Everything but logprobs, which the stream engine does not carry back.
+    fn supports(&self, param: &str) -> bool {
+        !matches!(param, "logprobs" | "top_logprobs")
     }
 
     fn stream(&self, request: ChatRequest) -> EventStream {
@@ -169,6 +239,34 @@ struct Chunk {
     content: Option<String>,
     finish: Option<String>,
     usage: Option<Usage>,
+    tool_calls: Vec<ToolCallDelta>,
+}
+
+/// The `tool_calls` pieces of a chunk's first choice, read from the JSON.
+fn tool_call_deltas(value: &Value) -> Vec<ToolCallDelta> {
+    let calls = value
+        .get("choices")
+        .and_then(Value::as_array)
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
+        })
+        .and_then(|c| c.get("delta")?.get("tool_calls")?.as_array());
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    calls
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, c)| ToolCallDelta {
+            index: c
+                .get("index")
+                .and_then(Value::as_u64)
+                .map_or(i as u32, |n| u32::try_from(n).unwrap_or(0)),
+            id: text(c.get("id")),
+            name: text(c.get("function").and_then(|f| f.get("name"))),
+            arguments: text(c.get("function").and_then(|f| f.get("arguments"))).unwrap_or_default(),
+        })
+        .collect()
 }
 
 impl OpenAiDecoder {
@@ -210,6 +308,10 @@ impl SseDecoder for OpenAiDecoder {
             self.text.push_str(&content);
             out.push_back(StreamEvent::Token(content));
         }
+        for call in chunk.tool_calls {
+            self.text.push_str(&call.arguments);
+            out.push_back(StreamEvent::ToolCall(call));
+        }
         if chunk.finish.is_some() {
             self.finish = chunk.finish;
         }
@@ -226,13 +328,17 @@ fn parse_chunk(data: &str) -> Result<Chunk, ProviderError> {
     if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
         return Err(stream_error(error));
     }
-    match serde_json::from_value::<CreateChatCompletionStreamResponse>(value.clone()) {
-        Ok(typed) => Ok(from_typed(typed)),
+    let mut chunk = match serde_json::from_value::<CreateChatCompletionStreamResponse>(
+        value.clone(),
+    ) {
+        Ok(typed) => from_typed(typed),
         Err(strict) => {
             tracing::debug!(error = %strict, "chunk does not fit the OpenAI types; reading it leniently");
-            from_value(&value)
+            from_value(&value)?
         }
-    }
+    };
+    chunk.tool_calls = tool_call_deltas(&value);
+    Ok(chunk)
 }
 
 fn from_typed(chunk: CreateChatCompletionStreamResponse) -> Chunk {
@@ -251,6 +357,7 @@ fn from_typed(chunk: CreateChatCompletionStreamResponse) -> Chunk {
     Chunk {
         content,
         finish,
+        tool_calls: Vec::new(),
         usage: chunk.usage.map(|u| Usage {
             input_tokens: u.prompt_tokens,
             output_tokens: u.completion_tokens,
@@ -291,6 +398,7 @@ fn from_value(value: &Value) -> Result<Chunk, ProviderError> {
         content: text(choice.and_then(|c| c.get("delta")?.get("content"))),
         finish: text(choice.and_then(|c| c.get("finish_reason"))),
         usage,
+        tool_calls: Vec::new(),
     })
 }
 
@@ -327,16 +435,19 @@ mod tests {
                 PromptMessage {
                     role: "system".into(),
                     content: "Be brief.".into(),
+                    ..PromptMessage::default()
                 },
                 PromptMessage {
                     role: "user".into(),
                     content: "Hi".into(),
+                    ..PromptMessage::default()
                 },
             ],
             max_tokens: 64,
             temperature: Some(0.5),
             top_p: None,
             stop: vec!["\n\n".into()],
+            ..ChatRequest::default()
         }
     }
 
@@ -367,6 +478,68 @@ mod tests {
     }
 
     #[test]
+    fn tool_call_chunks_become_tool_call_pieces() {
+        let head = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,
+            "delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_1","type":"function",
+            "function":{"name":"get_weather","arguments":""}}]},"finish_reason":null}]}"#;
+        assert_eq!(
+            parse_chunk(head).unwrap().tool_calls,
+            [ToolCallDelta {
+                index: 0,
+                id: Some("call_1".into()),
+                name: Some("get_weather".into()),
+                arguments: String::new(),
+            }]
+        );
+        let piece = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,
+            "delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\":1}"}}]},"finish_reason":null}]}"#;
+        assert_eq!(
+            parse_chunk(piece).unwrap().tool_calls,
+            [ToolCallDelta {
+                index: 0,
+                arguments: r#"{"a":1}"#.into(),
+                ..ToolCallDelta::default()
+            }]
+        );
+    }
+
+    #[test]
+    fn options_and_tool_turns_go_out_as_openai_fields() {
+        let p = OpenAiProvider::new(None, None, "gpt-4o-mini".into());
+        let mut r = request();
+        r.messages.push(PromptMessage {
+            role: "assistant".into(),
+            tool_calls: vec![crate::providers::ToolCall {
+                id: "call_1".into(),
+                name: "f".into(),
+                arguments: "{}".into(),
+            }],
+            ..PromptMessage::default()
+        });
+        r.messages.push(PromptMessage {
+            role: "tool".into(),
+            content: "42".into(),
+            tool_call_id: Some("call_1".into()),
+            ..PromptMessage::default()
+        });
+        r.options.seed = Some(3);
+        r.options.tool_choice = Some(crate::providers::ToolChoice::Required);
+        let body = p.body(&r);
+        assert_eq!(body["seed"], 3);
+        assert_eq!(body["tool_choice"], "required");
+        assert_eq!(
+            body["messages"][2]["tool_calls"][0]["function"]["name"],
+            "f"
+        );
+        assert!(body["messages"][2]["content"].is_null());
+        assert_eq!(
+            body["messages"][3],
+            json!({"role": "tool", "content": "42", "tool_call_id": "call_1"})
+        );
+        assert!(p.supports("tools") && !p.supports("logprobs"));
+    }
+
+    #[test]
     fn strict_and_lenient_chunks() {
         let strict = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",
             "choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#;
@@ -389,6 +562,7 @@ mod tests {
                     input_tokens: 3,
                     output_tokens: 4
                 }),
+                tool_calls: Vec::new(),
             }
         );
         assert!(matches!(

@@ -3,7 +3,9 @@
 //! fallback, is the generation task's job; this module only decides the order.
 //!
 //! - A requested model that names a route (`[routes]`) gets that chain.
-//! - A requested model with a price gets its own provider first, then the tier's.
+//! - A requested model with a price gets its own provider first, then the tier's;
+//!   if its provider is not running it is refused (a route alias is how an
+//!   operator names fallbacks explicitly).
 //! - No model: the tier's providers (`LLM_PROVIDER_FREE_TIER` for free,
 //!   `LLM_PROVIDER_PAID_TIER` for pro and team), each with its default model,
 //!   cheapest first when `routing.prefer_cheapest`; a paid request whose prompt
@@ -31,6 +33,10 @@ pub enum RouteError {
     /// The model (or every model of the route) is served by providers outside the plan's tier.
     #[error("model: {0:?} is not available on this plan")]
     NotInPlan(String),
+    /// A priced model whose provider is not configured or not running: named
+    /// models are never silently served by another provider.
+    #[error("model: {0:?} is served by a provider that is not running here")]
+    NotRunning(String),
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +129,9 @@ impl Router {
                     .ok_or_else(|| RouteError::UnknownModel(model.to_owned()))?;
                 if !tier.contains(&price.provider) {
                     return Err(RouteError::NotInPlan(model.to_owned()));
+                }
+                if !running(&price.provider) {
+                    return Err(RouteError::NotRunning(model.to_owned()));
                 }
                 let mut v = vec![Candidate {
                     provider: price.provider.clone(),

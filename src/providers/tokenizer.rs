@@ -19,6 +19,15 @@ use super::PromptMessage;
 static CL100K: LazyLock<CoreBPE> =
     LazyLock::new(|| tiktoken_rs::cl100k_base().expect("the compiled-in cl100k_base table loads"));
 
+/// The text of cl100k token ids, as `/v1/embeddings` receives them from clients
+/// that tokenize first (LangChain's `OpenAIEmbeddings`); `None` for an id
+/// outside the vocabulary. Bytes that are not UTF-8 (a token array cut inside
+/// a character) are replaced, as OpenAI's own decoder does.
+pub fn decode(tokens: &[u32]) -> Option<String> {
+    let bytes = CL100K.decode_bytes(tokens).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// Tokens every message costs beyond its role and content (OpenAI's chat format).
 const PER_MESSAGE: u32 = 3;
 /// Tokens that prime the reply after the last message.
@@ -53,6 +62,7 @@ mod tests {
         PromptMessage {
             role: role.into(),
             content: content.into(),
+            ..PromptMessage::default()
         }
     }
 

@@ -107,6 +107,7 @@ async fn over_reported_usage_is_charged_at_most_the_reservation() {
     let counted = tokenizer::count_prompt(&[PromptMessage {
         role: "user".into(),
         content: prompt.into(),
+        ..PromptMessage::default()
     }]);
     let reserved = pricing
         .cost_micros(

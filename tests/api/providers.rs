@@ -69,10 +69,12 @@ fn messages() -> Vec<PromptMessage> {
         PromptMessage {
             role: "system".into(),
             content: "You are terse.".into(),
+            ..PromptMessage::default()
         },
         PromptMessage {
             role: "user".into(),
             content: "Say hello to the world".into(),
+            ..PromptMessage::default()
         },
     ]
 }
@@ -88,6 +90,7 @@ fn request(p: &dyn ChatProvider, max_tokens: u32) -> ChatRequest {
         temperature: Some(0.2),
         top_p: None,
         stop: vec![],
+        ..ChatRequest::default()
     }
 }
 

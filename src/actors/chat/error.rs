@@ -96,6 +96,8 @@ impl From<PlanError> for ChatError {
             PlanError::Route(e @ RouteError::UnknownModel(_)) => Self::Invalid(e.to_string()),
             PlanError::Route(RouteError::NoProvider) => Self::NoProvider,
             PlanError::Route(e @ RouteError::NotInPlan(_)) => Self::NotInPlan(e.to_string()),
+            PlanError::Route(e @ RouteError::NotRunning(_)) => Self::Invalid(e.to_string()),
+            e @ PlanError::Unsupported { .. } => Self::Invalid(e.to_string()),
             PlanError::Admit(e) => e.into(),
             PlanError::ShuttingDown => Self::ShuttingDown,
         }

@@ -42,7 +42,11 @@ pub struct ChatRegistry {
 
 pub(super) fn to_prompt(rows: Vec<(String, String)>) -> Vec<PromptMessage> {
     rows.into_iter()
-        .map(|(role, content)| PromptMessage { role, content })
+        .map(|(role, content)| PromptMessage {
+            role,
+            content,
+            ..PromptMessage::default()
+        })
         .collect()
 }
 
@@ -110,6 +114,7 @@ impl ChatRegistry {
         prompt.push(PromptMessage {
             role: "user".to_owned(),
             content: req.content.clone(),
+            ..PromptMessage::default()
         });
         let keep = usize::try_from(cfg.history_messages).unwrap_or(usize::MAX);
         let mut prompt = prompt.split_off(prompt.len().saturating_sub(keep));

@@ -87,6 +87,8 @@ impl Sink for ChatSink {
                 self.text.push_str(&text);
                 self.tell(GenUpdate::Delta { text })
             }
+            // Chats offer no tools, so no provider calls one.
+            GenEvent::ToolCalls(_) => true,
             GenEvent::Ended(mut ending) => {
                 let orphaned = matches!(
                     self.actor.get_status(),

@@ -1,6 +1,12 @@
 //! `POST /v1/chat/completions`: parse OpenAI's request, run the generation
 //! lifecycle, answer as one JSON completion or as `chat.completion.chunk`
 //! events ending in `[DONE]` (or an error and no `[DONE]`).
+//!
+//! Tools, `tool_choice`, `response_format` and the sampling options are read
+//! into [`GenOptions`]; a provider that cannot honour one is refused by name
+//! at planning. Tool calls come back as OpenAI sends them: in one answer as
+//! `message.tool_calls`, streamed as `tool_calls` deltas (the first piece of a
+//! call with its `id`, `type` and `function.name`, then argument fragments).
 
 use std::convert::Infallible;
 
@@ -21,10 +27,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::DropGuard;
 use uuid::Uuid;
 
-use super::{OaiError, authenticate, payer, plan_error, provider_error, usage_json};
+use super::{OaiError, authenticate, payer, plan_error, provider_error, request, usage_json};
 use crate::{
     generation::{BillTo, Ending, GenEvent, Status},
-    providers::{ChatRequest, PromptMessage},
+    providers::{ChatRequest, GenOptions, PromptMessage, ToolCall, ToolCallDelta},
     state::AppState,
 };
 
@@ -41,6 +47,19 @@ struct CompletionRequest {
     top_p: Option<f32>,
     stop: Option<Stop>,
     n: Option<u32>,
+    tools: Option<Value>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
+    response_format: Option<Value>,
+    seed: Option<i64>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    user: Option<String>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<u32>,
+    /// Everything else: refused by name unless known to change nothing.
+    #[serde(flatten)]
+    extra: serde_json::Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -61,6 +80,22 @@ struct InMessage {
     role: String,
     #[serde(default)]
     content: Option<Content>,
+    #[serde(default)]
+    tool_calls: Vec<InToolCall>,
+    tool_call_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct InToolCall {
+    id: String,
+    function: InFunction,
+}
+
+#[derive(Deserialize)]
+struct InFunction {
+    name: String,
+    #[serde(default)]
+    arguments: String,
 }
 
 #[derive(Deserialize)]
@@ -108,12 +143,63 @@ fn prompt_messages(input: &[InMessage]) -> Result<Vec<PromptMessage>, OaiError> 
         } else {
             m.role.as_str()
         };
+        if role == "tool" && m.tool_call_id.is_none() {
+            return Err(OaiError::invalid(
+                "messages: a tool message needs its tool_call_id",
+                Some("messages"),
+            ));
+        }
         messages.push(PromptMessage {
             role: role.to_owned(),
             content,
+            tool_calls: m
+                .tool_calls
+                .iter()
+                .map(|c| ToolCall {
+                    id: c.id.clone(),
+                    name: c.function.name.clone(),
+                    arguments: c.function.arguments.clone(),
+                })
+                .collect(),
+            tool_call_id: m.tool_call_id.clone(),
         });
     }
     Ok(messages)
+}
+
+/// Tools, structured output and sampling options, checked.
+fn options(req: &CompletionRequest) -> Result<GenOptions, OaiError> {
+    request::refuse_unknown(&req.extra)?;
+    let tools = match &req.tools {
+        Some(v) if !v.is_null() => request::chat_tools(v)?,
+        _ => Vec::new(),
+    };
+    let tool_choice = match &req.tool_choice {
+        Some(v) if !v.is_null() => Some(request::tool_choice(v, &tools)?),
+        _ => None,
+    };
+    let response_format = match &req.response_format {
+        Some(v) if !v.is_null() => Some(request::chat_response_format(v)?),
+        _ => None,
+    };
+    if req.top_logprobs.is_some_and(|n| n > 20) {
+        return Err(OaiError::invalid(
+            "top_logprobs: must be between 0 and 20",
+            Some("top_logprobs"),
+        ));
+    }
+    Ok(GenOptions {
+        tools,
+        tool_choice,
+        parallel_tool_calls: req.parallel_tool_calls,
+        response_format,
+        seed: req.seed,
+        presence_penalty: request::penalty(req.presence_penalty, "presence_penalty")?,
+        frequency_penalty: request::penalty(req.frequency_penalty, "frequency_penalty")?,
+        user: req.user.clone(),
+        logprobs: req.logprobs,
+        top_logprobs: req.top_logprobs,
+    })
 }
 
 fn parse_request(
@@ -130,6 +216,16 @@ fn parse_request(
             "stop",
             "top_p",
             "n",
+            "tools",
+            "tool_choice",
+            "parallel_tool_calls",
+            "response_format",
+            "seed",
+            "presence_penalty",
+            "frequency_penalty",
+            "user",
+            "logprobs",
+            "top_logprobs",
         ]
         .into_iter()
         .find(|p| e.to_string().contains(&format!("`{p}`")));
@@ -185,6 +281,7 @@ fn parse_request(
         temperature: req.temperature,
         top_p: req.top_p,
         stop,
+        options: options(&req)?,
     };
     Ok((req, chat))
 }
@@ -257,12 +354,7 @@ async fn completions(
     let (req, request) = parse_request(&body, state.config.chat.max_output_tokens)?;
     let gens = &state.actors.gens;
     let planned = gens
-        .plan(
-            payer(&auth),
-            &request.messages,
-            Some(&req.model),
-            request.max_tokens,
-        )
+        .plan_request(payer(&auth), &request, Some(&req.model))
         .await
         .map_err(plan_error)?;
     let (tx, mut rx) = mpsc::channel::<GenEvent>(64);
@@ -298,19 +390,72 @@ async fn completions(
     }
 }
 
+/// Tool calls assembled from their streamed pieces.
+#[derive(Default)]
+pub(super) struct ToolCalls(pub(super) Vec<ToolCall>);
+
+impl ToolCalls {
+    pub(super) fn add(&mut self, d: ToolCallDelta) {
+        let i = d.index as usize;
+        while self.0.len() <= i {
+            self.0.push(ToolCall::default());
+        }
+        let call = &mut self.0[i];
+        if let Some(id) = d.id {
+            call.id = id;
+        }
+        if let Some(name) = d.name {
+            call.name = name;
+        }
+        call.arguments.push_str(&d.arguments);
+    }
+
+    fn to_json(&self) -> Value {
+        self.0
+            .iter()
+            .map(|c| {
+                json!({"id": c.id, "type": "function",
+                           "function": {"name": c.name, "arguments": c.arguments}})
+            })
+            .collect()
+    }
+}
+
+/// One streamed tool-call piece as OpenAI sends it: the first piece of a call
+/// has its id, type and name (and empty arguments), the rest only arguments.
+fn delta_json(d: &ToolCallDelta) -> Value {
+    match (&d.id, &d.name) {
+        (Some(id), name) => json!({"index": d.index, "id": id, "type": "function",
+                                   "function": {"name": name, "arguments": d.arguments}}),
+        (None, Some(name)) => {
+            json!({"index": d.index, "function": {"name": name, "arguments": d.arguments}})
+        }
+        (None, None) => json!({"index": d.index, "function": {"arguments": d.arguments}}),
+    }
+}
+
 /// Waits for the whole answer and answers one `chat.completion`.
 async fn one_completion(
     mut rx: mpsc::Receiver<GenEvent>,
     head: ChunkHead,
 ) -> Result<Response, OaiError> {
     let mut text = String::new();
+    let mut calls = ToolCalls::default();
     while let Some(ev) = rx.recv().await {
         match ev {
             GenEvent::Tokens(t) => t.iter().for_each(|t| text.push_str(t)),
+            GenEvent::ToolCalls(d) => d.into_iter().for_each(|d| calls.add(d)),
             GenEvent::Ended(e) if e.status == Status::Complete => {
+                let message = if calls.0.is_empty() {
+                    json!({"role": "assistant", "content": text, "refusal": null})
+                } else {
+                    let content = (!text.is_empty()).then_some(text);
+                    json!({"role": "assistant", "content": content, "refusal": null,
+                           "tool_calls": calls.to_json()})
+                };
                 return Ok(Json(json!({
                     "id": head.id, "object": "chat.completion", "created": head.created, "model": head.model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null,
+                    "choices": [{"index": 0, "message": message, "logprobs": null,
                                  "finish_reason": e.finish_reason}],
                     "usage": usage_json(e.usage),
                 }))
@@ -342,6 +487,10 @@ fn stream_chunks(
                 GenEvent::Tokens(t) => t
                     .into_iter()
                     .map(|t| head.chunk(json!({"content": t}), None))
+                    .collect(),
+                GenEvent::ToolCalls(d) => d
+                    .into_iter()
+                    .map(|d| head.chunk(json!({"tool_calls": [delta_json(&d)]}), None))
                     .collect(),
                 GenEvent::Ended(e) => head.ending(&e, include_usage),
                 GenEvent::Started { .. } => Vec::new(),

@@ -29,12 +29,35 @@ use crate::{
 
 mod completions;
 mod embeddings;
+mod request;
+mod responses;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/chat/completions", post(completions::chat_completions))
+        .route("/responses", post(responses::responses))
         .route("/models", get(models))
+        .route("/models/{*id}", get(model))
         .route("/embeddings", post(embeddings::embeddings))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(unknown_route)
+}
+
+/// Any other `/v1` path, in OpenAI's shape (the SDKs read `error.message`).
+async fn unknown_route(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    OaiError {
+        status: StatusCode::NOT_FOUND,
+        code: Some("unknown_url"),
+        ..OaiError::invalid(
+            format!(
+                "Unrecognized request URL ({method}: {}). Switchboard serves /v1/chat/completions, \
+                 /v1/responses, /v1/embeddings and /v1/models.",
+                uri.path()
+            ),
+            None,
+        )
+    }
+    .into_response()
 }
 
 /// An error in OpenAI's shape.
@@ -44,6 +67,8 @@ pub struct OaiError {
     message: String,
     kind: &'static str,
     param: Option<&'static str>,
+    /// A parameter named by the client (an unknown field), when not one of ours.
+    param_name: Option<String>,
     code: Option<&'static str>,
     retry_after: Option<Duration>,
 }
@@ -55,8 +80,22 @@ impl OaiError {
             message: message.into(),
             kind: "invalid_request_error",
             param,
+            param_name: None,
             code: None,
             retry_after: None,
+        }
+    }
+
+    /// A field of the request this server does not act on: refused, named,
+    /// rather than silently dropped.
+    fn unsupported(name: &str) -> Self {
+        Self {
+            code: Some("unsupported_parameter"),
+            param_name: Some(name.to_owned()),
+            ..Self::invalid(
+                format!("{name}: this parameter is not supported by Switchboard (see docs/API.md)"),
+                None,
+            )
         }
     }
 
@@ -66,13 +105,15 @@ impl OaiError {
             message: message.into(),
             kind: "server_error",
             param: None,
+            param_name: None,
             code: None,
             retry_after: None,
         }
     }
 
     fn body(&self) -> Value {
-        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
+        let param = self.param_name.as_deref().or(self.param);
+        json!({"error": {"message": self.message, "type": self.kind, "param": param, "code": self.code}})
     }
 }
 
@@ -106,6 +147,7 @@ impl From<AdmitError> for OaiError {
                 message: "Rate limit reached; retry after the Retry-After interval.".into(),
                 kind: "rate_limit_exceeded",
                 param: None,
+                param_name: None,
                 code: Some("rate_limit_exceeded"),
                 retry_after: Some(retry_after),
             },
@@ -115,6 +157,7 @@ impl From<AdmitError> for OaiError {
                 message: format!("You exceeded your budget: {why}."),
                 kind: "insufficient_quota",
                 param: None,
+                param_name: None,
                 code: Some("insufficient_quota"),
                 retry_after: Some(retry_after),
             },
@@ -133,6 +176,7 @@ fn provider_error(e: &ProviderError) -> OaiError {
             message: "Every provider for this model is rate limited; retry later.".into(),
             kind: "rate_limit_exceeded",
             param: None,
+            param_name: None,
             code: Some("rate_limit_exceeded"),
             retry_after: Some(Duration::from_secs(retry_after_secs.unwrap_or(1))),
         },
@@ -150,6 +194,7 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<KeyAuth, 
         message: message.into(),
         kind: "invalid_request_error",
         param: None,
+        param_name: None,
         code: Some("invalid_api_key"),
         retry_after: None,
     };
@@ -193,7 +238,9 @@ fn payer(auth: &KeyAuth) -> Payer {
 
 fn plan_error(e: PlanError) -> OaiError {
     match e {
-        PlanError::Route(RouteError::UnknownModel(m) | RouteError::NotInPlan(m)) => OaiError {
+        PlanError::Route(
+            RouteError::UnknownModel(m) | RouteError::NotInPlan(m) | RouteError::NotRunning(m),
+        ) => OaiError {
             code: Some("model_not_found"),
             ..OaiError::invalid(
                 format!("The model `{m}` does not exist or you do not have access to it."),
@@ -208,6 +255,16 @@ fn plan_error(e: PlanError) -> OaiError {
             StatusCode::SERVICE_UNAVAILABLE,
             "The server is shutting down: retry the request.",
         ),
+        PlanError::Unsupported { param, provider } => OaiError {
+            code: Some("unsupported_parameter"),
+            ..OaiError::invalid(
+                format!(
+                    "{param}: not supported by the provider serving this model ({provider}); \
+                     see docs/API.md for what each provider supports"
+                ),
+                Some(param),
+            )
+        },
     }
 }
 
@@ -216,12 +273,10 @@ fn usage_json(u: Usage) -> Value {
            "total_tokens": u.input_tokens + u.output_tokens})
 }
 
-pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let auth = match authenticate(&state, &headers).await {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
-    let offer = state.actors.gens.offer(&auth.plan);
+/// Every model id the key's plan may name: route aliases, priced models whose
+/// provider is running, and the embedding model.
+fn model_list(state: &AppState, plan: &str) -> Vec<Value> {
+    let offer = state.actors.gens.offer(plan);
     let routes = offer.routes.iter().map(
         |alias| json!({"id": alias, "object": "model", "created": 0, "owned_by": "switchboard"}),
     );
@@ -229,6 +284,46 @@ pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Respon
         .models
         .iter()
         .map(|(id, p)| json!({"id": id, "object": "model", "created": 0, "owned_by": p.provider}));
-    let data: Vec<Value> = routes.chain(priced).collect();
+    let embedder = &state.embedder;
+    let embedding = (!offer.models.iter().any(|(id, _)| *id == embedder.model())).then(|| {
+        json!({"id": embedder.model(), "object": "model", "created": 0, "owned_by": embedder.name()})
+    });
+    routes.chain(priced).chain(embedding).collect()
+}
+
+pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let auth = match authenticate(&state, &headers).await {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let data = model_list(&state, &auth.plan);
     Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `GET /v1/models/{id}`: one model of the list, or 404 `model_not_found`.
+/// Ids may contain slashes (`@cf/meta/...`), hence the catch-all segment.
+async fn model(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let auth = match authenticate(&state, &headers).await {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    match model_list(&state, &auth.plan)
+        .into_iter()
+        .find(|m| m["id"] == id.as_str())
+    {
+        Some(m) => Json(m).into_response(),
+        None => OaiError {
+            status: StatusCode::NOT_FOUND,
+            code: Some("model_not_found"),
+            ..OaiError::invalid(
+                format!("The model `{id}` does not exist or you do not have access to it."),
+                Some("model"),
+            )
+        }
+        .into_response(),
+    }
 }
