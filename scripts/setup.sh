@@ -178,6 +178,14 @@ else
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.40,<2'
 fi
+# The OpenAPI document's validator and the schema-driven fuzzer (tests/api/openapi_fuzz.rs).
+if "$venv/bin/python" -c 'import openapi_spec_validator, schemathesis' >/dev/null 2>&1; then
+  log "openapi-spec-validator and schemathesis: present"
+else
+  log "openapi-spec-validator and schemathesis: installing into .venv-tests"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    'openapi-spec-validator>=0.7,<0.8' 'schemathesis>=3.39,<4'
+fi
 
 # --- 7. the browser client: npm packages, and Chromium for its browser tests --------
 # web/ is plain ES modules; npm only fetches marked, DOMPurify and highlight.js

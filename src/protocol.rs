@@ -166,14 +166,26 @@ impl ServerFrame {
 }
 
 /// Where a resume starts: everything after `seq`; `seq` itself is replayed
-/// whole when the client had only part of it.
+/// whole when the client had only part of it. Only ids this API hands out
+/// parse: seqs are 1..=i64::MAX and indexes fit a u32, so a negative or
+/// out-of-range number (which could wrap) is `None`, i.e. a 400.
 pub fn parse_last_event_id(id: &str) -> Option<i64> {
+    let seq = |s: &str| -> Option<i64> {
+        // `parse` accepts a leading `+`; the ids we send never have one.
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse::<i64>().ok()
+    };
     match id.split_once(':') {
-        None => id.parse().ok(),
-        Some((seq, "done")) => seq.parse().ok(),
-        Some((seq, index)) => {
+        None => seq(id),
+        Some((s, "done")) => seq(s),
+        Some((s, index)) => {
+            if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
             index.parse::<u32>().ok()?;
-            seq.parse::<i64>().ok().map(|s| s - 1)
+            seq(s)?.checked_sub(1)
         }
     }
 }
@@ -208,5 +220,12 @@ mod tests {
         assert_eq!(parse_last_event_id("7:12"), Some(6));
         assert_eq!(parse_last_event_id("x"), None);
         assert_eq!(parse_last_event_id("7:x"), None);
+        // Nothing wraps: out of range or negative is not an id of ours.
+        assert_eq!(parse_last_event_id("9223372036854775808"), None);
+        assert_eq!(parse_last_event_id("-9223372036854775808:0"), None);
+        assert_eq!(parse_last_event_id("-1"), None);
+        assert_eq!(parse_last_event_id("7:4294967296"), None);
+        assert_eq!(parse_last_event_id("+7"), None);
+        assert_eq!(parse_last_event_id("0:0"), Some(-1));
     }
 }

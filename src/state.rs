@@ -33,6 +33,8 @@ pub struct AppInner {
     pub billing: crate::billing::Billing,
     /// The outbox relay and, when configured, the email worker.
     pub email: crate::email::EmailTasks,
+    /// Open connections, SSE streams and unauthenticated sockets (`[edge]` caps).
+    pub edge: std::sync::Arc<crate::edge::EdgeCounters>,
 }
 
 impl AppState {

@@ -77,6 +77,7 @@ impl From<AdminError> for ApiError {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
     /// 1 to 1000, default 100.

@@ -65,6 +65,7 @@ pub fn router() -> Router<AppState> {
             let mut doc = ApiDoc::openapi();
             doc.merge(super::workspaces::AccountsApiDoc::openapi());
             doc.merge(super::billing::BillingDoc::openapi());
+            super::openapi_extra::add(&mut doc);
             Json(doc)
         }),
     )

@@ -48,6 +48,12 @@ pub async fn embeddings(
 
 async fn embed(state: AppState, headers: HeaderMap, body: Bytes) -> Result<Response, OaiError> {
     let auth = authenticate(&state, &headers).await?;
+    if crate::text::json_has_nul(&body) {
+        return Err(OaiError::invalid(
+            "Invalid request body: strings must not contain NUL (\\u0000)",
+            Some("input"),
+        ));
+    }
     let req: EmbeddingRequest = serde_json::from_slice(&body).map_err(|e| {
         let param = if e.to_string().contains("`model`") {
             Some("model")
