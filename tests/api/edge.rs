@@ -651,6 +651,8 @@ fn production(vars: &[(&str, &str)]) -> Vec<String> {
         ("AUTH_SECRET", "fcde2b2edba56bf408601fb721fe9b5c338d10ee"),
         ("FRONTEND_URL", "https://chat.example.com"),
         ("CORS_ORIGIN", "https://chat.example.com"),
+        // The browser client's files are not what this test is about.
+        ("SWITCHBOARD_WEB__ENABLED", "false"),
     ];
     let merged: Vec<(String, String)> = base
         .iter()
