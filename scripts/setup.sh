@@ -184,7 +184,7 @@ if "$venv/bin/python" -c 'import openapi_spec_validator, schemathesis' >/dev/nul
 else
   log "openapi-spec-validator and schemathesis: installing into .venv-tests"
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    'openapi-spec-validator>=0.7,<0.8' 'schemathesis>=3.39,<4'
+    'openapi-spec-validator>=0.7,<0.8' 'schemathesis>=3.39,<4' 'hypothesis>=6.108,<6.120'
 fi
 
 # --- 7. the browser client: npm packages, and Chromium for its browser tests --------

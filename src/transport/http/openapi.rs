@@ -66,7 +66,7 @@ pub fn router() -> Router<AppState> {
             doc.merge(super::workspaces::AccountsApiDoc::openapi());
             doc.merge(super::billing::BillingDoc::openapi());
             super::openapi_extra::add(&mut doc);
-            Json(doc)
+            Json(super::openapi_extra::finish(&doc))
         }),
     )
 }

@@ -193,6 +193,86 @@ fn error_schema() -> Value {
     })
 }
 
+/// The document as served, made valid where annotations fall short: every
+/// response has the `description` OpenAPI requires (utoipa leaves it out for
+/// responses annotated with a body only; the status's reason phrase stands
+/// in), every `{name}` in a path is declared as a path parameter, and
+/// operation ids are unique (a repeat gets the method and path).
+pub fn finish(doc: &OpenApi) -> Value {
+    let mut v = serde_json::to_value(doc).unwrap_or_default();
+    let mut seen_ids = std::collections::HashSet::new();
+    if let Some(paths) = v.get_mut("paths").and_then(Value::as_object_mut) {
+        for (path, item) in paths.iter_mut() {
+            let Some(ops) = item.as_object_mut() else { continue };
+            for (method, op) in ops.iter_mut() {
+                declare_path_params(path, op);
+                if let Some(id) = op.get("operationId").and_then(Value::as_str)
+                    && !seen_ids.insert(id.to_owned())
+                {
+                    let unique: String = format!("{method}{path}")
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                        .collect();
+                    seen_ids.insert(unique.clone());
+                    op["operationId"] = Value::from(unique);
+                }
+                let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut)
+                else {
+                    continue;
+                };
+                for (status, res) in responses.iter_mut() {
+                    let Some(res) = res.as_object_mut() else { continue };
+                    if res.contains_key("$ref") {
+                        continue;
+                    }
+                    let missing = res
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty);
+                    if missing {
+                        let reason = status
+                            .parse::<u16>()
+                            .ok()
+                            .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
+                            .and_then(|s| s.canonical_reason())
+                            .unwrap_or("response");
+                        res.insert("description".into(), Value::from(reason));
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Adds `{name}` path parameters an operation does not declare.
+fn declare_path_params(path: &str, op: &mut Value) {
+    let names: Vec<&str> = path
+        .split('/')
+        .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+        .collect();
+    if names.is_empty() || !op.is_object() {
+        return;
+    }
+    let params = op
+        .as_object_mut()
+        .map(|o| o.entry("parameters").or_insert_with(|| json!([])));
+    let Some(Value::Array(params)) = params else { return };
+    for name in names {
+        let declared = params
+            .iter()
+            .any(|p| p["in"] == "path" && p["name"] == name);
+        if !declared {
+            let schema = if name == "id" || name.ends_with("_id") {
+                json!({"type": "string", "format": "uuid"})
+            } else {
+                json!({"type": "string"})
+            };
+            params.push(json!({"name": name, "in": "path", "required": true, "schema": schema}));
+        }
+    }
+}
+
 /// Adds the `/v1`, `/ws` and `/metrics` operations, the `api_key` scheme and
 /// the `Error` schema to `doc`.
 pub fn add(doc: &mut OpenApi) {
