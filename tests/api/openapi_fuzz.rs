@@ -111,7 +111,7 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
             .args(["--hypothesis-suppress-health-check", "all"])
             .args(["--experimental", "openapi-3.1"])
             .args(["--request-timeout", "20000"])
-            .args(["--workers", "2"])
+            .args(["--workers", "1"])
             .arg("--no-color")
             .args(["-H", &format!("Authorization: Bearer {}", user.access_token)])
             .env("SCHEMATHESIS_HOOKS", "")

@@ -115,6 +115,8 @@ pub async fn list_users(
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
+// Named apart from `/api/workspaces`' own list in the merged OpenAPI document.
+#[schema(as = AdminWorkspaceList)]
 pub struct WorkspaceList {
     pub workspaces: Vec<store::admin::AdminWorkspace>,
 }

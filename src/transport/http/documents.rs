@@ -410,5 +410,13 @@ pub async fn search_documents(
             ),
             SearchError::Store(e) => ApiError::from(e),
         })?;
+    // A query with nothing to embed (a zero vector) has no direction: cosine
+    // similarity is NaN, which JSON cannot carry. Its honest score is 0.
+    let mut results = results;
+    for hit in &mut results {
+        if !hit.score.is_finite() {
+            hit.score = 0.0;
+        }
+    }
     Ok(Json(SearchResults { results }))
 }
