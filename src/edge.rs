@@ -44,7 +44,9 @@ impl EdgeCounters {
     pub fn unauthenticated_slot(&self, cap: usize) -> Option<UnauthenticatedSlot> {
         let counter = self.unauthenticated_ws.clone();
         counter
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
             .ok()
             .map(|_| UnauthenticatedSlot(counter))
     }
@@ -147,4 +149,3 @@ impl Drop for ConnSlot {
         metrics::gauge!("switchboard_http_connections").decrement(1.0);
     }
 }
-

@@ -22,9 +22,7 @@ pub enum DisplayTextError {
     Length { field: &'static str, max: usize },
     #[error("{field}: must not contain control characters")]
     Control { field: &'static str },
-    #[error(
-        "{field}: must not contain invisible or text-direction characters (U+{code:04X})"
-    )]
+    #[error("{field}: must not contain invisible or text-direction characters (U+{code:04X})")]
     Hidden { field: &'static str, code: u32 },
 }
 
@@ -71,7 +69,13 @@ fn is_bidi_control(c: char) -> bool {
 fn is_invisible(c: char) -> bool {
     matches!(
         c,
-        '\u{00AD}' | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{180E}' | '\u{200B}' | '\u{200C}'
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{180E}'
+            | '\u{200B}'
+            | '\u{200C}'
             | '\u{2060}'..='\u{2064}' | '\u{3164}' | '\u{FEFF}' | '\u{FFA0}'
     )
 }

@@ -328,9 +328,8 @@ pub(super) fn low_entropy(secret: &str) -> Option<String> {
         })
         .sum();
     let bits = per_char * n;
-    (bits < MIN_SECRET_BITS).then(|| {
-        format!("about {bits:.0} bits of entropy, at least {MIN_SECRET_BITS:.0} needed")
-    })
+    (bits < MIN_SECRET_BITS)
+        .then(|| format!("about {bits:.0} bits of entropy, at least {MIN_SECRET_BITS:.0} needed"))
 }
 
 pub(super) fn check_url(p: &mut Vec<String>, name: &str, value: &str, schemes: &[&str]) {

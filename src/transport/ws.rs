@@ -36,10 +36,10 @@ use crate::{
         hub::{ConnId, Outbound, Subscriber},
     },
     documents::retrieval::Scope,
+    edge::UnauthenticatedSlot,
     error::{ApiError, ErrorCode},
     protocol::{ClientFrame, ServerFrame},
     state::AppState,
-    edge::UnauthenticatedSlot,
     store,
 };
 

@@ -59,7 +59,10 @@ async fn read_response(tcp: &mut TcpStream, within: Duration) -> String {
     let deadline = tokio::time::Instant::now() + within;
     while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
         match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
-            Err(_) => panic!("no response within {within:?}: {:?}", String::from_utf8_lossy(&got)),
+            Err(_) => panic!(
+                "no response within {within:?}: {:?}",
+                String::from_utf8_lossy(&got)
+            ),
             Ok(Ok(0) | Err(_)) => break,
             Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
         }
@@ -97,7 +100,10 @@ async fn slowloris_headers_are_cut_off() {
         }
         false
     };
-    assert!(closed.await, "a dribbled request head kept its connection for 20 s");
+    assert!(
+        closed.await,
+        "a dribbled request head kept its connection for 20 s"
+    );
 }
 
 #[tokio::test]
@@ -126,7 +132,11 @@ async fn an_oversized_content_length_is_refused_before_the_body() {
         let mut tcp = connect_from(&app, "127.0.0.1").await;
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            if path == "/api/documents" { 50_000_000 } else { 5_000_000 }
+            if path == "/api/documents" {
+                50_000_000
+            } else {
+                5_000_000
+            }
         );
         tcp.write_all(head.as_bytes()).await.unwrap();
         let res = read_response(&mut tcp, Duration::from_secs(20)).await;
@@ -209,7 +219,10 @@ async fn sse_streams_are_capped_per_user() {
     };
     let first = open(alice.access_token.clone(), chat).await;
     let second = open(alice.access_token.clone(), chat).await;
-    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
     let third = open(alice.access_token.clone(), chat).await;
     assert_eq!(third.status(), 429);
     assert!(third.headers().contains_key("retry-after"));
@@ -288,7 +301,11 @@ async fn subscribe_attempts_are_capped_per_socket() {
     let refused = ws.next().await;
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(refused["code"], "rate_limited", "{refused}");
-    assert!(refused["retry_after"].as_u64().is_some_and(|s| (1..=60).contains(&s)));
+    assert!(
+        refused["retry_after"]
+            .as_u64()
+            .is_some_and(|s| (1..=60).contains(&s))
+    );
     // The socket itself stays usable.
     ws.send(json!({"type": "ping"})).await;
     assert_eq!(ws.next().await["type"], "pong");
@@ -334,9 +351,7 @@ async fn a_slow_consumer_that_never_reads_is_closed_and_released() {
     // From its own address, with a small receive buffer, never read.
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    socket
-        .bind(SocketAddr::new(ip("127.0.0.3"), 0))
-        .unwrap();
+    socket.bind(SocketAddr::new(ip("127.0.0.3"), 0)).unwrap();
     let tcp = socket.connect(addr(&app)).await.unwrap();
     let mut req = app.ws_url().into_client_request().unwrap();
     req.headers_mut().insert(
@@ -560,7 +575,11 @@ async fn caller_request_ids_are_kept_only_when_safe() {
         }
     };
     assert_eq!(id_for("abc-123_x.y:z".into()).await, "abc-123_x.y:z");
-    for bad in ["<script>alert(1)</script>".to_owned(), "a".repeat(65), "two words".into()] {
+    for bad in [
+        "<script>alert(1)</script>".to_owned(),
+        "a".repeat(65),
+        "two words".into(),
+    ] {
         let got = id_for(bad.clone()).await;
         assert_ne!(got, bad);
         assert!(Uuid::parse_str(&got).is_ok(), "a generated id, got {got}");
@@ -647,7 +666,10 @@ fn production(vars: &[(&str, &str)]) -> Vec<String> {
         ("REDIS_URL", "redis://cache.internal:6379"),
         ("AMQP_URL", "amqp://app:pw@mq.internal:5672/%2f"),
         ("JWT_SECRET", "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b"),
-        ("REFRESH_TOKEN_SECRET", "2c26b46b68ffc68ff99b453c1d30413413422d70"),
+        (
+            "REFRESH_TOKEN_SECRET",
+            "2c26b46b68ffc68ff99b453c1d30413413422d70",
+        ),
         ("AUTH_SECRET", "fcde2b2edba56bf408601fb721fe9b5c338d10ee"),
         ("FRONTEND_URL", "https://chat.example.com"),
         ("CORS_ORIGIN", "https://chat.example.com"),
@@ -675,12 +697,14 @@ fn production_refuses_guessable_and_shared_secrets() {
     let a32 = "a".repeat(32);
     let p = production(&[("JWT_SECRET", a32.as_str())]);
     assert!(
-        p.iter().any(|p| p.contains("JWT_SECRET is too predictable")),
+        p.iter()
+            .any(|p| p.contains("JWT_SECRET is too predictable")),
         "{p:#?}"
     );
     let p = production(&[("AUTH_SECRET", "abababababababababababababababab")]);
     assert!(
-        p.iter().any(|p| p.contains("AUTH_SECRET is too predictable")),
+        p.iter()
+            .any(|p| p.contains("AUTH_SECRET is too predictable")),
         "{p:#?}"
     );
     let p = production(&[("AUTH_SECRET", "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b")]);

@@ -113,7 +113,10 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
             .args(["--request-timeout", "20000"])
             .args(["--workers", "1"])
             .arg("--no-color")
-            .args(["-H", &format!("Authorization: Bearer {}", user.access_token)])
+            .args([
+                "-H",
+                &format!("Authorization: Bearer {}", user.access_token),
+            ])
             .env("SCHEMATHESIS_HOOKS", "")
             .output(),
     )
@@ -213,7 +216,10 @@ fn mutated_frame(rng: &mut StdRng) -> String {
 /// Frames that are fine and get no reply: an `unsubscribe` of a chat not followed.
 fn may_be_silent(frame: &str) -> bool {
     serde_json::from_str::<Value>(frame).is_ok_and(|v| {
-        v["type"] == "unsubscribe" && v["chat_id"].as_str().is_some_and(|s| s.parse::<Uuid>().is_ok())
+        v["type"] == "unsubscribe"
+            && v["chat_id"]
+                .as_str()
+                .is_some_and(|s| s.parse::<Uuid>().is_ok())
     })
 }
 
@@ -227,7 +233,10 @@ async fn every_bad_websocket_frame_gets_an_error_frame_and_the_socket_stays() {
     for round in 0..400 {
         let frame = if round % 50 == 49 {
             // now and then a binary frame
-            ws.ws.send(Message::Binary(vec![0u8, 159, 146, 150].into())).await.unwrap();
+            ws.ws
+                .send(Message::Binary(vec![0u8, 159, 146, 150].into()))
+                .await
+                .unwrap();
             "<binary>".to_owned()
         } else {
             let f = mutated_frame(&mut rng);

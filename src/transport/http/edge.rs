@@ -95,8 +95,8 @@ pub async fn guard_body(State(state): State<AppState>, req: Request, next: Next)
             "request body is too large",
         ));
     }
-    let has_body = declared.is_some_and(|n| n > 0)
-        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let has_body =
+        declared.is_some_and(|n| n > 0) || req.headers().contains_key(header::TRANSFER_ENCODING);
     if !has_body {
         return next.run(req).await;
     }
@@ -166,7 +166,9 @@ mod tests {
 
     #[test]
     fn request_ids_are_short_safe_tokens() {
-        assert!(acceptable_request_id(b"0b7c3c2e-9d5f-4a51-8f5e-2d1c0a9b8e7f"));
+        assert!(acceptable_request_id(
+            b"0b7c3c2e-9d5f-4a51-8f5e-2d1c0a9b8e7f"
+        ));
         assert!(acceptable_request_id(b"trace:abc.DEF_1"));
         assert!(!acceptable_request_id(b""));
         assert!(!acceptable_request_id(&[b'a'; 65]));

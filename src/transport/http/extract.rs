@@ -224,7 +224,10 @@ mod tests {
     #[test]
     fn the_client_is_counted_from_the_right() {
         let mut h = HeaderMap::new();
-        h.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 1.2.3.4"));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 1.2.3.4"),
+        );
         assert_eq!(forwarded_client(&h, 1), Some("1.2.3.4".parse().unwrap()));
         h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
         assert_eq!(forwarded_client(&h, 1), Some("10.0.0.2".parse().unwrap()));

@@ -46,8 +46,14 @@ fn paths() -> Value {
         ("400", "a bad body or parameter (`param` names it)"),
         ("401", "missing, unknown or revoked API key"),
         ("402", "a budget is exhausted"),
-        ("429", "a per-minute limit or a budget (`insufficient_quota`); `Retry-After` in seconds"),
-        ("502", "no provider could answer, or the answer failed midway"),
+        (
+            "429",
+            "a per-minute limit or a budget (`insufficient_quota`); `Retry-After` in seconds",
+        ),
+        (
+            "502",
+            "no provider could answer, or the answer failed midway",
+        ),
         ("503", "storage or the budget store is unavailable"),
     ]);
     completion_responses.insert(
@@ -203,7 +209,9 @@ pub fn finish(doc: &OpenApi) -> Value {
     let mut seen_ids = std::collections::HashSet::new();
     if let Some(paths) = v.get_mut("paths").and_then(Value::as_object_mut) {
         for (path, item) in paths.iter_mut() {
-            let Some(ops) = item.as_object_mut() else { continue };
+            let Some(ops) = item.as_object_mut() else {
+                continue;
+            };
             for (method, op) in ops.iter_mut() {
                 declare_path_params(path, op);
                 if let Some(id) = op.get("operationId").and_then(Value::as_str)
@@ -216,12 +224,13 @@ pub fn finish(doc: &OpenApi) -> Value {
                     seen_ids.insert(unique.clone());
                     op["operationId"] = Value::from(unique);
                 }
-                let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut)
-                else {
+                let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
                     continue;
                 };
                 for (status, res) in responses.iter_mut() {
-                    let Some(res) = res.as_object_mut() else { continue };
+                    let Some(res) = res.as_object_mut() else {
+                        continue;
+                    };
                     if res.contains_key("$ref") {
                         continue;
                     }
@@ -257,7 +266,9 @@ fn declare_path_params(path: &str, op: &mut Value) {
     let params = op
         .as_object_mut()
         .map(|o| o.entry("parameters").or_insert_with(|| json!([])));
-    let Some(Value::Array(params)) = params else { return };
+    let Some(Value::Array(params)) = params else {
+        return;
+    };
     for name in names {
         let declared = params
             .iter()
@@ -304,7 +315,13 @@ mod tests {
     fn the_hand_written_parts_parse() {
         let mut doc = utoipa::openapi::OpenApi::default();
         super::add(&mut doc);
-        for path in ["/v1/chat/completions", "/v1/embeddings", "/v1/models", "/ws", "/metrics"] {
+        for path in [
+            "/v1/chat/completions",
+            "/v1/embeddings",
+            "/v1/models",
+            "/ws",
+            "/metrics",
+        ] {
             assert!(doc.paths.paths.contains_key(path), "{path}");
         }
         assert!(doc.components.unwrap().schemas.contains_key("Error"));
