@@ -192,6 +192,14 @@ else
   (cd "$sdk_node" && npm ci --no-audit --no-fund --loglevel=error)
   echo "$sdk_lock" > "$sdk_stamp"
 fi
+# The OpenAPI document's validator and the schema-driven fuzzer (tests/api/openapi_fuzz.rs).
+if "$venv/bin/python" -c 'import openapi_spec_validator, schemathesis' >/dev/null 2>&1; then
+  log "openapi-spec-validator and schemathesis: present"
+else
+  log "openapi-spec-validator and schemathesis: installing into .venv-tests"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    'openapi-spec-validator>=0.7,<0.8' 'schemathesis>=3.39,<4' 'hypothesis>=6.108,<6.120'
+fi
 
 # --- 7. the browser client: npm packages, and Chromium for its browser tests --------
 # web/ is plain ES modules; npm only fetches marked, DOMPurify and highlight.js

@@ -4,7 +4,6 @@
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use axum::serve::ListenerExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -154,6 +153,7 @@ impl App {
             key_touches: dashmap::DashMap::new(),
             email,
             lifecycle: crate::state::Lifecycle::default(),
+            edge: Default::default(),
         });
         Ok(Self { listener, state })
     }
@@ -187,25 +187,22 @@ impl App {
         let billing_sweep =
             crate::billing::sweep::Sweeper::start(self.state.db.clone(), &self.state.config);
         let (signalled_tx, signalled) = tokio::sync::watch::channel(false);
-        // Small frames (acks, deltas) must not wait out Nagle's algorithm
-        // against the peer's delayed ACK: that alone cost ~40 ms per ack.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!(
-                grace_secs = grace.as_secs(),
-                "shutting down: draining (no new answers; running ones finish or are cancelled)"
-            );
-            let _ = signalled_tx.send(true);
-        });
+        // Our own accept loop (caps, header-read and keep-alive timeouts);
+        // it sets TCP_NODELAY and puts the peer address on each request.
+        let serve = crate::transport::server::serve(
+            self.listener,
+            router,
+            self.state.edge.conns.clone(),
+            self.state.config.edge.clone(),
+            async move {
+                shutdown.await;
+                tracing::info!(
+                    grace_secs = grace.as_secs(),
+                    "shutting down: draining (no new answers; running ones finish or are cancelled)"
+                );
+                let _ = signalled_tx.send(true);
+            },
+        );
         let after_signal = |extra: Duration| {
             let mut signalled = signalled.clone();
             async move {

@@ -14,7 +14,7 @@ use axum::{
 use serde::Serialize;
 
 /// Stable, documented error codes (docs/PROTOCOL.md, docs/API.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     Unauthorized,
@@ -31,6 +31,8 @@ pub enum ErrorCode {
     SlowConsumer,
     Unavailable,
     Internal,
+    /// The request (its body) did not arrive in time.
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -50,6 +52,7 @@ impl ErrorCode {
             Self::SlowConsumer => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -65,6 +68,7 @@ impl ErrorCode {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType,
             StatusCode::TOO_MANY_REQUESTS => Self::RateLimited,
             StatusCode::SERVICE_UNAVAILABLE => Self::Unavailable,
+            StatusCode::REQUEST_TIMEOUT => Self::RequestTimeout,
             s if s.is_client_error() => Self::InvalidRequest,
             _ => Self::Internal,
         }

@@ -11,6 +11,8 @@
 //! - [`auth`]: credentials, argon2id hashing, JWT access and rotating refresh tokens.
 //! - [`billing`]: Stripe plans, checkout, verified webhooks applied once, revenue.
 //! - [`store`]: thin SQL over Postgres; the schema is in `migrations/`.
+//! - [`edge`]: counters that bound the edge: connections per node and address, SSE streams, unauthenticated sockets.
+//! - [`text`]: names and titles as a validated newtype; NUL kept out of JSON strings.
 //! - [`limits`]: fixed-window counters shared through Redis, per node when it is down.
 //! - [`budget`]: cost budgets: reserve the worst case, settle the real cost, alert at thresholds.
 //! - [`admission`]: per-minute limits and the budget reservation for each generation.
@@ -41,6 +43,7 @@ pub mod breaker;
 pub mod budget;
 pub mod config;
 pub mod documents;
+pub mod edge;
 pub mod email;
 pub mod embedding_cache;
 pub mod error;
@@ -53,4 +56,5 @@ pub mod providers;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod transport;

@@ -219,9 +219,12 @@ impl Resume {
 }
 
 /// An SSE `Last-Event-ID`: `seq` (a message), `seq:index` (a delta) or
-/// `seq:done`. Ids this server never issues (negative, overflowing) are refused.
+/// `seq:done`. Only ids this API hands out parse: digits only (`parse` would
+/// take a `+`), seqs within i64 and indexes within u32, so nothing wraps;
+/// anything else is `None`, i.e. a 400.
 pub fn parse_last_event_id(id: &str) -> Option<Resume> {
-    let seq = |s: &str| s.parse::<i64>().ok().filter(|s| *s >= 0);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let seq = |s: &str| digits(s).then(|| s.parse::<i64>().ok()).flatten();
     match id.split_once(':') {
         None => seq(id).map(Resume::since_seq),
         Some((s, "done")) => seq(s).map(|after| Resume {
@@ -229,6 +232,9 @@ pub fn parse_last_event_id(id: &str) -> Option<Resume> {
             saw_end: true,
         }),
         Some((s, index)) => {
+            if !digits(index) {
+                return None;
+            }
             index.parse::<u32>().ok()?;
             seq(s).map(Resume::since_seq)
         }
@@ -266,7 +272,12 @@ mod tests {
         assert_eq!(parse_last_event_id("7:12"), resume(7, false));
         assert_eq!(parse_last_event_id("x"), None);
         assert_eq!(parse_last_event_id("7:x"), None);
-        assert_eq!(parse_last_event_id("-3"), None);
-        assert_eq!(parse_last_event_id("99999999999999999999"), None);
+        // Nothing wraps: out of range or negative is not an id of ours.
+        assert_eq!(parse_last_event_id("9223372036854775808"), None);
+        assert_eq!(parse_last_event_id("-9223372036854775808:0"), None);
+        assert_eq!(parse_last_event_id("-1"), None);
+        assert_eq!(parse_last_event_id("7:4294967296"), None);
+        assert_eq!(parse_last_event_id("+7"), None);
+        assert_eq!(parse_last_event_id("0:0"), resume(0, false));
     }
 }

@@ -35,6 +35,8 @@ pub struct AppInner {
     pub email: crate::email::EmailTasks,
     /// Where shutdown stands, for the doors that hold long-lived streams.
     pub lifecycle: Lifecycle,
+    /// Open connections, SSE streams and unauthenticated sockets (`[edge]` caps).
+    pub edge: std::sync::Arc<crate::edge::EdgeCounters>,
 }
 
 /// Shutdown as the doors see it. Draining (refusing new generations) is the
@@ -43,8 +45,9 @@ pub struct AppInner {
 #[derive(Default)]
 pub struct Lifecycle {
     pub closing: tokio_util::sync::CancellationToken,
-    /// Every WebSocket connection: axum's graceful shutdown does not see
-    /// upgraded connections, so the app waits for these itself.
+    /// Every WebSocket connection: the server's graceful stop ends with the
+    /// HTTP connections, and an upgraded one is no longer one of them, so
+    /// the app waits for these itself.
     pub sockets: tokio_util::task::TaskTracker,
 }
 

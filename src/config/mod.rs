@@ -16,11 +16,13 @@ mod accounts;
 mod billing;
 pub mod check;
 mod documents;
+mod edge;
 pub mod pricing;
 mod validate;
 pub use accounts::{AccountsConfig, EmailConfig, SmtpTls};
 pub use billing::{BillingConfig, PriceConfig};
 pub use documents::DocumentsConfig;
+pub use edge::EdgeConfig;
 
 /// The seed's environment names and where each lands in the settings tree.
 pub const ENV_MAP: &[(&str, &str)] = &[
@@ -165,6 +167,8 @@ pub struct Config {
     pub email: EmailConfig,
     #[serde(default)]
     pub documents: DocumentsConfig,
+    #[serde(default)]
+    pub edge: EdgeConfig,
 }
 
 fn default_env() -> AppEnv {
@@ -325,6 +329,10 @@ fn smtp_timeout_default() -> u64 {
     10
 }
 
+fn inter_token_timeout_default() -> u64 {
+    30_000
+}
+
 /// How requests are routed and how providers are protected.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RoutingConfig {
@@ -336,6 +344,10 @@ pub struct RoutingConfig {
     pub ttft_timeout_ms: u64,
     /// Retries on one provider before its first token (connect errors, timeouts, 5xx).
     pub max_retries: u32,
+    /// Silence allowed between two tokens once an answer has started; past
+    /// it the answer fails with the mid-stream error (`stalled`).
+    #[serde(default = "inter_token_timeout_default")]
+    pub inter_token_timeout_ms: u64,
     /// Base of the jittered exponential backoff between those retries.
     pub retry_base_ms: u64,
     /// Held reservations expire after this, so a crash never holds budget forever.

@@ -47,6 +47,17 @@ impl Config {
         {
             p.push("JWT_SECRET and REFRESH_TOKEN_SECRET must differ".into());
         }
+        // One leaked key must not unlock the other's tokens.
+        for (name, other) in [
+            ("JWT_SECRET", &self.auth.jwt_secret),
+            ("REFRESH_TOKEN_SECRET", &self.auth.refresh_token_secret),
+        ] {
+            if let (Some(a), Some(b)) = (&self.auth.auth_secret, other)
+                && a == b
+            {
+                p.push(format!("AUTH_SECRET and {name} must differ"));
+            }
+        }
         if self.stripe.secret_key.is_some() && self.stripe.webhook_secret.is_none() {
             p.push("STRIPE_WEBHOOK_SECRET is required when STRIPE_SECRET_KEY is set".into());
         }
@@ -90,6 +101,7 @@ impl Config {
         self.check_web(&mut p);
         p.extend(super::billing::problems(self));
         self.check_documents(&mut p);
+        self.check_edge(&mut p);
         p
     }
 
@@ -279,8 +291,45 @@ pub(super) fn check_secret(
             if prod && s.expose().starts_with(DEV_SECRET_MARK) {
                 p.push(format!("{name} is still the development default"));
             }
+            if let Some(why) = low_entropy(s.expose()) {
+                p.push(format!("{name} is too predictable ({why}); use a random value, e.g. `openssl rand -hex 32`"));
+            }
         }
     }
+}
+
+/// Fewest distinct characters a secret may have.
+const MIN_SECRET_DISTINCT: usize = 10;
+/// Least estimated entropy of a secret, in bits (its length times the Shannon
+/// entropy of its own character frequencies): 32 random hex digits give ~110.
+const MIN_SECRET_BITS: f64 = 96.0;
+
+/// Why a secret is too guessable (`32 × "a"`, a short repeated word), or
+/// `None`. An estimate from the value alone: it cannot see a pattern such as
+/// a counting sequence, only a poor alphabet.
+pub(super) fn low_entropy(secret: &str) -> Option<String> {
+    let mut counts = std::collections::HashMap::<char, usize>::new();
+    for c in secret.chars() {
+        *counts.entry(c).or_default() += 1;
+    }
+    let len = secret.chars().count();
+    if counts.len() < MIN_SECRET_DISTINCT {
+        return Some(format!(
+            "{} distinct characters, at least {MIN_SECRET_DISTINCT} needed",
+            counts.len()
+        ));
+    }
+    let n = len as f64;
+    let per_char: f64 = counts
+        .values()
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    let bits = per_char * n;
+    (bits < MIN_SECRET_BITS)
+        .then(|| format!("about {bits:.0} bits of entropy, at least {MIN_SECRET_BITS:.0} needed"))
 }
 
 pub(super) fn check_url(p: &mut Vec<String>, name: &str, value: &str, schemes: &[&str]) {

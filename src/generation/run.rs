@@ -71,6 +71,7 @@ pub(super) async fn run(
             &cancel,
             &mut bill,
             max_tokens,
+            gens.routing.inter_token_timeout_ms,
         )
         .await
     } else {
@@ -85,7 +86,8 @@ pub(super) async fn run(
     sink.deliver(GenEvent::Ended(ending)).await;
 }
 
-/// Streams tokens to the sink until the provider ends, fails, is cut at
+/// Streams tokens to the sink until the provider ends, fails (or is silent
+/// for `silence_ms` between tokens), is cut at
 /// `max_tokens`, or the generation is cancelled (by its owner or because the
 /// sink stopped listening).
 async fn relay(
@@ -95,9 +97,11 @@ async fn relay(
     cancel: &CancellationToken,
     bill: &mut Bill,
     max_tokens: u32,
+    silence_ms: u64,
 ) -> End {
     let mut listening = true;
     let mut pending = Some(Some(Ok(first)));
+    let silence = std::time::Duration::from_millis(silence_ms);
     loop {
         if !listening {
             break (Status::Cancelled, "cancelled".into(), None);
@@ -107,7 +111,12 @@ async fn relay(
             None => tokio::select! {
                 biased;
                 () = cancel.cancelled() => break (Status::Cancelled, "cancelled".into(), None),
-                ev = stream.next() => ev,
+                ev = tokio::time::timeout(silence, stream.next()) => match ev {
+                    Ok(ev) => ev,
+                    // Tokens have reached the client: no fallback, the answer
+                    // ends with the explicit mid-stream error.
+                    Err(_) => Some(Err(ProviderError::Stalled(silence_ms))),
+                },
             },
         };
         let mut ready = vec![head];

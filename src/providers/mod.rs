@@ -97,6 +97,9 @@ pub enum ProviderError {
     Malformed(String),
     #[error("stream ended before the answer was complete")]
     Disconnected,
+    /// Tokens had started, then none came for `routing.inter_token_timeout_ms`.
+    #[error("the provider went silent mid-answer (no token for {0} ms)")]
+    Stalled(u64),
     /// Refused locally: the provider's circuit breaker is open.
     #[error("circuit open: the provider failed repeatedly")]
     CircuitOpen,
@@ -131,6 +134,7 @@ impl ProviderError {
             Self::Upstream { .. } => "upstream_error",
             Self::Malformed(_) => "malformed",
             Self::Disconnected => "disconnected",
+            Self::Stalled(_) => "stalled",
             Self::CircuitOpen => "circuit_open",
         }
     }

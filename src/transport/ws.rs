@@ -6,6 +6,8 @@
 //! order. Close codes: 1009 frame too large, 4001 authentication failed,
 //! 4002 heartbeat timeout, 4008 slow consumer, 1008 too many connections,
 //! 1001 server shutting down (after an `error` frame saying so).
+//! Every write has a deadline: a peer that stops reading is dropped, and its
+//! socket counts toward the user's cap until that moment.
 
 use std::{
     collections::HashSet,
@@ -35,6 +37,7 @@ use crate::{
         hub::{ConnId, Outbound, Subscriber},
     },
     documents::retrieval::Scope,
+    edge::UnauthenticatedSlot,
     error::{ApiError, ErrorCode},
     protocol::{ClientFrame, ServerFrame},
     state::AppState,
@@ -73,6 +76,25 @@ pub async fn upgrade(
         },
         None => None,
     };
+    // A socket holds a slot until its `auth` frame: sockets that never
+    // authenticate cannot pile up past `edge.max_unauthenticated_ws`.
+    let pending = match user {
+        Some(_) => None,
+        None => match state
+            .edge
+            .unauthenticated_slot(state.config.edge.max_unauthenticated_ws)
+        {
+            Some(slot) => Some(slot),
+            None => {
+                let mut err = ApiError::new(
+                    ErrorCode::RateLimited,
+                    "too many sockets waiting to authenticate; send a Bearer header or retry",
+                );
+                err.retry_after = Some(Duration::from_secs(1));
+                return err.into_response();
+            }
+        },
+    };
     let limit = state.config.ws.max_frame_bytes;
     // Our own check closes with 1009 and a reason; the codec's bound (twice as
     // large) only stops a peer from making us buffer without limit.
@@ -85,7 +107,7 @@ pub async fn upgrade(
         .on_upgrade(move |socket| {
             // Tracked, so shutdown waits for the socket's close frame to go out.
             let sockets = state.lifecycle.sockets.clone();
-            sockets.track_future(connection(state, socket, user))
+            sockets.track_future(connection(state, socket, user, pending))
         })
 }
 
@@ -148,11 +170,15 @@ async fn admit(
     state: &AppState,
     socket: &mut WebSocket,
     user: Option<Uuid>,
+    pending: Option<UnauthenticatedSlot>,
 ) -> Option<(Uuid, ConnId)> {
     let user_id = match user {
         Some(u) => u,
         None => match authenticate(state, socket).await {
-            Ok(u) => u,
+            Ok(u) => {
+                drop(pending);
+                u
+            }
             Err(why) => {
                 let _ = socket
                     .send(text(&ServerFrame::error(ErrorCode::Unauthorized, why)))
@@ -189,8 +215,13 @@ async fn admit(
     Some((user_id, conn))
 }
 
-async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) {
-    let Some((user_id, conn)) = admit(&state, &mut socket, user).await else {
+async fn connection(
+    state: AppState,
+    mut socket: WebSocket,
+    user: Option<Uuid>,
+    pending: Option<UnauthenticatedSlot>,
+) {
+    let Some((user_id, conn)) = admit(&state, &mut socket, user, pending).await else {
         return;
     };
     let actors = &state.actors;
@@ -199,14 +230,19 @@ async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) 
     let (tx, rx) = mpsc::channel::<Outbound>(state.config.ws.outbound_queue);
     let (close_tx, close_rx) = mpsc::channel::<(u16, &'static str)>(1);
     let overflow = CancellationToken::new();
+    // Cancelled when the writer gives up (a write timed out or failed), so
+    // the reader stops too and the socket is dropped.
+    let writer_gone = CancellationToken::new();
     let started = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
     let (sink, mut stream) = socket.split();
+    let edge = &state.config.edge;
+    let grace = Duration::from_secs(edge.ws_slow_grace_secs);
     #[expect(
         clippy::disallowed_methods,
-        reason = "joined below: the connection waits for its writer"
+        reason = "joined below: the connection waits for its writer, and aborts it after the grace"
     )]
-    let writer = tokio::spawn(write_loop(
+    let mut writer = tokio::spawn(write_loop(
         sink,
         rx,
         close_rx,
@@ -217,6 +253,9 @@ async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) 
             idle: Duration::from_secs(state.config.ws.idle_timeout_secs.max(1)),
             started,
             last_seen: last_seen.clone(),
+            write_timeout: Duration::from_secs(edge.ws_write_timeout_secs),
+            slow_grace: grace,
+            gone: writer_gone.clone(),
         },
     ));
 
@@ -227,8 +266,12 @@ async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) 
         tx,
         overflow,
         subscribed: HashSet::new(),
+        subscribes: SubscribeBudget::new(edge.ws_subscribes_per_minute),
     };
-    read_loop(&mut session, &mut stream, &close_tx, started, &last_seen).await;
+    tokio::select! {
+        () = read_loop(&mut session, &mut stream, &close_tx, started, &last_seen) => {}
+        () = writer_gone.cancelled() => {}
+    }
 
     // Unsubscribe first so nothing more is queued, then let the writer finish.
     for chat_id in session.subscribed.drain() {
@@ -236,10 +279,51 @@ async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) 
             .chats
             .unsubscribe(chat_id, conn, state.config.chat.cancel_on_disconnect);
     }
-    actors.users.disconnect(user_id, conn);
     drop(session);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    // A writer stuck on a peer that stopped reading would hold the socket
+    // (and megabytes of kernel buffers) for good: past the grace it is
+    // aborted, which drops its half of the socket.
+    if tokio::time::timeout(grace, &mut writer).await.is_err() {
+        writer.abort();
+        let _ = writer.await;
+    }
+    drop(stream);
+    // Counted toward the user's cap until here, when the socket is closed.
+    actors.users.disconnect(user_id, conn);
     metrics::gauge!("switchboard_ws_connections").decrement(1.0);
+}
+
+/// `subscribe` frames allowed per socket per minute (each one replays from
+/// Postgres); a fixed window, reset each minute.
+struct SubscribeBudget {
+    per_minute: u32,
+    window_start: Instant,
+    used: u32,
+}
+
+impl SubscribeBudget {
+    fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            window_start: Instant::now(),
+            used: 0,
+        }
+    }
+
+    /// Takes one; `Err(wait)` when the window is spent.
+    fn take(&mut self) -> Result<(), Duration> {
+        let window = Duration::from_secs(60);
+        let elapsed = self.window_start.elapsed();
+        if elapsed >= window {
+            self.window_start = Instant::now();
+            self.used = 0;
+        }
+        if self.used >= self.per_minute {
+            return Err(window.saturating_sub(elapsed));
+        }
+        self.used += 1;
+        Ok(())
+    }
 }
 
 /// Reads the client's frames until it goes, misbehaves past closing, or its
@@ -297,6 +381,17 @@ struct WriterTiming {
     idle: Duration,
     started: Instant,
     last_seen: Arc<AtomicU64>,
+    /// One write (or flush) may take this long; then the peer is given up.
+    write_timeout: Duration,
+    /// The slow consumer's goodbye (error frame and close) may take this long.
+    slow_grace: Duration,
+    /// Cancelled when the writer returns, for whatever reason.
+    gone: CancellationToken,
+}
+
+/// Runs `op` (a write or flush) under `limit`; false when it failed or took too long.
+async fn within<E>(limit: Duration, op: impl Future<Output = Result<(), E>>) -> bool {
+    matches!(tokio::time::timeout(limit, op).await, Ok(Ok(())))
 }
 
 async fn write_loop(
@@ -307,6 +402,8 @@ async fn write_loop(
     closing: CancellationToken,
     t: WriterTiming,
 ) {
+    let _gone = t.gone.clone().drop_guard();
+    let limit = t.write_timeout;
     let mut ping = tokio::time::interval(t.ping_every);
     ping.tick().await;
     loop {
@@ -314,54 +411,57 @@ async fn write_loop(
         tokio::select! {
             biased;
             Some((code, reason)) = close_rx.recv() => {
-                let _ = sink.send(close(code, reason)).await;
+                let _ = within(limit, sink.send(close(code, reason))).await;
                 return;
             }
             () = overflow.cancelled() => {
                 let err = ServerFrame::error(ErrorCode::SlowConsumer, "outbound queue full: reading too slowly");
-                let _ = sink.send(text(&err)).await;
-                let _ = sink.send(close(CLOSE_SLOW_CONSUMER, "slow consumer")).await;
+                let goodbye = async {
+                    sink.send(text(&err)).await?;
+                    sink.send(close(CLOSE_SLOW_CONSUMER, "slow consumer")).await
+                };
+                let _ = within(t.slow_grace, goodbye).await;
                 return;
             }
             out = rx.recv() => match out {
                 Some(out) => {
                     // Everything already queued goes out with one flush (one
                     // syscall) instead of one per frame.
-                    if sink.feed(WsMessage::Text(out.json.as_ref().into())).await.is_err() {
+                    if !within(limit, sink.feed(WsMessage::Text(out.json.as_ref().into()))).await {
                         return;
                     }
                     for _ in 0..WRITE_BATCH {
                         let Ok(more) = rx.try_recv() else { break };
-                        if sink.feed(WsMessage::Text(more.json.as_ref().into())).await.is_err() {
+                        if !within(limit, sink.feed(WsMessage::Text(more.json.as_ref().into()))).await {
                             return;
                         }
                     }
-                    if sink.flush().await.is_err() {
+                    if !within(limit, sink.flush()).await {
                         return;
                     }
                 }
-                None if closing.is_cancelled() => return going_away(&mut sink).await,
+                None if closing.is_cancelled() => return going_away(&mut sink, limit).await,
                 None => {
-                    let _ = sink.close().await;
+                    let _ = within(limit, sink.close()).await;
                     return;
                 }
             },
             // Below the queue: frames already queued (the answers' `done`) go first.
             () = closing.cancelled() => {
                 while let Ok(more) = rx.try_recv() {
-                    if sink.feed(WsMessage::Text(more.json.as_ref().into())).await.is_err() {
+                    if !within(limit, sink.feed(WsMessage::Text(more.json.as_ref().into()))).await {
                         return;
                     }
                 }
-                return going_away(&mut sink).await;
+                return going_away(&mut sink, limit).await;
             }
             _ = ping.tick() => {
                 let seen = Duration::from_millis(t.last_seen.load(Ordering::Relaxed));
                 if t.started.elapsed().saturating_sub(seen) > t.idle {
-                    let _ = sink.send(close(CLOSE_HEARTBEAT, "heartbeat timeout")).await;
+                    let _ = within(limit, sink.send(close(CLOSE_HEARTBEAT, "heartbeat timeout"))).await;
                     return;
                 }
-                if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
+                if !within(limit, sink.send(WsMessage::Ping(Default::default()))).await {
                     return;
                 }
             }
@@ -370,11 +470,17 @@ async fn write_loop(
 }
 
 /// Shutdown's last words on a socket: why, then close 1001.
-async fn going_away(sink: &mut futures::stream::SplitSink<WebSocket, WsMessage>) {
-    let _ = sink.feed(text(&ServerFrame::shutting_down())).await;
-    let _ = sink
-        .send(close(CLOSE_GOING_AWAY, "server shutting down"))
+async fn going_away(
+    sink: &mut futures::stream::SplitSink<WebSocket, WsMessage>,
+    limit: Duration,
+) {
+    if within(limit, sink.feed(text(&ServerFrame::shutting_down()))).await {
+        let _ = within(
+            limit,
+            sink.send(close(CLOSE_GOING_AWAY, "server shutting down")),
+        )
         .await;
+    }
 }
 
 /// One authenticated socket's view: what it follows and may see.
@@ -385,6 +491,7 @@ struct Session {
     tx: mpsc::Sender<Outbound>,
     overflow: CancellationToken,
     subscribed: HashSet<Uuid>,
+    subscribes: SubscribeBudget,
 }
 
 impl Session {
@@ -445,6 +552,13 @@ impl Session {
     }
 
     async fn on_text(&mut self, raw: &str) {
+        if crate::text::json_has_nul(raw.as_bytes()) {
+            self.error(
+                ErrorCode::InvalidRequest,
+                "bad frame: strings must not contain NUL (\\u0000)",
+            );
+            return;
+        }
         let frame = match serde_json::from_str::<ClientFrame>(raw) {
             Ok(f) => f,
             Err(e) => {
@@ -538,6 +652,18 @@ impl Session {
     }
 
     async fn subscribe_live(&mut self, chat_id: Uuid, since_seq: Option<i64>) -> bool {
+        if let Err(wait) = self.subscribes.take() {
+            let mut err = ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "at most {} subscribes per minute on one socket",
+                    self.subscribes.per_minute
+                ),
+            );
+            err.retry_after = Some(wait);
+            self.reply(&ServerFrame::from_error(&err));
+            return false;
+        }
         if self.subscribed.len() >= MAX_SUBSCRIPTIONS {
             self.error(
                 ErrorCode::InvalidRequest,

@@ -77,6 +77,7 @@ impl From<AdminError> for ApiError {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
     /// 1 to 1000, default 100.
@@ -114,6 +115,8 @@ pub async fn list_users(
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
+// Named apart from `/api/workspaces`' own list in the merged OpenAPI document.
+#[schema(as = AdminWorkspaceList)]
 pub struct WorkspaceList {
     pub workspaces: Vec<store::admin::AdminWorkspace>,
 }

@@ -124,6 +124,7 @@ pub async fn usage(State(state): State<AppState>, user: AuthUser) -> ApiResult<J
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DailyQuery {
     /// Days back from today, 1 to 366 (default 30).
     pub days: Option<i32>,

@@ -127,6 +127,10 @@ pub async fn portal_session(
     // The body is optional: none means the caller's own workspace.
     let req: PortalRequest = if body.iter().all(u8::is_ascii_whitespace) {
         PortalRequest::default()
+    } else if crate::text::json_has_nul(&body) {
+        return Err(ApiError::invalid(
+            "invalid request body: strings must not contain NUL (\\u0000)",
+        ));
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))?
@@ -139,6 +143,7 @@ pub async fn portal_session(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WorkspaceQuery {
     pub workspace_id: Option<Uuid>,
 }

@@ -30,6 +30,7 @@ use crate::{
         chat::{Ack, SendRequest},
         hub::{ConnId, Outbound, Subscriber},
     },
+    edge::SseSlot,
     error::{ApiError, ApiResult, ErrorCode},
     protocol::{Resume, ServerFrame, parse_last_event_id},
     state::AppState,
@@ -57,6 +58,7 @@ pub struct SendMessage {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FollowQuery {
     /// Replay messages after this seq, then go live (`Last-Event-ID` wins when both are given).
     pub since_seq: Option<i64>,
@@ -70,6 +72,21 @@ struct Subscription {
     conn: ConnId,
     rx: mpsc::Receiver<Outbound>,
     overflow: CancellationToken,
+    /// Held by SSE responses: their place under `edge.max_sse_streams_per_user`.
+    sse_slot: Option<SseSlot>,
+}
+
+/// A place for one more SSE stream of `user`, or 429.
+fn sse_slot(state: &AppState, user: Uuid) -> ApiResult<SseSlot> {
+    let cap = state.config.edge.max_sse_streams_per_user;
+    state.edge.sse_slot(user, cap).ok_or_else(|| {
+        let mut err = ApiError::new(
+            ErrorCode::RateLimited,
+            format!("too many open event streams (at most {cap} per user); close one first"),
+        );
+        err.retry_after = Some(Duration::from_secs(1));
+        err
+    })
 }
 
 impl Drop for Subscription {
@@ -101,6 +118,7 @@ async fn subscribe(
         conn,
         rx,
         overflow,
+        sse_slot: None,
     })
 }
 
@@ -156,7 +174,14 @@ pub async fn send_message(
     store::chats::get_for_user(&state.db, user.id, chat_id)
         .await?
         .ok_or_else(|| ApiError::not_found("chat"))?;
-    let sub = subscribe(&state, user.id, chat_id, None).await?;
+    // Refused before anything is sent, so a refusal starts no answer.
+    let slot = if wants_sse(&headers) {
+        Some(sse_slot(&state, user.id)?)
+    } else {
+        None
+    };
+    let mut sub = subscribe(&state, user.id, chat_id, None).await?;
+    sub.sse_slot = slot;
     let req = SendRequest {
         author: user.id,
         client_msg_id: body
@@ -282,7 +307,9 @@ pub async fn follow_events(
         }
         None => q.since_seq.map(Resume::since_seq),
     };
-    let sub = subscribe(&state, user.id, chat_id, since).await?;
+    let slot = sse_slot(&state, user.id)?;
+    let mut sub = subscribe(&state, user.id, chat_id, since).await?;
+    sub.sse_slot = Some(slot);
     let stream = futures::stream::unfold((sub, false), |(mut sub, ended)| async move {
         if ended {
             return None;
@@ -363,21 +390,40 @@ async fn json_answer(
                 ));
             };
             if watch.observe(&out) {
-                return Ok(());
+                return Ok(out);
             }
         }
     };
-    tokio::time::timeout(ANSWER_TIMEOUT, wait)
+    let end = tokio::time::timeout(ANSWER_TIMEOUT, wait)
         .await
         .map_err(|_| ApiError::new(ErrorCode::ProviderUnavailable, "the answer took too long"))??;
-    let id = watch.assistant_id.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::ProviderUnavailable,
-            "no provider could answer; send again to retry",
-        )
-    })?;
+    // An answer that ended in an `error` frame fails the same way here: its
+    // code, message and `retry_after` (as `Retry-After`), as the WebSocket saw.
+    let failure = (end.kind == "error")
+        .then(|| error_of_frame(&end.json))
+        .flatten();
+    let Some(id) = watch.assistant_id else {
+        return Err(failure.unwrap_or_else(|| {
+            ApiError::new(
+                ErrorCode::ProviderUnavailable,
+                "no provider could answer; send again to retry",
+            )
+        }));
+    };
     let message = store::messages::by_id(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::internal("finished answer not found"))?;
-    answer(message)
+    match failure {
+        Some(err) if message.status == "failed" => Err(err),
+        _ => answer(message),
+    }
+}
+
+/// The error an `error` frame carries, back as an [`ApiError`].
+fn error_of_frame(json: &str) -> Option<ApiError> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let code: ErrorCode = serde_json::from_value(v["code"].clone()).ok()?;
+    let mut err = ApiError::new(code, v["message"].as_str().unwrap_or("the answer failed"));
+    err.retry_after = v["retry_after"].as_u64().map(Duration::from_secs);
+    Some(err)
 }

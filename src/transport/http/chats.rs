@@ -87,19 +87,9 @@ pub struct MessageList {
 }
 
 fn parse_title(raw: &str) -> ApiResult<String> {
-    let title = raw.trim();
-    let len = title.chars().count();
-    if len == 0 || len > TITLE_MAX {
-        return Err(ApiError::invalid(format!(
-            "title: must be 1 to {TITLE_MAX} characters"
-        )));
-    }
-    if title.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "title: must not contain control characters",
-        ));
-    }
-    Ok(title.to_owned())
+    crate::text::DisplayText::parse(raw, "title", TITLE_MAX)
+        .map(crate::text::DisplayText::into_string)
+        .map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 fn parse_limit(limit: Option<i64>, default: i64, max: i64) -> ApiResult<i64> {

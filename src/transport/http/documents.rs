@@ -279,17 +279,19 @@ fn check_filename(name: &str) -> ApiResult<()> {
             "filename: 1 to 255 characters, no control characters",
         ));
     }
+    if let Some(c) = crate::text::hidden_char(name) {
+        return Err(ApiError::invalid(format!(
+            "filename: must not contain invisible or text-direction characters (U+{:04X})",
+            u32::from(c)
+        )));
+    }
     Ok(())
 }
 
 fn parse_title(raw: &str) -> ApiResult<String> {
-    let t = raw.trim();
-    if t.is_empty() || t.chars().count() > TITLE_MAX || t.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!(
-            "title: 1 to {TITLE_MAX} characters, no control characters"
-        )));
-    }
-    Ok(t.to_owned())
+    crate::text::DisplayText::parse(raw, "title", TITLE_MAX)
+        .map(crate::text::DisplayText::into_string)
+        .map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 #[utoipa::path(get, path = "/api/documents", tag = "documents", security(("bearer" = [])), params(WorkspaceQuery),
@@ -408,5 +410,13 @@ pub async fn search_documents(
             ),
             SearchError::Store(e) => ApiError::from(e),
         })?;
+    // A query with nothing to embed (a zero vector) has no direction: cosine
+    // similarity is NaN, which JSON cannot carry. Its honest score is 0.
+    let mut results = results;
+    for hit in &mut results {
+        if !hit.score.is_finite() {
+            hit.score = 0.0;
+        }
+    }
     Ok(Json(SearchResults { results }))
 }

@@ -20,10 +20,63 @@ use crate::{
 };
 
 /// `Json` whose rejections use our envelope: 415 without a JSON content type,
-/// 413 over the limit, 400 naming what is wrong with the body.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// 413 over the limit, 400 naming what is wrong with the body — including a
+/// NUL (`\u0000`) in any string, which Postgres could not store.
 pub struct ApiJson<T>(pub T);
+
+/// `application/json` or `application/<anything>+json`, as axum's `Json` accepts.
+fn is_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"))
+}
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "expected Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(ErrorCode::PayloadTooLarge, "request body is too large")
+                } else {
+                    ApiError::invalid(e.body_text())
+                }
+            })?;
+        if crate::text::json_has_nul(&bytes) {
+            return Err(ApiError::invalid(
+                "invalid request body: strings must not contain NUL (\\u0000)",
+            ));
+        }
+        axum::Json::<T>::from_bytes(&bytes)
+            .map(|axum::Json(v)| Self(v))
+            .map_err(ApiError::from)
+    }
+}
 
 impl<T: Serialize> IntoResponse for ApiJson<T> {
     fn into_response(self) -> Response {
@@ -126,21 +179,31 @@ pub fn bearer_from_headers(headers: &axum::http::HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
 }
 
-/// The client's address: the socket peer, or the first `X-Forwarded-For` hop
-/// when the operator says a trusted proxy sets it.
+/// The client's address: the socket peer, or, when the operator says their
+/// own proxies set `X-Forwarded-For`, the entry `edge.trusted_proxy_hops`
+/// from the right. Entries further left were written by the client and are
+/// never trusted.
 pub struct ClientIp(pub IpAddr);
+
+/// The client in `X-Forwarded-For` headers (all of them, in order) with
+/// `hops` proxies of ours appending to it; `None` when it is absent or the
+/// chosen entry is not an address.
+pub fn forwarded_client(headers: &axum::http::HeaderMap, hops: usize) -> Option<IpAddr> {
+    let mut entries = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        entries.extend(value.to_str().ok()?.split(',').map(str::trim));
+    }
+    entries.retain(|e| !e.is_empty());
+    let at = entries.len().checked_sub(hops.max(1)).unwrap_or(0);
+    entries.get(at)?.parse().ok()
+}
 
 impl FromRequestParts<AppState> for ClientIp {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if state.config.server.trust_forwarded_for
-            && let Some(ip) = parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .and_then(|v| v.trim().parse().ok())
+            && let Some(ip) = forwarded_client(&parts.headers, state.config.edge.trusted_proxy_hops)
         {
             return Ok(Self(ip));
         }
@@ -149,5 +212,27 @@ impl FromRequestParts<AppState> for ClientIp {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ci| Self(ci.0.ip()))
             .ok_or_else(|| ApiError::internal("no peer address on the request"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderMap, HeaderValue};
+
+    use super::forwarded_client;
+
+    #[test]
+    fn the_client_is_counted_from_the_right() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 1.2.3.4"),
+        );
+        assert_eq!(forwarded_client(&h, 1), Some("1.2.3.4".parse().unwrap()));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        assert_eq!(forwarded_client(&h, 1), Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(forwarded_client(&h, 2), Some("1.2.3.4".parse().unwrap()));
+        assert_eq!(forwarded_client(&h, 9), Some("6.6.6.6".parse().unwrap()));
+        assert_eq!(forwarded_client(&HeaderMap::new(), 1), None);
     }
 }

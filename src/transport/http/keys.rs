@@ -69,12 +69,9 @@ pub async fn create_key(
     ApiJson(req): ApiJson<CreateKey>,
 ) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
     crate::auth::spend::may_spend(&state.db, &state.config.accounts, user.id).await?;
-    let name = req.name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "name: must be 1 to 100 characters, no control characters",
-        ));
-    }
+    let name = crate::text::DisplayText::parse(&req.name, "name", 100)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let name = name.as_str();
     if req.budget_micros.is_some_and(|b| b < 0) {
         return Err(ApiError::invalid("budget_micros: must not be negative"));
     }

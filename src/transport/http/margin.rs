@@ -26,6 +26,7 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MarginQuery {
     /// `day` (default) or `month`.
     pub period: Option<String>,
@@ -86,6 +87,7 @@ pub async fn margin(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WorstQuery {
     /// Days back from now, 1 to 731 (default 30).
     pub days: Option<i64>,

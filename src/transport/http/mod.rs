@@ -10,6 +10,7 @@ mod billing;
 mod chat_stream;
 mod chats;
 mod documents;
+mod edge;
 pub mod extract;
 mod health;
 mod keys;
@@ -17,6 +18,7 @@ mod margin;
 mod models;
 mod openai_api;
 mod openapi;
+mod openapi_extra;
 mod ops;
 mod web;
 mod workspaces;
@@ -73,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("route") })
         .layer(
             ServiceBuilder::new()
+                .layer(middleware::from_fn(edge::sanitize_request_id))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(
                     TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -89,6 +92,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(middleware::from_fn(record_metrics))
                 .layer(cors)
                 .layer(DefaultBodyLimit::max(body_limit))
+                .layer(middleware::from_fn_with_state(state.clone(), edge::guard_body))
         )
         .with_state(state)
 }

@@ -65,7 +65,8 @@ pub fn router() -> Router<AppState> {
             let mut doc = ApiDoc::openapi();
             doc.merge(super::workspaces::AccountsApiDoc::openapi());
             doc.merge(super::billing::BillingDoc::openapi());
-            Json(doc)
+            super::openapi_extra::add(&mut doc);
+            Json(super::openapi_extra::finish(&doc))
         }),
     )
 }

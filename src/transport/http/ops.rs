@@ -73,6 +73,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ViewQuery {
     /// Chats and users listed one by one, 0 to 100 (default 20).

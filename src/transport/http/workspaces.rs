@@ -157,13 +157,9 @@ fn forbidden(message: &str) -> ApiError {
 }
 
 fn workspace_name(raw: &str) -> ApiResult<&str> {
-    let name = raw.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "name: must be 1 to 100 characters, no control characters",
-        ));
-    }
-    Ok(name)
+    crate::text::DisplayText::parse(raw, "name", 100)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok(raw.trim())
 }
 
 /// The caller's view of the workspace, or 404 when they are not a member.

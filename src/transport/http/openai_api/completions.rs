@@ -206,6 +206,12 @@ fn parse_request(
     body: &[u8],
     default_max: u32,
 ) -> Result<(CompletionRequest, ChatRequest), OaiError> {
+    if crate::text::json_has_nul(body) {
+        return Err(OaiError::invalid(
+            "Invalid request body: strings must not contain NUL (\\u0000)",
+            None,
+        ));
+    }
     let req: CompletionRequest = serde_json::from_slice(body).map_err(|e| {
         let param = [
             "model",

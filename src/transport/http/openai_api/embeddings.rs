@@ -124,6 +124,12 @@ fn base64_of(v: &[f32]) -> String {
 
 async fn embed(state: AppState, headers: HeaderMap, body: Bytes) -> Result<Response, OaiError> {
     let auth = authenticate(&state, &headers).await?;
+    if crate::text::json_has_nul(&body) {
+        return Err(OaiError::invalid(
+            "Invalid request body: strings must not contain NUL (\\u0000)",
+            Some("input"),
+        ));
+    }
     let req: EmbeddingRequest = serde_json::from_slice(&body).map_err(|e| {
         let text = e.to_string();
         let param = ["model", "encoding_format", "dimensions", "user"]
