@@ -180,6 +180,10 @@ impl App {
         let router = http::router(self.state.clone());
         let billing_sweep =
             crate::billing::sweep::Sweeper::start(self.state.db.clone(), &self.state.config);
+        // Disabled accounts lose their open sockets on every node (docs/OPERATIONS.md).
+        let disabled_watch = self.state.config.database.url.clone().map(|url| {
+            crate::actors::disabled::DisabledWatch::start(url, self.state.actors.users.clone())
+        });
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         // Small frames (acks, deltas) must not wait out Nagle's algorithm
         // against the peer's delayed ACK: that alone cost ~40 ms per ack.
@@ -215,6 +219,9 @@ impl App {
             }
         };
         billing_sweep.stop().await;
+        if let Some(w) = disabled_watch {
+            w.stop().await;
+        }
         self.state.actors.stop(Duration::from_secs(1)).await;
         self.state.email.shutdown().await;
         res

@@ -3,7 +3,8 @@
 //! One task per socket reads frames and calls the actors; a writer task drains
 //! the socket's bounded outbound queue, which the chat hub also feeds. Direct
 //! answers (ack, pong, errors) go through the same queue, so a socket sees one
-//! order. Close codes: 1009 frame too large, 4001 authentication failed,
+//! order. Close codes: 1009 frame too large, 4001 authentication failed (or
+//! the account was disabled while connected),
 //! 4002 heartbeat timeout, 4008 slow consumer, 1008 too many connections.
 
 use std::{
@@ -220,6 +221,7 @@ async fn connection(state: AppState, mut socket: WebSocket, user: Option<Uuid>) 
         tx,
         overflow,
         subscribed: HashSet::new(),
+        cut: actors.users.cut_token(user_id, conn),
     };
     read_loop(&mut session, &mut stream, &close_tx, started, &last_seen).await;
 
@@ -249,6 +251,10 @@ async fn read_loop(
         let msg = tokio::select! {
             m = stream.next() => m,
             () = session.overflow.cancelled() => break,
+            () = session.cut.cancelled() => {
+                let _ = close_tx.try_send((CLOSE_UNAUTHORIZED, "account disabled"));
+                break;
+            }
         };
         last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         match msg {
@@ -357,6 +363,8 @@ struct Session {
     tx: mpsc::Sender<Outbound>,
     overflow: CancellationToken,
     subscribed: HashSet<Uuid>,
+    /// Cancelled when the user is disabled: the socket closes with 4001.
+    cut: CancellationToken,
 }
 
 impl Session {
@@ -458,7 +466,10 @@ impl Session {
                     origin: Some(self.conn),
                     documents: documents.and_then(Scope::from_choice),
                 };
-                match self.state.actors.chats.send(chat_id, req).await {
+                // A WebSocket frame's trace starts here (an HTTP request's at its `http` span).
+                let span = crate::trace_span!("ws.send", %chat_id, otel.kind = "server");
+                let sent = self.state.actors.chats.send(chat_id, req);
+                match tracing::Instrument::instrument(sent, span).await {
                     Ok(ack) => self.reply(&ServerFrame::Ack {
                         client_msg_id: ack.client_msg_id,
                         message_id: ack.message_id,
