@@ -2,6 +2,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: less memory kept after bursts and cheaper small allocations on
+/// the token path than glibc's malloc (docs/BENCHMARKS.md, "Allocator").
+#[cfg(not(feature = "system-alloc"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use switchboard::{
     app::{self, App},
