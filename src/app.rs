@@ -94,6 +94,7 @@ impl App {
         check_config(&config)?;
 
         telemetry::install_metrics();
+        crate::auth::password::configure(config.auth.argon2_threads);
         let db = db_pool(&config)?;
         migrate(&db).await?;
 

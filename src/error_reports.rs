@@ -56,7 +56,7 @@ pub fn init(config: &Config) -> Option<sentry::ClientInitGuard> {
         max_breadcrumbs: 0,
         attach_stacktrace: false,
         before_send: Some(Arc::new(|event| Some(scrub(event)))),
-        before_breadcrumb: Some(Arc::new(|_| None)),
+        before_breadcrumb: Some(Arc::new(|_: sentry::Breadcrumb| -> Option<sentry::Breadcrumb> { None })),
         ..Default::default()
     });
     ENABLED.store(guard.is_enabled(), Ordering::Relaxed);

@@ -76,7 +76,7 @@ pub fn start<S>(
     sample_ratio: f64,
 ) -> Result<(Traces, Box<dyn Layer<S> + Send + Sync>), TraceError>
 where
-    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync + 'static,
 {
     let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
     // The blocking client must not be created on (or dropped by) a runtime thread.

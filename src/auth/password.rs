@@ -45,11 +45,24 @@ pub enum PasswordError {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// `auth.argon2_threads`, set once at start; unset: one per CPU.
+static THREADS: OnceLock<usize> = OnceLock::new();
+
+/// Sets the number of argon2 threads (0: the blocking pool); the first call wins,
+/// and it must come before the first hash.
+pub fn configure(threads: Option<usize>) {
+    let _ = THREADS.set(threads.unwrap_or_else(cpus));
+}
+
+fn threads() -> usize {
+    *THREADS.get_or_init(cpus)
+}
+
 /// The argon2 threads, fed through one queue.
 static POOL: LazyLock<mpsc::Sender<Job>> = LazyLock::new(|| {
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
-    for i in 0..cpus() {
+    for i in 0..threads() {
         let rx = rx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("argon2-{i}"))
@@ -85,7 +98,9 @@ async fn on_argon2_pool<T: Send + 'static>(
     let job: Job = Box::new(move || {
         let _ = tx.send(f());
     });
-    if let Err(mpsc::SendError(job)) = POOL.send(job) {
+    if threads() == 0 {
+        tokio::task::spawn_blocking(job).await?;
+    } else if let Err(mpsc::SendError(job)) = POOL.send(job) {
         // No argon2 thread could be started: the blocking pool it is.
         tokio::task::spawn_blocking(job).await?;
     }

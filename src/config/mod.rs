@@ -227,6 +227,9 @@ pub struct AuthConfig {
     pub signup_window_secs: u64,
     pub signup_max_per_ip: u32,
     pub signup_max_global: u32,
+    /// Threads that hash passwords (argon2); 0 = tokio's blocking pool. Absent: one per CPU.
+    #[serde(default)]
+    pub argon2_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
