@@ -48,17 +48,16 @@ pub fn init(config: &Config) -> Option<sentry::ClientInitGuard> {
             return None;
         }
     };
-    let guard = sentry::init(sentry::ClientOptions {
-        dsn: Some(dsn),
-        release: sentry::release_name!(),
-        environment: Some(Cow::Borrowed(config.env.as_str())),
-        send_default_pii: false,
-        max_breadcrumbs: 0,
-        attach_stacktrace: false,
-        before_send: Some(Arc::new(|event| Some(scrub(event)))),
-        before_breadcrumb: Some(Arc::new(|_: sentry::Breadcrumb| -> Option<sentry::Breadcrumb> { None })),
-        ..Default::default()
-    });
+    let mut options = sentry::ClientOptions::default();
+    options.dsn = Some(dsn);
+    options.release = sentry::release_name!();
+    options.environment = Some(Cow::Borrowed(config.env.as_str()));
+    options.send_default_pii = false;
+    options.max_breadcrumbs = 0;
+    options.attach_stacktrace = false;
+    options.before_send = Some(Arc::new(|event| Some(scrub(event))));
+    options.before_breadcrumb = Some(Arc::new(|_: sentry::Breadcrumb| -> Option<sentry::Breadcrumb> { None }));
+    let guard = sentry::init(options);
     ENABLED.store(guard.is_enabled(), Ordering::Relaxed);
     if guard.is_enabled() {
         tracing::info!("error reports go to Sentry (panics and 5xx responses)");
