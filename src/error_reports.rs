@@ -56,7 +56,9 @@ pub fn init(config: &Config) -> Option<sentry::ClientInitGuard> {
     options.max_breadcrumbs = 0;
     options.attach_stacktrace = false;
     options.before_send = Some(Arc::new(|event| Some(scrub(event))));
-    options.before_breadcrumb = Some(Arc::new(|_: sentry::Breadcrumb| -> Option<sentry::Breadcrumb> { None }));
+    options.before_breadcrumb = Some(Arc::new(
+        |_: sentry::Breadcrumb| -> Option<sentry::Breadcrumb> { None },
+    ));
     let guard = sentry::init(options);
     ENABLED.store(guard.is_enabled(), Ordering::Relaxed);
     if guard.is_enabled() {
@@ -93,7 +95,10 @@ pub async fn report_server_errors(req: Request, next: Next) -> Response {
     let status = res.status();
     if status.is_server_error() {
         hub.configure_scope(|scope| scope.set_tag("status", status.as_u16()));
-        hub.capture_message(&format!("HTTP {} on {method} {route}", status.as_u16()), Level::Error);
+        hub.capture_message(
+            &format!("HTTP {} on {method} {route}", status.as_u16()),
+            Level::Error,
+        );
     }
     res
 }
@@ -128,7 +133,13 @@ pub fn scrub(mut event: Event<'static>) -> Event<'static> {
 /// Stripe keys, and any long unbroken run of token characters.
 pub fn scrub_text(text: &str) -> String {
     const KEY_NAMES: &[&str] = &[
-        "password", "passwd", "secret", "token", "key", "authorization", "dsn",
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "key",
+        "authorization",
+        "dsn",
     ];
     let mut out = String::with_capacity(text.len());
     let mut redact_next = false;
@@ -171,7 +182,13 @@ mod tests {
             "called with Authorization: Bearer abc.def and password=hunter2 key sk-live-123 \
              eyJhbGciOiJIUzI1NiJ9.e30.sig then 0123456789abcdef0123456789abcdef done",
         );
-        for secret in ["abc.def", "hunter2", "sk-live-123", "eyJhbGci", "0123456789abcdef"] {
+        for secret in [
+            "abc.def",
+            "hunter2",
+            "sk-live-123",
+            "eyJhbGci",
+            "0123456789abcdef",
+        ] {
             assert!(!s.contains(secret), "{secret} left in {s}");
         }
         assert!(s.starts_with("called with Authorization: Bearer [redacted] and"));

@@ -89,7 +89,9 @@ where
         .with_tracer(tracer)
         .with_filter(filter_fn(|meta| {
             // Our spans only: dependencies' spans and every log event stay out.
-            meta.is_span() && *meta.level() <= Level::INFO && meta.target().starts_with("switchboard")
+            meta.is_span()
+                && *meta.level() <= Level::INFO
+                && meta.target().starts_with("switchboard")
         }))
         .boxed();
     ENABLED.store(true, Ordering::Relaxed);

@@ -60,8 +60,20 @@ fn not_measured(figure: &'static str, target: &'static str, why: &str) -> Row {
 pub fn table(results: &[RunResult]) -> String {
     let rows = vec![
         cpu_per_completion(results),
-        added_ttft(results, "openai-vs-mock-10", 10, 1.0, "p99 ≤ 1 ms at 10 concurrent"),
-        added_ttft(results, "openai-vs-mock-100", 100, 5.0, "p99 ≤ 5 ms at 100 concurrent"),
+        added_ttft(
+            results,
+            "openai-vs-mock-10",
+            10,
+            1.0,
+            "p99 ≤ 1 ms at 10 concurrent",
+        ),
+        added_ttft(
+            results,
+            "openai-vs-mock-100",
+            100,
+            5.0,
+            "p99 ≤ 5 ms at 100 concurrent",
+        ),
         realistic(results),
         ws_ack_open_loop(results),
         ws_answers(results),
@@ -129,9 +141,17 @@ fn added_ttft(
         extra_f64(r, "added_ttft_p99_ms"),
         extra_f64(r, "added_ttft_p50_ms"),
     ) else {
-        return not_measured(figure, target, &format!("`{label}` ran without --compare-direct"));
+        return not_measured(
+            figure,
+            target,
+            &format!("`{label}` ran without --compare-direct"),
+        );
     };
-    let c = r.params.get("concurrency").and_then(Value::as_u64).unwrap_or(0);
+    let c = r
+        .params
+        .get("concurrency")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     Row {
         figure,
         target,

@@ -162,11 +162,11 @@ pub(crate) mod http {
 
     use eventsource_stream::{Event, EventStreamError, Eventsource};
     use futures::{StreamExt, stream::BoxStream};
-    use tracing::Instrument;
     use reqwest::{
         RequestBuilder, StatusCode,
         header::{CONTENT_TYPE, HeaderMap},
     };
+    use tracing::Instrument;
 
     use super::{EventStream, ProviderError, StreamEvent};
     use crate::config::Secret;

@@ -170,12 +170,17 @@ async fn drive_direct(
             .parse::<std::net::IpAddr>()
             .is_ok_and(crate::target::is_loopback);
     if !loopback {
-        return Err(format!("--compare-direct: {host} is not a loopback address"));
+        return Err(format!(
+            "--compare-direct: {host} is not a loopback address"
+        ));
     }
     let url = format!("{}/chat/completions", base.trim_end_matches('/'));
     let rec = Arc::new(Recorder::default());
     let until = Instant::now() + run.duration();
-    eprintln!("[openai] bare provider at {url}: {c} streams for {:?}", run.duration());
+    eprintln!(
+        "[openai] bare provider at {url}: {c} streams for {:?}",
+        run.duration()
+    );
     let began = Instant::now();
     let tasks: Vec<_> = (0..c)
         .map(|_| {
@@ -219,11 +224,12 @@ fn compare(through: &RunResult, direct: &Direct) -> Value {
     } else {
         None
     };
-    let added = |q: fn(&crate::stats::Percentiles) -> f64| {
-        match (through.latency_ms.get("ttft"), direct.latency.get("ttft")) {
-            (Some(a), Some(b)) => Some(q(a) - q(b)),
-            _ => None,
-        }
+    let added = |q: fn(&crate::stats::Percentiles) -> f64| match (
+        through.latency_ms.get("ttft"),
+        direct.latency.get("ttft"),
+    ) {
+        (Some(a), Some(b)) => Some(q(a) - q(b)),
+        _ => None,
     };
     json!({
         "direct_completions_per_sec": direct.completions_per_sec,

@@ -427,8 +427,8 @@ async fn open_loop_user(
     let reader = async {
         let grace = Duration::from_secs(args.timeout_secs);
         loop {
-            let idle_done = writing_done.load(Ordering::Relaxed)
-                && pending.lock().expect("pending").is_empty();
+            let idle_done =
+                writing_done.load(Ordering::Relaxed) && pending.lock().expect("pending").is_empty();
             if idle_done {
                 return;
             }

@@ -219,7 +219,8 @@ impl Actor for ChatActor {
                     let _ = reply.send(Err(ChatError::Unavailable));
                     return Ok(());
                 };
-                let span = crate::trace_span!(parent: &admitted.span, "chat.accept", chat_id = %s.chat_id);
+                let span =
+                    crate::trace_span!(parent: &admitted.span, "chat.accept", chat_id = %s.chat_id);
                 let accepted = accept(&me, s, *req, admitted);
                 let _ = reply.send(tracing::Instrument::instrument(accepted, span).await);
             }
