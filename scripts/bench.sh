@@ -13,7 +13,7 @@
 #   BENCH_PORT=18080 BENCH_MOCK_PORT=18090   ports on 127.0.0.1
 #   BENCH_PROFILE=release                    or debug, for trying the script out
 #   BENCH_QUICK=1                            small sizes, for trying the script out
-#   BENCH_CONNECTIONS=10000                  sockets held by the `connections` run
+#   BENCH_CONNECTIONS=19000                  sockets held by the `connections` run
 #   BENCH_RUST_LOG=                          the server's RUST_LOG (empty: its default, info)
 #   BENCH_NO_REPORT=1                        keep docs/BENCHMARKS.md as it is
 set -euo pipefail
@@ -25,7 +25,7 @@ PORT=${BENCH_PORT:-18080}
 MOCK_PORT=${BENCH_MOCK_PORT:-18090}
 PROFILE=${BENCH_PROFILE:-release}
 QUICK=${BENCH_QUICK:-0}
-CONNECTIONS=${BENCH_CONNECTIONS:-10000}
+CONNECTIONS=${BENCH_CONNECTIONS:-19000}
 DB=switchboard_bench
 PREFIX=sbbench
 URL="http://127.0.0.1:$PORT"
@@ -38,7 +38,7 @@ die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
 pg_isready -q -h 127.0.0.1 || die "PostgreSQL is not up on 127.0.0.1 (run: make setup)"
 [ "$(redis-cli -h 127.0.0.1 ping 2>/dev/null)" = "PONG" ] || die "Redis is not up (run: make setup)"
 (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || die "RabbitMQ is not up (run: make setup)"
-for p in "$PORT" "$MOCK_PORT"; do
+for p in "$PORT" "$MOCK_PORT" "$((MOCK_PORT + 1))"; do
   if (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null; then
     die "something already listens on 127.0.0.1:$p (set BENCH_PORT / BENCH_MOCK_PORT)"
   fi
@@ -55,10 +55,13 @@ fi
 if [ "$QUICK" = 1 ]; then
   WS_USERS=20 WS_MSGS=3 WS1K_USERS=100 WS1K_SECS=5 CONNECTIONS=300 HTTP_C=10 HTTP_SECS=4
   OAI_C=10 OAI_SECS=4 TP_USERS=60 TP_SECS=4 OAI_TP_C=30
+  ACK_RATE=200 ACK_USERS=40 REAL_C=100
 else
   WS_USERS=100 WS_MSGS=5 WS1K_USERS=1000 WS1K_SECS=20 HTTP_C=50 HTTP_SECS=15
   OAI_C=50 OAI_SECS=15 TP_USERS=500 TP_SECS=15 OAI_TP_C=200
+  ACK_RATE=1000 ACK_USERS=200 REAL_C=1000
 fi
+REAL_MOCK_PORT=$((MOCK_PORT + 1))
 
 # --- 1. build ------------------------------------------------------------------------
 log "building ($PROFILE): switchboard, switchboard-loadtest"
@@ -173,6 +176,16 @@ start_server throughput \
 lt ws-chat-throughput ws-chat --users "$TP_USERS" --per-account 30 --messages 100000 \
   --duration "$TP_SECS" --ramp-ms 1000 --provider-ttft-ms $SIM_TTFT
 lt openai-throughput openai --concurrency "$OAI_TP_C" --duration "$TP_SECS" --provider-ttft-ms $SIM_TTFT
+# Open loop: a fixed arrival rate; ack latency from each message's intended send time.
+lt ws-ack-open-1k ws-chat --users "$ACK_USERS" --per-account 30 --rate "$ACK_RATE" \
+  --messages 100000 --duration "$TP_SECS" --provider-ttft-ms $SIM_TTFT
+stop_server
+
+# --- 5b. server CPU per streamed /v1 completion of 20 tokens ----------------------------
+start_server cpu \
+  SWITCHBOARD_SIMULATED__TTFT_MS=$SIM_TTFT SWITCHBOARD_SIMULATED__TOKEN_DELAY_MS=1 \
+  SWITCHBOARD_SIMULATED__REPLY_TOKENS=20
+lt openai-cpu openai --concurrency "$OAI_C" --duration "$OAI_SECS" --provider-ttft-ms $SIM_TTFT
 stop_server
 
 # --- 6. a real HTTP provider: the mock OpenAI server, 50 ms TTFT ------------------------
@@ -185,6 +198,26 @@ start_server mock-openai \
   SWITCHBOARD_PROVIDERS__LIMITS__DEFAULT__CONCURRENCY=100000
 lt ws-chat-mock-openai ws-chat --users "$WS_USERS" --messages "$WS_MSGS" --duration 60 \
   --provider-ttft-ms 50
+# /v1 against the bare mock and through Switchboard, side by side in one run each.
+for c in 10 100; do
+  lt "openai-vs-mock-$c" openai --concurrency "$c" --duration "$OAI_SECS" --model gpt-4o-mini \
+    --provider-ttft-ms 50 --compare-direct "http://127.0.0.1:$MOCK_PORT/v1"
+done
+stop_server
+kill -TERM "$MOCK_PID" 2>/dev/null || true
+wait "$MOCK_PID" 2>/dev/null || true
+MOCK_PID=
+
+# --- 6b. the realistic profile: first token after 200 ms, 50 tokens 10 ms apart ------------
+"$LOADTEST" mock-openai --port "$REAL_MOCK_PORT" --ttft-ms 200 --tokens 50 --token-delay-ms 10 \
+  --max-secs 600 >"$RESULTS/mock-openai-realistic.log" 2>&1 &
+MOCK_PID=$!
+start_server realistic \
+  OPENAI_BASE_URL="http://127.0.0.1:$REAL_MOCK_PORT/v1" OPENAI_API_KEY=bench-not-a-secret \
+  LLM_PROVIDER_FREE_TIER=openai LLM_PROVIDER_PAID_TIER=openai \
+  SWITCHBOARD_PROVIDERS__LIMITS__DEFAULT__CONCURRENCY=100000
+lt openai-realistic-1k openai --concurrency "$REAL_C" --duration "$OAI_SECS" --model gpt-4o-mini \
+  --provider-ttft-ms 200 --compare-direct "http://127.0.0.1:$REAL_MOCK_PORT/v1"
 stop_server
 kill -TERM "$MOCK_PID" 2>/dev/null || true
 wait "$MOCK_PID" 2>/dev/null || true
@@ -203,6 +236,8 @@ cat >"$RESULTS/meta.json" <<EOF
   ["simulated (latency runs)", "TTFT ${SIM_TTFT} ms, 40 tokens, 20 ms apart"],
   ["simulated (throughput runs)", "TTFT ${SIM_TTFT} ms, 10 tokens, 1 ms apart"],
   ["mock OpenAI provider", "loadtest mock-openai: TTFT 50 ms, 40 tokens, 20 ms apart, over HTTP on 127.0.0.1:$MOCK_PORT"],
+  ["realistic mock", "loadtest mock-openai: TTFT 200 ms, 50 tokens, 10 ms apart, on 127.0.0.1:$REAL_MOCK_PORT; the openai runs with --compare-direct drive it directly, then through Switchboard"],
+  ["simulated (CPU run)", "TTFT ${SIM_TTFT} ms, 20 tokens, 1 ms apart"],
   ["open files limit", "$fd_limit (hard limit of this machine)"]
 ]}
 EOF

@@ -122,6 +122,8 @@ pub async fn apply(db: &PgPool, actor: &Actor, action: Action) -> Result<Outcome
             if *disabled {
                 out.sessions_revoked = q::revoke_sessions(&mut tx, *user_id).await?;
                 out.keys_revoked = q::revoke_keys(&mut tx, *user_id).await?;
+                // Delivered at commit, to every node, from the CLI as from REST.
+                q::notify_disabled(&mut tx, *user_id).await?;
             }
             (Some(*user_id), None, serde_json::json!({}))
         }

@@ -93,6 +93,7 @@ impl App {
         check_config(&config)?;
 
         telemetry::install_metrics();
+        crate::auth::password::configure(config.auth.argon2_threads);
         let db = db_pool(&config)?;
         migrate(&db).await?;
 
@@ -186,6 +187,10 @@ impl App {
         let router = http::router(self.state.clone());
         let billing_sweep =
             crate::billing::sweep::Sweeper::start(self.state.db.clone(), &self.state.config);
+        // Disabled accounts lose their open sockets on every node (docs/OPERATIONS.md).
+        let disabled_watch = self.state.config.database.url.clone().map(|url| {
+            crate::actors::disabled::DisabledWatch::start(url, self.state.actors.users.clone())
+        });
         let (signalled_tx, signalled) = tokio::sync::watch::channel(false);
         // Our own accept loop (caps, header-read and keep-alive timeouts);
         // it sets TCP_NODELAY and puts the peer address on each request.
@@ -231,6 +236,9 @@ impl App {
         };
         let (res, ()) = tokio::join!(serve, drain);
         billing_sweep.stop().await;
+        if let Some(w) = disabled_watch {
+            w.stop().await;
+        }
         self.state.actors.stop(Duration::from_secs(1)).await;
         self.state.email.shutdown().await;
         res

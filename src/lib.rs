@@ -31,6 +31,8 @@
 //! - [`transport`]: the HTTP surface (one router per resource) and the WebSocket protocol.
 //! - [`app`]: `App::build(config)` → `local_addr()` → `run_until(signal)`.
 //! - [`telemetry`]: tracing logs and the Prometheus recorder.
+//! - [`traces`]: OTLP trace export and the `traceparent` of provider requests (when configured).
+//! - [`error_reports`]: panics and 5xx reported to Sentry, scrubbed (when configured).
 
 pub mod accounts;
 pub mod actors;
@@ -47,6 +49,7 @@ pub mod edge;
 pub mod email;
 pub mod embedding_cache;
 pub mod error;
+pub mod error_reports;
 pub mod generation;
 pub mod import;
 pub mod limits;
@@ -57,4 +60,5 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod text;
+pub mod traces;
 pub mod transport;

@@ -2,6 +2,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: less memory kept after bursts and cheaper small allocations on
+/// the token path than glibc's malloc (docs/BENCHMARKS.md, "Allocator").
+#[cfg(not(feature = "system-alloc"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use switchboard::{
     app::{self, App},
@@ -155,19 +161,25 @@ async fn main() -> ExitCode {
             run_import(&config, from).await
         }
         Command::Serve => {
-            telemetry::init_tracing(config.server.log_format);
-            let app = match App::build(config).await {
-                Ok(app) => app,
-                Err(e) => {
-                    tracing::error!("cannot start: {e}");
-                    return ExitCode::FAILURE;
+            let traces = telemetry::init_with_traces(&config);
+            // Held to the end: dropping it sends the reports still queued.
+            let _reports = switchboard::error_reports::init(&config);
+            let result = match App::build(config).await {
+                Ok(app) => {
+                    tracing::info!("Switchboard listening on http://{}", app.local_addr());
+                    app.run_until(shutdown_signal())
+                        .await
+                        .map_err(|e| format!("server failed: {e}"))
                 }
+                Err(e) => Err(format!("cannot start: {e}")),
             };
-            tracing::info!("Switchboard listening on http://{}", app.local_addr());
-            match app.run_until(shutdown_signal()).await {
+            if let Some(traces) = traces {
+                traces.shutdown().await;
+            }
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = %e, "server failed");
+                    tracing::error!("{e}");
                     ExitCode::FAILURE
                 }
             }

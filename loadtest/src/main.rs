@@ -16,6 +16,7 @@ mod report;
 mod scenarios;
 mod stats;
 mod target;
+mod targets;
 mod ws;
 
 use std::process::ExitCode;

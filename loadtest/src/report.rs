@@ -65,7 +65,14 @@ pub fn run(args: &ReportArgs) -> Result<(), String> {
         .replace("{{run_date}}", &run_date(&results))
         .replace("{{machine}}", &machine())
         .replace("{{settings}}", &settings(&meta))
-        .replace("{{targets}}", &targets(&results))
+        .replace(
+            "{{targets}}",
+            &format!(
+                "{}\nThe seed's earlier targets, from the same runs:\n\n{}",
+                crate::targets::table(&results),
+                targets(&results)
+            ),
+        )
         .replace("{{summary}}", &summary(&results))
         .replace("{{results}}", &details(&results));
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {

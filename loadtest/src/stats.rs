@@ -33,6 +33,8 @@ pub struct Recorder {
     pub failed: AtomicU64,
     /// Acks (WebSocket) received: "messages accepted".
     pub acked: AtomicU64,
+    /// Answers that reached `done` (open-loop runs, where an operation ends at the ack).
+    pub answers: AtomicU64,
     in_flight: AtomicI64,
     peak_in_flight: AtomicI64,
     /// Set when the run should stop starting new operations.
@@ -48,6 +50,7 @@ impl Default for Recorder {
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             acked: AtomicU64::new(0),
+            answers: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             peak_in_flight: AtomicI64::new(0),
             stop: AtomicBool::new(false),

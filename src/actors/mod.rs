@@ -19,6 +19,7 @@
 //! transport.
 
 pub mod chat;
+pub mod disabled;
 pub mod hub;
 pub mod ops;
 pub mod persistence;

@@ -10,6 +10,7 @@ use std::{
 };
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
@@ -53,6 +54,8 @@ pub struct UserRegistry {
     actors: Registry<Uuid, UserMsg, UserError>,
     /// Sockets per connected user as this registry admitted them (operations views).
     sockets: Arc<dashmap::DashMap<Uuid, usize>>,
+    /// Each open socket's cut token: cancelled when its user is disabled.
+    cuts: Arc<dashmap::DashMap<Uuid, Vec<(ConnId, CancellationToken)>>>,
 }
 
 impl Default for UserRegistry {
@@ -60,6 +63,7 @@ impl Default for UserRegistry {
         Self {
             actors: Registry::new("user", None),
             sockets: Arc::default(),
+            cuts: Arc::default(),
         }
     }
 }
@@ -78,7 +82,34 @@ impl UserRegistry {
         Ok(())
     }
 
+    /// A token the socket `conn` watches: cancelled by [`UserRegistry::cut`].
+    /// Forgotten at [`UserRegistry::disconnect`].
+    pub fn cut_token(&self, user_id: Uuid, conn: ConnId) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.cuts
+            .entry(user_id)
+            .or_default()
+            .push((conn, token.clone()));
+        token
+    }
+
+    /// Closes every socket the user has open on this node (the account was
+    /// disabled); answers how many were told to close.
+    pub fn cut(&self, user_id: Uuid) -> usize {
+        let Some((_, conns)) = self.cuts.remove(&user_id) else {
+            return 0;
+        };
+        for (_, token) in &conns {
+            token.cancel();
+        }
+        conns.len()
+    }
+
     pub fn disconnect(&self, user_id: Uuid, conn: ConnId) {
+        if let Some(mut conns) = self.cuts.get_mut(&user_id) {
+            conns.retain(|(c, _)| *c != conn);
+        }
+        self.cuts.remove_if(&user_id, |_, conns| conns.is_empty());
         if let Some(mut n) = self.sockets.get_mut(&user_id) {
             *n = n.saturating_sub(1);
         }

@@ -65,6 +65,7 @@ pub const ENV_MAP: &[(&str, &str)] = &[
     ("PUBLIC_URL", "accounts.public_url"),
     ("SENTRY_DSN", "telemetry.sentry_dsn"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
+    ("OTEL_TRACES_SAMPLER_ARG", "telemetry.trace_sample_ratio"),
 ];
 
 /// Chat providers Switchboard knows by name.
@@ -233,6 +234,9 @@ pub struct AuthConfig {
     pub signup_window_secs: u64,
     pub signup_max_per_ip: u32,
     pub signup_max_global: u32,
+    /// Threads that hash passwords (argon2); 0 = tokio's blocking pool. Absent: one per CPU.
+    #[serde(default)]
+    pub argon2_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -279,10 +283,25 @@ impl ProvidersConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct TelemetryConfig {
+    /// OTLP/HTTP collector base URL; traces are exported only when set (docs/OPERATIONS.md).
     pub otlp_endpoint: Option<String>,
+    /// Share of new traces kept (0.0–1.0); a trace continues where its parent was sampled.
+    pub trace_sample_ratio: f64,
+    /// Error reports (panics, 5xx) go to Sentry only when set.
     pub sentry_dsn: Option<Secret>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            trace_sample_ratio: 1.0,
+            sentry_dsn: None,
+        }
+    }
 }
 
 /// The browser client (web/), served at `/` by `transport::http::web`.
@@ -506,7 +525,10 @@ impl Config {
                     continue;
                 }
                 // Keep secrets and URLs as strings even when they look like numbers.
-                figment = if *path == "server.port" || *path == "smtp.port" {
+                figment = if matches!(
+                    *path,
+                    "server.port" | "smtp.port" | "telemetry.trace_sample_ratio"
+                ) {
                     figment.merge((*path, typed(&value)))
                 } else {
                     figment.merge((*path, value))

@@ -81,6 +81,17 @@ impl Config {
                 check_url(&mut p, name, url, &["http", "https"]);
             }
         }
+        let ratio = self.telemetry.trace_sample_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            p.push(format!(
+                "telemetry.trace_sample_ratio (OTEL_TRACES_SAMPLER_ARG) must be between 0 and 1, got {ratio}"
+            ));
+        }
+        if let Some(dsn) = &self.telemetry.sentry_dsn
+            && dsn.expose().parse::<sentry::types::Dsn>().is_err()
+        {
+            p.push("SENTRY_DSN is not a valid Sentry DSN".into());
+        }
         if self.server.body_limit_bytes == 0 {
             p.push("server.body_limit_bytes must be greater than 0".into());
         }

@@ -148,8 +148,17 @@ impl Generations {
         sink: impl Sink,
     ) {
         let gens = self.clone();
-        self.tasks
-            .spawn(run::run(gens, planned, request, bill_to, cancel, sink));
+        // A child of the caller's span (the chat actor's, or the `/v1` request's).
+        let span = crate::trace_span!(
+            "generation",
+            provider = %planned.first().provider,
+            model = %planned.first().model,
+            max_tokens = planned.max_tokens
+        );
+        self.tasks.spawn(tracing::Instrument::instrument(
+            run::run(gens, planned, request, bill_to, cancel, sink),
+            span,
+        ));
     }
 
     /// A cancel token for one generation: cancelled by its owner or at shutdown.

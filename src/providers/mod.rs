@@ -222,6 +222,7 @@ pub(crate) mod http {
         RequestBuilder, StatusCode,
         header::{CONTENT_TYPE, HeaderMap},
     };
+    use tracing::Instrument;
 
     use super::{EventStream, ProviderError, StreamEvent};
     use crate::config::Secret;
@@ -267,6 +268,8 @@ pub(crate) mod http {
         decoder: D,
         out: VecDeque<StreamEvent>,
         finished: bool,
+        /// `provider.call`: open for the whole exchange (none when traces are off).
+        span: tracing::Span,
     }
 
     impl<D> Sse<D> {
@@ -296,7 +299,17 @@ pub(crate) mod http {
         key: Option<&Secret>,
         decoder: D,
     ) -> EventStream {
+        // The one place every HTTP provider's request passes: its trace span
+        // and the `traceparent` that carries the trace to the provider.
+        let span = crate::trace_span!(
+            "provider.call",
+            provider,
+            otel.kind = "client",
+            http.status_code = tracing::field::Empty
+        );
+        let request = crate::traces::with_traceparent(&span, request);
         let state = Sse {
+            span,
             provider,
             key: key.cloned(),
             request: Some(request),
@@ -313,7 +326,7 @@ pub(crate) mod http {
                 return None;
             }
             if let Some(request) = s.request.take() {
-                let response = match request.send().await {
+                let response = match request.send().instrument(s.span.clone()).await {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::warn!(provider = s.provider, error = %chain(&e), "provider request failed");
@@ -321,6 +334,7 @@ pub(crate) mod http {
                     }
                 };
                 let status = response.status();
+                s.span.record("http.status_code", status.as_u16());
                 if !status.is_success() {
                     let error = status_error(status, response.headers());
                     log_error_body(s.provider, status, response, s.key.as_ref()).await;

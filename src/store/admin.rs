@@ -136,6 +136,20 @@ pub async fn set_disabled(
     Ok(done.rows_affected() == 1)
 }
 
+/// The channel on which a disabled user's id is announced, at commit, to
+/// every node (each closes that user's sockets).
+pub const USER_DISABLED_CHANNEL: &str = "switchboard_user_disabled";
+
+/// Announces, when `tx` commits, that the user was disabled.
+pub async fn notify_disabled(tx: &mut PgConnection, user_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(USER_DISABLED_CHANNEL)
+        .bind(user_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 /// Revokes every live refresh token of the user; returns how many.
 pub async fn revoke_sessions(tx: &mut PgConnection, user_id: Uuid) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(

@@ -3,11 +3,12 @@
 //! One task per socket reads frames and calls the actors; a writer task drains
 //! the socket's bounded outbound queue, which the chat hub also feeds. Direct
 //! answers (ack, pong, errors) go through the same queue, so a socket sees one
-//! order. Close codes: 1009 frame too large, 4001 authentication failed,
-//! 4002 heartbeat timeout, 4008 slow consumer, 1008 too many connections,
-//! 1001 server shutting down (after an `error` frame saying so).
-//! Every write has a deadline: a peer that stops reading is dropped, and its
-//! socket counts toward the user's cap until that moment.
+//! order. Close codes: 1009 frame too large, 4001 authentication failed (or
+//! the account was disabled while connected), 4002 heartbeat timeout, 4008
+//! slow consumer, 1008 too many connections, 1001 server shutting down (after
+//! an `error` frame saying so). Every write has a deadline: a peer that stops
+//! reading is dropped, and its socket counts toward the user's cap until
+//! that moment.
 
 use std::{
     collections::HashSet,
@@ -267,6 +268,7 @@ async fn connection(
         overflow,
         subscribed: HashSet::new(),
         subscribes: SubscribeBudget::new(edge.ws_subscribes_per_minute),
+        cut: actors.users.cut_token(user_id, conn),
     };
     tokio::select! {
         () = read_loop(&mut session, &mut stream, &close_tx, started, &last_seen) => {}
@@ -342,6 +344,10 @@ async fn read_loop(
             () = session.overflow.cancelled() => break,
             // The writer sends what is queued, the `error` and close 1001.
             () = session.state.lifecycle.closing.cancelled() => break,
+            () = session.cut.cancelled() => {
+                let _ = close_tx.try_send((CLOSE_UNAUTHORIZED, "account disabled"));
+                break;
+            }
         };
         last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         match msg {
@@ -492,6 +498,8 @@ struct Session {
     overflow: CancellationToken,
     subscribed: HashSet<Uuid>,
     subscribes: SubscribeBudget,
+    /// Cancelled when the user is disabled: the socket closes with 4001.
+    cut: CancellationToken,
 }
 
 impl Session {
@@ -607,7 +615,10 @@ impl Session {
                     origin: Some(self.conn),
                     documents: documents.and_then(Scope::from_choice),
                 };
-                match self.state.actors.chats.send(chat_id, req).await {
+                // A WebSocket frame's trace starts here (an HTTP request's at its `http` span).
+                let span = crate::trace_span!("ws.send", %chat_id, otel.kind = "server");
+                let sent = self.state.actors.chats.send(chat_id, req);
+                match tracing::Instrument::instrument(sent, span).await {
                     Ok(ack) => self.reply(&ServerFrame::Ack {
                         client_msg_id: ack.client_msg_id,
                         message_id: ack.message_id,

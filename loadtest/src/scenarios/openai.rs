@@ -36,6 +36,12 @@ pub struct OpenAiArgs {
     pub timeout_secs: u64,
     #[arg(long, default_value = "Name three things a load test should report.")]
     pub content: String,
+    /// Side by side: first drive the bare provider at this base URL (the
+    /// `mock-openai` this server uses, e.g. http://127.0.0.1:18090/v1) with
+    /// the same load for the same time, then Switchboard; the result carries
+    /// both, so ratios come from one run.
+    #[arg(long)]
+    pub compare_direct: Option<String>,
 }
 
 /// Why one stream failed: a code to count and a message.
@@ -79,6 +85,12 @@ pub async fn run(args: OpenAiArgs) -> Result<RunResult, String> {
             },
         );
     }
+
+    // The bare provider first, with the same load, for as long as the main phase.
+    let direct = match &args.compare_direct {
+        Some(base) => Some(drive_direct(&run, &args, base, &body, c).await?),
+        None => None,
+    };
 
     run.begin_measuring();
     let run = Arc::new(run);
@@ -126,8 +138,107 @@ pub async fn run(args: OpenAiArgs) -> Result<RunResult, String> {
         "duration_limit_secs": run.common.duration,
         "count_limit": run.common.count,
         "provider_ttft_ms": run.common.provider_ttft_ms,
+        "compare_direct": args.compare_direct.is_some(),
     });
-    Ok(run.finish(params, json!({})).await)
+    let mut result = run.finish(params, json!({})).await;
+    if let Some(d) = direct {
+        result.extra = compare(&result, &d);
+    }
+    Ok(result)
+}
+
+/// What the bare provider did under the same load.
+struct Direct {
+    completions_per_sec: f64,
+    errors: u64,
+    latency: std::collections::BTreeMap<String, crate::stats::Percentiles>,
+}
+
+/// C streams at a time straight at the provider for the run's duration.
+async fn drive_direct(
+    run: &Run,
+    args: &OpenAiArgs,
+    base: &str,
+    body: &Value,
+    c: usize,
+) -> Result<Direct, String> {
+    let url = reqwest::Url::parse(base).map_err(|e| format!("--compare-direct: {e}"))?;
+    let host = url.host_str().unwrap_or("");
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(crate::target::is_loopback);
+    if !loopback {
+        return Err(format!(
+            "--compare-direct: {host} is not a loopback address"
+        ));
+    }
+    let url = format!("{}/chat/completions", base.trim_end_matches('/'));
+    let rec = Arc::new(Recorder::default());
+    let until = Instant::now() + run.duration();
+    eprintln!(
+        "[openai] bare provider at {url}: {c} streams for {:?}",
+        run.duration()
+    );
+    let began = Instant::now();
+    let tasks: Vec<_> = (0..c)
+        .map(|_| {
+            let (client, rec, url, body) = (
+                run.api.client.clone(),
+                rec.clone(),
+                url.clone(),
+                body.clone(),
+            );
+            let timeout = args.timeout_secs;
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    rec.begin();
+                    let res = stream_once(&client, &url, "direct", &body, &rec, timeout).await;
+                    if let Err((code, _)) = &res {
+                        rec.error(code);
+                    }
+                    rec.end(res.is_ok());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let secs = began.elapsed().as_secs_f64().max(0.001);
+    let done = rec.completed.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(Direct {
+        completions_per_sec: done as f64 / secs,
+        errors: rec.error_total(),
+        latency: rec.percentiles(),
+    })
+}
+
+/// Both sides and their ratios: completions/s through Switchboard over the
+/// bare provider's, and TTFT percentiles through Switchboard minus the bare
+/// provider's (a difference of percentiles, not a percentile of differences).
+fn compare(through: &RunResult, direct: &Direct) -> Value {
+    let ratio = if direct.completions_per_sec > 0.0 {
+        Some(through.throughput_per_sec / direct.completions_per_sec)
+    } else {
+        None
+    };
+    let added = |q: fn(&crate::stats::Percentiles) -> f64| match (
+        through.latency_ms.get("ttft"),
+        direct.latency.get("ttft"),
+    ) {
+        (Some(a), Some(b)) => Some(q(a) - q(b)),
+        _ => None,
+    };
+    json!({
+        "direct_completions_per_sec": direct.completions_per_sec,
+        "direct_errors": direct.errors,
+        "direct_latency_ms": direct.latency,
+        "throughput_ratio": ratio,
+        "added_ttft_p50_ms": added(|p| p.p50),
+        "added_ttft_p99_ms": added(|p| p.p99),
+    })
 }
 
 fn request_body(args: &OpenAiArgs) -> Value {

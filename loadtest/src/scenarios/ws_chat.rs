@@ -59,6 +59,12 @@ pub struct WsChatArgs {
     /// --cold the first message of every chat pays for that in the measurement.
     #[arg(long)]
     pub cold: bool,
+    /// Open loop: send this many messages per second in all, on a fixed
+    /// schedule spread over the users, whether or not earlier answers came
+    /// back; `ack` is measured from each message's intended send time, so a
+    /// slow server cannot hide latency by slowing the sender (0: closed loop).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
 }
 
 /// One user's connection.
@@ -136,6 +142,7 @@ pub async fn run(args: WsChatArgs) -> Result<RunResult, String> {
     let run = Arc::new(run);
     let issued = Arc::new(AtomicU64::new(0));
     let began = Instant::now();
+    let open_loop = args.rate > 0.0;
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
@@ -143,9 +150,16 @@ pub async fn run(args: WsChatArgs) -> Result<RunResult, String> {
             let run = run.clone();
             let issued = issued.clone();
             let args = args.clone();
-            let offset = Duration::from_millis(args.ramp_ms) * i as u32 / users as u32;
             tokio::spawn(async move {
-                user_loop(&run, &args, &issued, i, client, began + offset).await;
+                if open_loop {
+                    // User i sends every users/rate seconds, i/rate after the start.
+                    let every = Duration::from_secs_f64(users as f64 / args.rate);
+                    let first = began + Duration::from_secs_f64(i as f64 / args.rate);
+                    open_loop_user(&run, &args, &issued, i, client, first, every).await;
+                } else {
+                    let offset = Duration::from_millis(args.ramp_ms) * i as u32 / users as u32;
+                    user_loop(&run, &args, &issued, i, client, began + offset).await;
+                }
             })
         })
         .collect();
@@ -165,8 +179,15 @@ pub async fn run(args: WsChatArgs) -> Result<RunResult, String> {
         "provider_ttft_ms": run.common.provider_ttft_ms,
         "source_ips": sources.len(),
         "warm_up": !args.cold,
+        "mode": if open_loop { "open" } else { "closed" },
+        "rate": if open_loop { json!(args.rate) } else { json!(null) },
     });
-    Ok(run.finish(params, json!({})).await)
+    let extra = if open_loop {
+        json!({ "answers_done": run.rec.answers.load(Ordering::Relaxed) })
+    } else {
+        json!({})
+    };
+    Ok(run.finish(params, extra).await)
 }
 
 /// Subscribes the socket to its chat and waits for the `pong` of a `ping`
@@ -349,5 +370,123 @@ async fn exchange(
             }
             _ => {}
         }
+    }
+}
+
+/// Open loop: sends on a fixed schedule (`first`, then every `every`) until
+/// the duration or count runs out, reading acks and answers as they come.
+/// One operation is one message until its `ack`; `ack` latency counts from
+/// the intended send time, `send_lag` is how late the sender itself was.
+async fn open_loop_user(
+    run: &Run,
+    args: &WsChatArgs,
+    issued: &AtomicU64,
+    user: usize,
+    client: Client,
+    first: Instant,
+    every: Duration,
+) {
+    let rec: &Recorder = &run.rec;
+    let (mut sink, mut stream) = client.ws.split();
+    let pending = std::sync::Mutex::new(std::collections::HashMap::<String, Instant>::new());
+    let writing_done = std::sync::atomic::AtomicBool::new(false);
+    let answers = AtomicU64::new(0);
+    let writer = async {
+        let mut m = 0u32;
+        loop {
+            let intended = first + every * m;
+            tokio::time::sleep_until(intended.into()).await;
+            if !run.claim(issued) {
+                break;
+            }
+            let client_msg_id = format!("lt-{}-{user}-{m}", run.run_id);
+            let mut frame = json!({
+                "type": "send",
+                "chat_id": client.chat_id,
+                "client_msg_id": client_msg_id,
+                "content": args.content,
+            });
+            if let Some(model) = &args.model {
+                frame["model"] = json!(model);
+            }
+            pending
+                .lock()
+                .expect("pending")
+                .insert(client_msg_id, intended);
+            rec.begin();
+            rec.record("send_lag", intended.elapsed());
+            if let Err(e) = sink.send(Message::text(frame.to_string())).await {
+                rec.error("ws_send_failed");
+                eprintln!("[ws-chat] send failed: {e}");
+                break;
+            }
+            m += 1;
+        }
+        writing_done.store(true, Ordering::Relaxed);
+    };
+    let reader = async {
+        let grace = Duration::from_secs(args.timeout_secs);
+        loop {
+            let idle_done =
+                writing_done.load(Ordering::Relaxed) && pending.lock().expect("pending").is_empty();
+            if idle_done {
+                return;
+            }
+            let next = match tokio::time::timeout(grace, stream.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => t,
+                Ok(Some(Ok(Message::Close(_))) | None) | Ok(Some(Err(_))) => {
+                    rec.error("ws_closed");
+                    return;
+                }
+                Ok(Some(Ok(_))) => continue,
+                Err(_) => {
+                    if writing_done.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Ok(f) = serde_json::from_str::<Frame>(&next) else {
+                rec.error("bad_frame");
+                continue;
+            };
+            match f.kind.as_str() {
+                "ack" => {
+                    let intended = f
+                        .client_msg_id
+                        .as_deref()
+                        .and_then(|id| pending.lock().expect("pending").remove(id));
+                    if let Some(intended) = intended {
+                        rec.acked.fetch_add(1, Ordering::Relaxed);
+                        rec.record("ack", intended.elapsed());
+                        rec.end(true);
+                    }
+                }
+                "done" => {
+                    answers.fetch_add(1, Ordering::Relaxed);
+                }
+                "error" => {
+                    let code = f.code.as_deref().unwrap_or("error");
+                    rec.error(code);
+                    if rec.error_total() <= 5 {
+                        eprintln!("[ws-chat] error {code}: {}", f.error_text());
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::join!(writer, reader);
+    // Messages never acked count as failed.
+    let lost = pending.lock().expect("pending").len();
+    for _ in 0..lost {
+        rec.error("no_ack");
+        rec.end(false);
+    }
+    rec.answers
+        .fetch_add(answers.load(Ordering::Relaxed), Ordering::Relaxed);
+    if let Ok(ws) = sink.reunite(stream) {
+        let mut ws = ws;
+        let _ = ws.close(None).await;
     }
 }

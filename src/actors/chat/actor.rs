@@ -54,6 +54,8 @@ pub(super) struct Queued {
     prompt: Option<Vec<PromptMessage>>,
     /// Sources retrieved before the hop (in `prompt`, when it is still exact).
     context: Option<crate::documents::retrieval::Context>,
+    /// `chat.accept` of this message: its generation's parent span.
+    span: tracing::Span,
 }
 
 pub struct ChatState {
@@ -213,7 +215,10 @@ impl Actor for ChatActor {
                     let _ = reply.send(Err(ChatError::Unavailable));
                     return Ok(());
                 };
-                let _ = reply.send(accept(&me, s, *req, admitted).await);
+                let span =
+                    crate::trace_span!(parent: &admitted.span, "chat.accept", chat_id = %s.chat_id);
+                let accepted = accept(&me, s, *req, admitted);
+                let _ = reply.send(tracing::Instrument::instrument(accepted, span).await);
             }
             ChatMsg::Cancel { message_id, reply } => {
                 let r = if s.turns.cancel(message_id) {
@@ -339,6 +344,7 @@ async fn accept(
         planned: admitted.planned,
         prompt: exact.then_some(admitted.prompt),
         context: admitted.context,
+        span: crate::traces::current_span(),
     });
     start_next(me, s).await;
     Ok(ack)
@@ -409,7 +415,9 @@ async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
             message_id: assistant.id,
             text: String::new(),
         };
-        deps.gens.spawn(q.planned, request, bill_to, cancel, sink);
+        // Under its message's span even when it waited in the queue.
+        q.span
+            .in_scope(|| deps.gens.spawn(q.planned, request, bill_to, cancel, sink));
         return;
     }
 }

@@ -92,6 +92,11 @@ impl ChatRegistry {
     /// Stores the user's message and queues its answer; a resend of a
     /// `client_msg_id` answers the first ack before any limit is counted.
     pub async fn send(&self, chat_id: Uuid, req: SendRequest) -> Result<Ack, ChatError> {
+        let span = crate::trace_span!("chat.send", %chat_id);
+        tracing::Instrument::instrument(self.send_admitted(chat_id, req), span).await
+    }
+
+    async fn send_admitted(&self, chat_id: Uuid, req: SendRequest) -> Result<Ack, ChatError> {
         self.validate(&req)?;
         let db = &self.deps.db;
         let err = |e: sqlx::Error| storage_error(chat_id, &e);
@@ -139,6 +144,7 @@ impl ChatRegistry {
             prompt,
             read_at_seq,
             context,
+            span: crate::traces::current_span(),
         })));
         self.actors
             .call(chat_id, |reply| ChatMsg::Send {

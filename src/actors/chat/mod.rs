@@ -78,6 +78,8 @@ pub struct Admitted {
     read_at_seq: i64,
     /// Sources retrieved for this send (already in `prompt`).
     context: Option<crate::documents::retrieval::Context>,
+    /// The sender's trace span, parent of the actor's (none when traces are off).
+    span: tracing::Span,
 }
 
 /// Taken by the actor; left in place when the call has to be retried.

@@ -88,6 +88,7 @@ pub fn router(state: AppState) -> Router {
                     }),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(middleware::from_fn(crate::error_reports::report_server_errors))
                 .layer(middleware::from_fn(error_envelope))
                 .layer(middleware::from_fn(record_metrics))
                 .layer(cors)
