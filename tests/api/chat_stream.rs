@@ -391,3 +391,60 @@ async fn an_sse_resend_of_an_answered_message_replays_its_end_and_closes() {
     assert!(text.contains(first["id"].as_str().unwrap()));
     assert!(text.contains(&format!("id: {}:done", first["seq"])));
 }
+
+#[tokio::test]
+async fn an_events_ticket_lets_a_headerless_client_follow_one_chat_only() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    let chat = app.create_chat(&user.access_token).await;
+    let other_chat = app.create_chat(&user.access_token).await;
+    let stranger = app.new_user().await;
+    let ticket_for = |token: String, chat: Uuid| {
+        let app = &app;
+        async move {
+            app.client
+                .post(app.url(&format!("/api/chats/{chat}/events/ticket")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // A stranger gets no ticket for someone else's chat.
+    assert_eq!(ticket_for(stranger.access_token.clone(), chat).await.status(), 404);
+    let res = ticket_for(user.access_token.clone(), chat).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["expires_in"], 60);
+    let ticket = body["ticket"].as_str().unwrap().to_owned();
+    let follow = |chat: Uuid, ticket: &str| {
+        app.client
+            .get(app.url(&format!("/api/chats/{chat}/events?since_seq=0&ticket={ticket}")))
+            .send()
+    };
+    // It opens this chat's stream without a header, and sees the chat's events.
+    let res = follow(chat, &ticket).await.unwrap();
+    assert_eq!(res.status(), 200);
+    post_message(&app, &user.access_token, chat, json!({"content": "hi"}), false).await;
+    let seen = read_sse(res, |e| e.event == "done").await;
+    assert!(seen.iter().any(|e| e.event == "done"));
+    // Not another chat's, and it is no access token.
+    assert_eq!(follow(other_chat, &ticket).await.unwrap().status(), 401);
+    let res = app
+        .client
+        .get(app.url("/api/chats"))
+        .bearer_auth(&ticket)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(follow(chat, "garbage").await.unwrap().status(), 401);
+    // Without header or ticket: 401 naming both ways in.
+    let res = app
+        .client
+        .get(app.url(&format!("/api/chats/{chat}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}

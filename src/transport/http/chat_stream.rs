@@ -18,7 +18,7 @@ use axum::{
     },
     routing::{get, post},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
@@ -44,6 +44,64 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/{id}/messages", post(send_message))
         .route("/{id}/events", get(follow_events))
+        .route("/{id}/events/ticket", post(events_ticket))
+}
+
+/// How long an events ticket may be used to open the stream.
+const TICKET_TTL: Duration = Duration::from_secs(60);
+
+fn events_scope(chat_id: Uuid) -> String {
+    format!("events:{chat_id}")
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventsTicket {
+    /// Pass as `?ticket=` to `GET /api/chats/{id}/events` instead of a header.
+    pub ticket: String,
+    pub expires_in: u64,
+}
+
+#[utoipa::path(post, path = "/api/chats/{id}/events/ticket", tag = "chats",
+    params(("id" = Uuid, Path, description = "chat id")), security(("bearer" = [])),
+    responses((status = 200, body = EventsTicket, description = "a ticket for this chat's event stream, valid for 60 s"),
+              (status = 404, description = "no such chat")))]
+pub async fn events_ticket(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(chat_id): ApiPath<Uuid>,
+) -> ApiResult<Json<EventsTicket>> {
+    store::chats::get_for_user(&state.db, user.id, chat_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("chat"))?;
+    let ticket = state
+        .tokens
+        .issue_scoped(user.id, &events_scope(chat_id), TICKET_TTL)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(EventsTicket {
+        ticket,
+        expires_in: TICKET_TTL.as_secs(),
+    }))
+}
+
+/// The follower: a bearer token, or else a ticket for this very chat.
+async fn follower(
+    state: &AppState,
+    headers: &HeaderMap,
+    ticket: Option<&str>,
+    chat_id: Uuid,
+) -> ApiResult<Uuid> {
+    let claims = match (super::extract::bearer_from_headers(headers), ticket) {
+        (Some(token), _) => state.tokens.verify_access(token),
+        (None, Some(t)) => state.tokens.verify_scoped(t, &events_scope(chat_id)),
+        (None, None) => {
+            return Err(ApiError::unauthorized(
+                "missing bearer token (or ?ticket= from POST /api/chats/{id}/events/ticket)",
+            ));
+        }
+    }
+    .map_err(|_| ApiError::unauthorized("invalid or expired token"))?;
+    super::extract::ensure_active(state, claims.sub).await?;
+    Ok(claims.sub)
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -62,6 +120,9 @@ pub struct SendMessage {
 pub struct FollowQuery {
     /// Replay messages after this seq, then go live (`Last-Event-ID` wins when both are given).
     pub since_seq: Option<i64>,
+    /// Instead of an `Authorization` header (a browser `EventSource` cannot
+    /// send one): a ticket from `POST /api/chats/{id}/events/ticket`.
+    pub ticket: Option<String>,
 }
 
 /// Unsubscribes when the response (or its stream) is dropped, cancelling the
@@ -284,11 +345,13 @@ fn answer(m: Message) -> ApiResult<Response> {
               (status = 404, description = "no such chat")))]
 pub async fn follow_events(
     State(state): State<AppState>,
-    user: AuthUser,
     ApiPath(chat_id): ApiPath<Uuid>,
     ApiQuery(q): ApiQuery<FollowQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let user = AuthUser {
+        id: follower(&state, &headers, q.ticket.as_deref(), chat_id).await?,
+    };
     store::chats::get_for_user(&state.db, user.id, chat_id)
         .await?
         .ok_or_else(|| ApiError::not_found("chat"))?;
