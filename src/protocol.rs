@@ -96,6 +96,10 @@ pub enum ServerFrame {
         chat_id: Option<Uuid>,
         #[serde(skip_serializing_if = "Option::is_none")]
         message_id: Option<Uuid>,
+        /// Set when the error ends an acknowledged message that will get no
+        /// answer (it could not be admitted after a crash took its node).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
     },
     Pong,
 }
@@ -108,6 +112,7 @@ impl ServerFrame {
             retry_after: None,
             chat_id: None,
             message_id: None,
+            client_msg_id: None,
         }
     }
 
@@ -120,7 +125,16 @@ impl ServerFrame {
             retry_after: e.retry_after_secs(),
             chat_id: None,
             message_id: None,
+            client_msg_id: None,
         }
+    }
+
+    /// Names the acknowledged message an error ends.
+    pub fn for_client_msg(mut self, id: Option<String>) -> Self {
+        if let Self::Error { client_msg_id, .. } = &mut self {
+            *client_msg_id = id;
+        }
+        self
     }
 
     /// Ties an error frame to the chat and message it ends.

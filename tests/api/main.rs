@@ -23,6 +23,7 @@ mod browser_session;
 mod browser_shots;
 mod chat_stream;
 mod chats;
+mod cluster;
 mod config;
 mod cut_proxy;
 mod deploy_files;

@@ -86,6 +86,8 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         "limits": if state.counters.is_degraded() || checks[1].1.is_err() { "local" } else { "shared" },
         // Informative: email waits in the outbox or queue, so it never takes a node out.
         "email": state.email.status.readiness(),
+        // Which node answered (several share one load balancer).
+        "node_id": state.actors.cluster.node_id.as_ref(),
     });
     if down.is_empty() {
         (
