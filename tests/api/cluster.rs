@@ -315,12 +315,23 @@ async fn a_killed_node_is_taken_over_its_answer_failed_and_billed_once_its_queue
         .await
         .unwrap();
     assert_eq!(billed, 1, "what it produced is billed exactly once");
-    let held: bool = redis::cmd("EXISTS")
-        .arg(&node_set)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(!held, "the dead node's reservations were released");
+    // Released in the same takeover, just after the answers are failed.
+    eventually(
+        Duration::from_secs(5),
+        "the dead node's reservations released",
+        || {
+            let (mut conn, node_set) = (conn.clone(), node_set.clone());
+            async move {
+                let held: bool = redis::cmd("EXISTS")
+                    .arg(&node_set)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                (!held).then_some(())
+            }
+        },
+    )
+    .await;
 
     // The acknowledged second message is answered by the survivor.
     let second: Uuid = ack2["message_id"].as_str().unwrap().parse().unwrap();
