@@ -117,7 +117,8 @@ impl App {
         let actors = Actors::start(&config, db.clone(), redis.clone(), counters.clone()).await?;
         // Answers left streaming by a previous run (killed mid-answer) end as
         // failed, billed for what they had saved.
-        let interrupted = actors.gens.recover_interrupted(&db).await?;
+        // Only this node's rows: other nodes' are theirs (crate::cluster).
+        let interrupted = actors.recover_own().await?;
         if interrupted > 0 {
             tracing::warn!(
                 count = interrupted,

@@ -26,6 +26,7 @@
 //! - [`generation`]: one generation's life — plan, attempts, stream, bill — for every door.
 //! - [`documents`]: documents and retrieval — extract, chunk, ingest, search, cite (docs/RAG.md).
 //! - [`import`]: `switchboard import pinecone`, vectors from another store into documents.
+//! - [`cluster`]: several nodes as one: node liveness, per-chat leases, fan-out over Redis, takeovers.
 //! - [`actors`] (upper half): chat and user actors and the supervision tree.
 //! - [`state`]: `AppState`, what every handler gets.
 //! - [`transport`]: the HTTP surface (one router per resource) and the WebSocket protocol.
@@ -43,6 +44,7 @@ pub mod auth;
 pub mod billing;
 pub mod breaker;
 pub mod budget;
+pub mod cluster;
 pub mod config;
 pub mod documents;
 pub mod edge;

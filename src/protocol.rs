@@ -96,7 +96,9 @@ pub enum ServerFrame {
         chat_id: Option<Uuid>,
         #[serde(skip_serializing_if = "Option::is_none")]
         message_id: Option<Uuid>,
-        /// Set when the error answers a `send`: which message it is about.
+        /// Which message the error is about: a failed `send`, or an
+        /// acknowledged message that will get no answer (it could not be
+        /// admitted after a crash took its node).
         #[serde(skip_serializing_if = "Option::is_none")]
         client_msg_id: Option<String>,
     },
@@ -141,7 +143,14 @@ impl ServerFrame {
         }
     }
 
-    /// Ties an error frame to the chat and message it ends.
+    /// Names the acknowledged message an error ends.
+    pub fn for_client_msg(mut self, id: Option<String>) -> Self {
+        if let Self::Error { client_msg_id, .. } = &mut self {
+            *client_msg_id = id;
+        }
+        self
+    }
+
     /// The error answers the `send` of `client_msg_id` to `chat`.
     pub fn answering(mut self, chat: Uuid, id: &str) -> Self {
         if let Self::Error {
@@ -156,6 +165,7 @@ impl ServerFrame {
         self
     }
 
+    /// Ties an error frame to the chat and message it ends.
     pub fn about(mut self, chat: Uuid, message: Uuid) -> Self {
         if let Self::Error {
             chat_id,

@@ -109,6 +109,9 @@ pub struct Actors {
     pub gens: Generations,
     /// Documents: ingestion and retrieval (crate::documents).
     pub documents: crate::documents::Library,
+    /// This node among the others: its name, chat leases, fan-out, takeovers.
+    pub cluster: crate::cluster::Cluster,
+    takeover: crate::cluster::takeover::Takeover,
     root: ActorRef<()>,
 }
 
@@ -169,7 +172,9 @@ impl Actors {
         users.set_supervisor(user_sup);
 
         let embed_cache = embed_cache(config, redis.clone());
-        let admission = admission(config, redis, db.clone(), counters).await;
+        let hub = hub::ChatHub::default();
+        let cluster = crate::cluster::Cluster::start(config, redis.clone(), &hub);
+        let admission = admission(config, redis, db.clone(), counters, &cluster.node_id).await;
         let router = Router::from_config(config);
 
         let gens = Generations::new(generation::Inner {
@@ -185,7 +190,6 @@ impl Actors {
             draining: tokio_util::sync::CancellationToken::new(),
         });
         let documents = library(config, db.clone(), gens.clone());
-        let hub = hub::ChatHub::default();
         let deps = Arc::new(chat::ChatDeps {
             documents: documents.clone(),
             db,
@@ -193,6 +197,7 @@ impl Actors {
             gens: gens.clone(),
             config: config.chat.clone(),
             streaming: dashmap::DashSet::new(),
+            cluster: cluster.clone(),
         });
         let chats = chat::ChatRegistry::new(config.chat.mailbox_limit, deps);
         let (chat_sup, _) = Actor::spawn_linked(
@@ -203,6 +208,13 @@ impl Actors {
         )
         .await?;
         chats.set_supervisor(chat_sup);
+        let takeover = crate::cluster::takeover::Takeover {
+            cluster: cluster.clone(),
+            db: chats.deps().db.clone(),
+            gens: gens.clone(),
+            chats: chats.clone(),
+        };
+        crate::cluster::takeover::start(takeover.clone());
 
         Ok(Self {
             chats,
@@ -210,8 +222,17 @@ impl Actors {
             hub,
             gens,
             documents,
+            cluster,
+            takeover,
             root,
         })
+    }
+
+    /// What this node's previous run left: answers streaming are failed and
+    /// billed once, messages never answered are queued again. Answers how
+    /// many answers were failed.
+    pub async fn recover_own(&self) -> Result<usize, sqlx::Error> {
+        crate::cluster::takeover::recover_own(&self.takeover).await
     }
 
     /// Stops the tree: generations first (each bills itself), then the usage
@@ -225,6 +246,8 @@ impl Actors {
             .usage
             .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
             .await;
+        // After the generations: their last events still reach other nodes.
+        self.cluster.stop().await;
         let _ = self
             .root
             .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
@@ -279,12 +302,9 @@ async fn admission(
     redis: redis::aio::ConnectionManager,
     db: PgPool,
     counters: WindowCounter,
+    node_id: &str,
 ) -> Admission {
-    let node_id = config
-        .routing
-        .node_id
-        .clone()
-        .unwrap_or_else(|| format!("{}:{}", hostname(), config.server.port));
+    let node_id = node_id.to_owned();
     let ledger = BudgetLedger::new(
         redis,
         db.clone(),
@@ -305,15 +325,6 @@ async fn admission(
         );
     }
     Admission::new(counters, ledger, config.plans.clone(), db)
-}
-
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "node".to_owned())
 }
 
 /// The root: owns the supervisors; a supervisor's death is logged, never fatal to the process.

@@ -16,6 +16,8 @@ pub const MAX_TOP: usize = 100;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OpsSnapshot {
+    /// The node that took it (each node shows its own tree).
+    pub node_id: String,
     /// Unix milliseconds when taken.
     pub taken_at_ms: i64,
     pub chats: ChatsView,
@@ -132,6 +134,7 @@ impl Actors {
         )
         .ok();
         OpsSnapshot {
+            node_id: self.cluster.node_id.to_string(),
             taken_at_ms: chrono::Utc::now().timestamp_millis(),
             chats: chats_view,
             users: users_view,

@@ -265,7 +265,11 @@ impl BudgetLedger {
     }
 
     fn node_set(&self) -> String {
-        format!("{}:budget:node:{}", self.prefix, self.node_id)
+        self.node_set_of(&self.node_id)
+    }
+
+    fn node_set_of(&self, node_id: &str) -> String {
+        format!("{}:budget:node:{node_id}", self.prefix)
     }
 
     /// Reserves `amount` micro-dollars against every limit at once.
@@ -476,12 +480,20 @@ impl BudgetLedger {
 
     /// Releases every reservation a previous run of this node left behind.
     pub async fn release_node_reservations(&self) -> usize {
+        let own = self.node_id.clone();
+        self.release_reservations_of(&own).await
+    }
+
+    /// Releases every reservation node `node_id` holds: its own previous run,
+    /// or a dead node a survivor takes over (`crate::cluster::takeover`).
+    pub async fn release_reservations_of(&self, node_id: &str) -> usize {
         if !self.counters.redis_allowed() {
             return 0;
         }
+        let set = self.node_set_of(node_id);
         let mut conn = self.redis.clone();
         let Ok(members): redis::RedisResult<Vec<String>> = redis::cmd("SMEMBERS")
-            .arg(self.node_set())
+            .arg(&set)
             .query_async(&mut conn)
             .await
         else {
@@ -503,10 +515,7 @@ impl BudgetLedger {
                     .await;
             }
         }
-        let _: redis::RedisResult<()> = redis::cmd("DEL")
-            .arg(self.node_set())
-            .query_async(&mut conn)
-            .await;
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&set).query_async(&mut conn).await;
         members.len()
     }
 

@@ -170,6 +170,32 @@ pub struct Config {
     pub documents: DocumentsConfig,
     #[serde(default)]
     pub edge: EdgeConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Several nodes on one Postgres and one Redis (docs/ARCHITECTURE.md, "Cluster").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// How often this node renews its liveness key in Redis.
+    pub heartbeat_ms: u64,
+    /// A node whose key is this old is dead: survivors take its chats over.
+    pub node_ttl_ms: u64,
+    /// A chat's generation lease lapses this long after its holder's last renewal.
+    pub lease_ttl_ms: u64,
+    /// User messages older than this are not re-queued after a crash.
+    pub requeue_window_secs: i64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 1000,
+            node_ttl_ms: 5000,
+            lease_ttl_ms: 10_000,
+            requeue_window_secs: 86_400,
+        }
+    }
 }
 
 fn default_env() -> AppEnv {

@@ -113,7 +113,24 @@ impl Config {
         p.extend(super::billing::problems(self));
         self.check_documents(&mut p);
         self.check_edge(&mut p);
+        self.check_cluster(&mut p);
         p
+    }
+
+    fn check_cluster(&self, p: &mut Vec<String>) {
+        let c = &self.cluster;
+        if c.heartbeat_ms == 0 || c.heartbeat_ms * 2 > c.node_ttl_ms {
+            p.push(
+                "cluster.heartbeat_ms must be above 0 and at most half of cluster.node_ttl_ms"
+                    .into(),
+            );
+        }
+        if c.lease_ttl_ms < 1000 {
+            p.push("cluster.lease_ttl_ms must be at least 1000".into());
+        }
+        if c.requeue_window_secs <= 0 {
+            p.push("cluster.requeue_window_secs must be above 0".into());
+        }
     }
 
     fn check_web(&self, p: &mut Vec<String>) {

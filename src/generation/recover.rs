@@ -1,8 +1,11 @@
-//! Answers a dead process left `streaming` (kill -9, a power cut): at start-up
-//! each is failed as `interrupted` and billed for what it had saved — its
-//! prompt as counted when it started, and its checkpointed text counted with
-//! the tokenizer — in the same transaction, so it is billed exactly once.
-//! The budget counters then learn the spend as a settled reservation would.
+//! Answers a dead process left `streaming` (kill -9, a power cut): at this
+//! node's start-up (its own rows) or when a survivor takes a dead node over
+//! (that node's rows, `crate::cluster`), each is failed as `interrupted` and
+//! billed for what it had saved — its prompt as counted when it started, and
+//! its checkpointed text counted with the tokenizer — in the same transaction,
+//! so it is billed exactly once (an answer the dead node had already billed
+//! is not billed again). The budget counters then learn the spend as a
+//! settled reservation would. Another live node's rows are never touched.
 
 use sqlx::PgPool;
 
@@ -18,12 +21,24 @@ use crate::{
 };
 
 impl Generations {
-    /// Fails and bills every answer left streaming; answers how many there were.
-    pub async fn recover_interrupted(&self, db: &PgPool) -> Result<usize, sqlx::Error> {
+    /// Fails and bills every answer the nodes `node_ids` left streaming (with
+    /// `with_unowned`, also rows from before answers had a node); answers the
+    /// failed rows.
+    pub async fn recover_interrupted(
+        &self,
+        db: &PgPool,
+        node_ids: &[String],
+        with_unowned: bool,
+    ) -> Result<Vec<messages::Message>, sqlx::Error> {
         let mut tx = db.begin().await?;
-        let rows = messages::fail_all_interrupted(&mut tx).await?;
+        let rows = messages::fail_all_interrupted(&mut tx, node_ids, with_unowned).await?;
+        let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.message.id).collect();
+        let already = usage::billed_messages(&mut *tx, &ids).await?;
         let mut billed = Vec::new();
         for r in &rows {
+            if already.contains(&r.message.id) {
+                continue;
+            }
             let Some(event) = self.usage_of(r) else {
                 continue;
             };
@@ -44,7 +59,7 @@ impl Generations {
         for event in &billed {
             self.count_spend(db, event).await;
         }
-        Ok(rows.len())
+        Ok(rows.into_iter().map(|r| r.message).collect())
     }
 
     /// What an interrupted answer costs; nothing when it had produced nothing.

@@ -32,6 +32,14 @@ pub struct Message {
     #[sqlx(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub citations: Option<serde_json::Value>,
+    /// The node that accepted (user) or streamed (answer) it; internal.
+    #[sqlx(default)]
+    #[serde(skip)]
+    pub node_id: Option<String>,
+    /// For an answer streaming: the deltas its saved `content` covers; internal.
+    #[sqlx(default)]
+    #[serde(skip)]
+    pub deltas_saved: Option<i32>,
 }
 
 /// Up to `limit` messages of the chat with `seq > after_seq`, in `seq` order.
@@ -60,25 +68,28 @@ pub async fn list_after(
 macro_rules! message_columns {
     () => {
         "id, chat_id, seq, role, author_id, reply_to, client_msg_id, content, status, provider, model,
-         finish_reason, input_tokens, output_tokens, cost_micros, created_at, completed_at, citations"
+         finish_reason, input_tokens, output_tokens, cost_micros, created_at, completed_at, citations, node_id, deltas_saved"
     };
 }
 
 /// Stores a user's message under the chat's next seq, in one statement: the
 /// seq is taken from `chats.last_seq` under its row lock, so seqs have no gaps
 /// even across nodes. A repeated `client_msg_id` fails with a unique violation
-/// of `messages_chat_id_client_msg_id_key` and takes no seq.
+/// of `messages_chat_id_client_msg_id_key` and takes no seq. `node_id` is the
+/// accepting node's: its takeover re-queues the message if it dies first.
 pub async fn insert_user(
     db: &PgPool,
     chat_id: Uuid,
     author_id: Uuid,
     client_msg_id: &str,
     content: &str,
+    node_id: &str,
 ) -> Result<Message, sqlx::Error> {
     sqlx::query_as(concat!(
         "with next as (update chats set last_seq = last_seq + 1, updated_at = now() where id = $1 returning last_seq)
-         insert into messages (id, chat_id, seq, role, author_id, client_msg_id, content, status, completed_at)
-         select $2, $1, next.last_seq, 'user', $3, $4, $5, 'complete', now() from next
+         insert into messages (id, chat_id, seq, role, author_id, client_msg_id, content, status, completed_at, node_id,
+                               awaiting_answer)
+         select $2, $1, next.last_seq, 'user', $3, $4, $5, 'complete', now(), $6, true from next
          returning ",
         message_columns!()
     ))
@@ -87,6 +98,7 @@ pub async fn insert_user(
     .bind(author_id)
     .bind(client_msg_id)
     .bind(content)
+    .bind(node_id)
     .fetch_one(db)
     .await
 }
@@ -107,19 +119,34 @@ pub async fn by_client_msg_id(
     .await
 }
 
+/// Who opens an answer: the streaming node, and the chat lease's fencing
+/// token (`None` when Redis is unreachable and the lease could not be taken).
+#[derive(Debug, Clone, Copy)]
+pub struct Opener<'a> {
+    pub node_id: &'a str,
+    pub fence: Option<i64>,
+}
+
 /// Opens an assistant answer as `streaming` under the chat's next seq, with
-/// its prompt's token count (what a crash-interrupted answer is billed for input).
+/// its prompt's token count (what a crash-interrupted answer is billed for
+/// input). `RowNotFound` when the chat is gone or a newer fencing token has
+/// opened an answer since (this node's lease lapsed).
 pub async fn insert_assistant(
     db: &PgPool,
     chat_id: Uuid,
     reply_to: Uuid,
     (provider, model): (&str, &str),
     prompt_tokens: i32,
+    opener: Opener<'_>,
 ) -> Result<Message, sqlx::Error> {
     sqlx::query_as(concat!(
-        "with next as (update chats set last_seq = last_seq + 1, updated_at = now() where id = $1 returning last_seq)
-         insert into messages (id, chat_id, seq, role, reply_to, content, status, provider, model, input_tokens)
-         select $2, $1, next.last_seq, 'assistant', $3, '', 'streaming', $4, $5, $6 from next
+        "with next as (update chats set last_seq = last_seq + 1, updated_at = now(),
+                              gen_fence = greatest(gen_fence, coalesce($8, gen_fence))
+                        where id = $1 and ($8::bigint is null or gen_fence <= $8) returning last_seq),
+              dequeued as (update messages set awaiting_answer = false
+                            where id = $3 and exists (select 1 from next))
+         insert into messages (id, chat_id, seq, role, reply_to, content, status, provider, model, input_tokens, node_id)
+         select $2, $1, next.last_seq, 'assistant', $3, '', 'streaming', $4, $5, $6, $7 from next
          returning ",
         message_columns!()
     ))
@@ -129,17 +156,107 @@ pub async fn insert_assistant(
     .bind(provider)
     .bind(model)
     .bind(prompt_tokens)
+    .bind(opener.node_id)
+    .bind(opener.fence)
     .fetch_one(db)
     .await
 }
 
-/// Saves the partial text of an answer still streaming, so a crash loses at most one interval.
-pub async fn checkpoint(db: &PgPool, id: Uuid, content: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("update messages set content = $2 where id = $1 and status = 'streaming'")
-        .bind(id)
-        .bind(content)
-        .execute(db)
-        .await?;
+/// Ends a user message that will get no answer (it could not be admitted
+/// when it was taken over) with a `failed` answer row, so it leaves the
+/// queue visibly. `None` when it has an answer already.
+pub async fn insert_unanswerable(
+    db: &PgPool,
+    chat_id: Uuid,
+    reply_to: Uuid,
+    reason: &str,
+    node_id: &str,
+) -> Result<Option<Message>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "with next as (update chats set last_seq = last_seq + 1, updated_at = now()
+                        where id = $1 and exists (select 1 from messages where id = $3 and awaiting_answer)
+                        returning last_seq),
+              dequeued as (update messages set awaiting_answer = false
+                            where id = $3 and exists (select 1 from next))
+         insert into messages (id, chat_id, seq, role, reply_to, content, status, finish_reason, completed_at, node_id)
+         select $2, $1, next.last_seq, 'assistant', $3, '', 'failed', $4, now(), $5 from next
+         returning ",
+        message_columns!()
+    ))
+    .bind(chat_id)
+    .bind(Uuid::now_v7())
+    .bind(reply_to)
+    .bind(reason)
+    .bind(node_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// The chat's durable queue head: its oldest user message (of the last
+/// `window_secs`) still awaiting its answer.
+pub async fn next_unanswered(
+    db: &PgPool,
+    chat_id: Uuid,
+    window_secs: i64,
+) -> Result<Option<Message>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "select ",
+        message_columns!(),
+        " from messages
+         where chat_id = $1 and awaiting_answer
+           and created_at > now() - make_interval(secs => $2)
+         order by seq limit 1"
+    ))
+    .bind(chat_id)
+    .bind(window_secs as f64)
+    .fetch_optional(db)
+    .await
+}
+
+/// Chats where a user message accepted by one of `node_ids` (of the last
+/// `window_secs`) still has no answer: their queues to take over.
+pub async fn stranded_chats(
+    db: &PgPool,
+    node_ids: &[String],
+    window_secs: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select distinct chat_id from messages
+         where node_id = any($1) and awaiting_answer
+           and created_at > now() - make_interval(secs => $2)",
+    )
+    .bind(node_ids)
+    .bind(window_secs as f64)
+    .fetch_all(db)
+    .await
+}
+
+/// Whether a user message still waits for its answer.
+pub async fn unanswered(db: &PgPool, user_message_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "select coalesce((select awaiting_answer from messages where id = $1), false)",
+    )
+    .bind(user_message_id)
+    .fetch_one(db)
+    .await
+}
+
+/// Saves the partial text of an answer still streaming, so a crash loses at
+/// most one interval, with how many deltas it covers (for joins on other nodes).
+pub async fn checkpoint(
+    db: &PgPool,
+    id: Uuid,
+    content: &str,
+    deltas: u32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update messages set content = $2, deltas_saved = $3 where id = $1 and status = 'streaming'",
+    )
+    .bind(id)
+    .bind(content)
+    .bind(i32::try_from(deltas).unwrap_or(i32::MAX))
+    .execute(db)
+    .await?;
     Ok(())
 }
 
@@ -188,20 +305,27 @@ pub struct Interrupted {
     pub user_id: Option<Uuid>,
 }
 
-/// Marks every answer left `streaming` as `failed`/`interrupted` (server
-/// start), answering each with its chat's workspace and its asker.
+/// Marks every answer the nodes `node_ids` left `streaming` as
+/// `failed`/`interrupted` (this node's start, or a dead node's takeover),
+/// answering each with its chat's workspace and its asker. With
+/// `with_unowned`, also answers opened before rows had a node (an upgrade).
 pub async fn fail_all_interrupted(
     tx: &mut sqlx::PgConnection,
+    node_ids: &[String],
+    with_unowned: bool,
 ) -> Result<Vec<Interrupted>, sqlx::Error> {
     sqlx::query_as(
         "update messages m set status = 'failed', finish_reason = 'interrupted', completed_at = now()
          from chats c
          where m.status = 'streaming' and c.id = m.chat_id
+           and (m.node_id = any($1) or ($2 and m.node_id is null))
          returning m.id, m.chat_id, m.seq, m.role, m.author_id, m.reply_to, m.client_msg_id, m.content,
                    m.status, m.provider, m.model, m.finish_reason, m.input_tokens, m.output_tokens,
                    m.cost_micros, m.created_at, m.completed_at, c.workspace_id,
                    (select u.author_id from messages u where u.id = m.reply_to) as user_id",
     )
+    .bind(node_ids)
+    .bind(with_unowned)
     .fetch_all(&mut *tx)
     .await
 }
@@ -226,18 +350,20 @@ pub async fn set_billed(
     .map(|_| ())
 }
 
-/// Marks answers left `streaming` by a crash as `failed`, keeping their saved text.
-/// With `chat_id` only that chat's; without, every chat's (server start).
+/// Marks answers this node left `streaming` in a chat (its actor crashed)
+/// as `failed`, keeping their saved text; another node's are never touched.
 pub async fn fail_interrupted(
     db: &PgPool,
-    chat_id: Option<Uuid>,
+    chat_id: Uuid,
+    node_id: &str,
 ) -> Result<Vec<Message>, sqlx::Error> {
     sqlx::query_as(concat!(
         "update messages set status = 'failed', finish_reason = 'interrupted', completed_at = now()
-         where status = 'streaming' and ($1::uuid is null or chat_id = $1) returning ",
+         where status = 'streaming' and chat_id = $1 and (node_id = $2 or node_id is null) returning ",
         message_columns!()
     ))
     .bind(chat_id)
+    .bind(node_id)
     .fetch_all(db)
     .await
 }

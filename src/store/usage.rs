@@ -37,3 +37,15 @@ pub async fn insert<'e>(db: impl PgExecutor<'e>, events: &[UsageEvent]) -> Resul
     });
     qb.build().execute(db).await.map(|_| ())
 }
+
+/// Which of these messages already have a usage event (billed by the node
+/// that streamed them before it died), so recovery never bills them twice.
+pub async fn billed_messages<'e>(
+    db: impl PgExecutor<'e>,
+    message_ids: &[Uuid],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("select distinct message_id from usage_events where message_id = any($1)")
+        .bind(message_ids)
+        .fetch_all(db)
+        .await
+}

@@ -233,3 +233,32 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Another node of `first`'s cluster: the same database and Redis prefix,
+/// its own port, actors and node id (tests/api/cluster.rs).
+pub async fn spawn_node(first: &TestApp, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = first.config.clone();
+    config.server.port = 0;
+    config.routing.node_id = None;
+    tweak(&mut config);
+    let app = App::build(config.clone()).await.expect("node builds");
+    let addr = app.local_addr();
+    let db = app.state().db.clone();
+    let state = app.state().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        base: format!("http://{addr}"),
+        client: Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        db,
+        db_name: first.db_name.clone(),
+        config,
+        state,
+        _stop: stop,
+    }
+}

@@ -24,6 +24,7 @@ mod browser_shots;
 mod chat_stream;
 mod chats;
 mod client_edges;
+mod cluster;
 mod config;
 mod cut_proxy;
 mod deploy_files;

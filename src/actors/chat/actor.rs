@@ -1,7 +1,17 @@
 //! The chat actor: its handlers drive [`Turns`] and publish to the hub. A
 //! handler awaits only short Postgres statements (store a message, open an
-//! answer, replay to a subscriber); generations, their billing and their final
-//! write run in tracked tasks that report back as [`ChatMsg::Gen`].
+//! answer, replay to a subscriber) and the chat lease's Redis calls;
+//! generations, their billing and their final write run in tracked tasks that
+//! report back as [`ChatMsg::Gen`].
+//!
+//! The queue is durable: the next message to answer is the chat's oldest user
+//! message without an answer row, read from Postgres, whichever node accepted
+//! it. Only the holder of the chat's lease (`crate::cluster::lease`) opens
+//! answers, so a chat has one generation at a time in the whole cluster.
+//! A message this node accepted is answered with the admission made before
+//! the hop; one taken over (its node died, or a crash lost the queue) is
+//! admitted again here, or ended visibly with a failed answer row and an
+//! error naming its `client_msg_id`.
 
 use std::{
     sync::Arc,
@@ -18,9 +28,10 @@ use super::{
 };
 use crate::{
     actors::{
-        hub::{Outbound, Subscriber},
+        hub::{Outbound, ReplaySeen, Subscriber},
         registry::Pending,
     },
+    cluster::lease::{Acquired, LeaseState},
     config::pricing::micros_to_usd,
     error::ApiError,
     generation::{BillTo, Ending, Planned},
@@ -34,6 +45,9 @@ use crate::{
 
 /// Most messages replayed on one subscribe; older history is paged over REST.
 const REPLAY_LIMIT: i64 = 1000;
+/// How long a subscribe waits for the node to receive the chat's events from
+/// other nodes before replaying (Redis slow or down: it replays anyway).
+const FOLLOW_WAIT: Duration = Duration::from_secs(1);
 
 pub struct ChatActor;
 
@@ -68,6 +82,10 @@ pub struct ChatState {
     /// panic) cancels whatever is still generating, which then bills itself.
     generations: CancellationToken,
     _cancel_on_drop: DropGuard,
+    /// The chat's generation lease, as this node holds it.
+    lease: LeaseState,
+    /// Answer every waiting message, whichever node accepted it, until the queue is empty.
+    adopt_any: bool,
 }
 
 impl ChatState {
@@ -99,6 +117,13 @@ impl ChatState {
         if let Some((text, deltas)) = self.turns.progress(m.id) {
             m.content = text.to_owned();
             deltas_included = Some(deltas);
+        } else if m.status == "streaming" {
+            // Streaming on another node: its text as last saved covers this many deltas.
+            deltas_included = Some(
+                m.deltas_saved
+                    .and_then(|d| u32::try_from(d).ok())
+                    .unwrap_or(0),
+            );
         }
         ServerFrame::Message {
             chat_id: self.chat_id,
@@ -138,14 +163,20 @@ impl Actor for ChatActor {
             _cancel_on_drop: generations.clone().drop_guard(),
             generations,
             deps: args.deps,
+            lease: LeaseState::default(),
+            adopt_any: false,
         };
         // Answers a crashed incarnation left streaming end as failed, with the
         // text saved so far; subscribers are told. A first start has none (the
         // server's start-up sweep covered the last run), so it skips the query.
         if args.recovering {
-            let interrupted = messages::fail_interrupted(&state.deps.db, Some(state.chat_id))
-                .await
-                .map_err(|_| StartFailure(ChatError::Unavailable))?;
+            let interrupted = messages::fail_interrupted(
+                &state.deps.db,
+                state.chat_id,
+                &state.deps.cluster.node_id,
+            )
+            .await
+            .map_err(|_| StartFailure(ChatError::Unavailable))?;
             for m in interrupted {
                 tracing::warn!(chat_id = %state.chat_id, message_id = %m.id, "answer interrupted by a restart: marked failed");
                 let id = m.id;
@@ -158,6 +189,8 @@ impl Actor for ChatActor {
             Duration::from_millis(state.deps.config.checkpoint_ms.max(50)),
             || ChatMsg::Tick,
         );
+        // Messages left without an answer (a crash, a dead node) are picked up.
+        let _ = me.cast(ChatMsg::Kick { adopt: false });
         crate::actors::live("chat", 1.0);
         Ok(state)
     }
@@ -176,6 +209,9 @@ impl Actor for ChatActor {
         let waiting = s.turns.drain();
         if !waiting.is_empty() {
             tracing::info!(chat_id = %s.chat_id, count = waiting.len(), "chat stopped with answers waiting: reservations released");
+        }
+        if let Some(t) = s.lease.release() {
+            s.deps.cluster.leases.release(s.chat_id, t).await;
         }
         crate::actors::live("chat", -1.0);
         Ok(())
@@ -232,8 +268,25 @@ impl Actor for ChatActor {
                 s.last_active = Instant::now();
                 on_update(&me, s, gen_id, update).await;
             }
+            ChatMsg::Kick { adopt } => {
+                s.adopt_any |= adopt;
+                start_next(&me, s).await;
+            }
+            ChatMsg::Lease { token, at, ours } => {
+                if ours {
+                    s.lease.renewed(token, at);
+                } else {
+                    tracing::warn!(chat_id = %s.chat_id, token, "chat lease lost to another node");
+                    s.lease.lost(token);
+                }
+            }
             ChatMsg::Tick => {
                 checkpoint(s);
+                renew_lease(&me, s);
+                // Waiting for the lease (another node is answering) or for storage.
+                if s.turns.current().is_none() && (s.turns.has_waiting() || s.adopt_any) {
+                    start_next(&me, s).await;
+                }
                 let idle = Duration::from_secs(s.deps.config.idle_timeout_secs);
                 if s.turns.is_idle()
                     && s.pending.depth() == 0
@@ -253,8 +306,37 @@ async fn subscribe(
     sub: Subscriber,
     since: Option<Resume>,
 ) -> Result<(), ChatError> {
-    // Replay and registration happen in one handler: nothing is published in
-    // between, so the client sees no gap and no duplicate.
+    // Replay and registration happen in one handler, so nothing this node
+    // publishes falls in between. Events from other nodes are held from
+    // before the replay is read (once this node receives the chat's channel)
+    // and sent after it, without what it covered: no gap, no duplicate.
+    let conn = sub.conn;
+    if let Some(ready) = s.deps.hub.begin(s.chat_id, sub.clone()) {
+        let _ = tokio::time::timeout(FOLLOW_WAIT, ready).await;
+    }
+    let replayed = replay(s, &sub, since).await;
+    let seen = match replayed {
+        Ok(seen) => seen,
+        Err(e) => {
+            s.deps.hub.remove(s.chat_id, conn);
+            return Err(e);
+        }
+    };
+    if s.deps.hub.complete(s.chat_id, conn, seen) {
+        Ok(())
+    } else {
+        s.deps.hub.remove(s.chat_id, conn);
+        Err(ChatError::SlowConsumer)
+    }
+}
+
+/// Sends `sub` what it missed (or the answer in progress); answers what that covered.
+async fn replay(
+    s: &ChatState,
+    sub: &Subscriber,
+    since: Option<Resume>,
+) -> Result<ReplaySeen, ChatError> {
+    let mut seen = ReplaySeen::default();
     if let Some(since) = since {
         let from = if since.saw_end {
             since.after
@@ -271,6 +353,7 @@ async fn subscribe(
             }
             let ended_badly = (m.status == "failed").then(|| (m.id, m.finish_reason.clone()));
             let frame = s.snapshot(m);
+            seen.saw(&frame);
             if !sub.push(Outbound::new(&frame, frame.event_id(|_| None))) {
                 return Err(ChatError::SlowConsumer);
             }
@@ -293,12 +376,12 @@ async fn subscribe(
     } else if let Some(r) = s.turns.current() {
         // Joining mid-answer without a seq: the answer so far, then its deltas.
         let frame = s.snapshot(r.message.clone());
+        seen.saw(&frame);
         if !sub.push(Outbound::new(&frame, frame.event_id(|_| None))) {
             return Err(ChatError::SlowConsumer);
         }
     }
-    s.deps.hub.add(s.chat_id, sub);
-    Ok(())
+    Ok(seen)
 }
 
 /// Stores the user's message under the next seq, acks it and queues its answer.
@@ -309,8 +392,15 @@ async fn accept(
     admitted: Admitted,
 ) -> Result<Ack, ChatError> {
     let db = &s.deps.db;
-    let stored =
-        messages::insert_user(db, s.chat_id, req.author, &req.client_msg_id, &req.content).await;
+    let stored = messages::insert_user(
+        db,
+        s.chat_id,
+        req.author,
+        &req.client_msg_id,
+        &req.content,
+        &s.deps.cluster.node_id,
+    )
+    .await;
     let user_message = match stored {
         Ok(m) => m,
         // Another node (or an earlier call) stored it first; the admitted
@@ -350,76 +440,277 @@ async fn accept(
     Ok(ack)
 }
 
-/// Starts the next queued answer if none is running.
+/// Starts the chat's next answer if none is running here: the oldest user
+/// message without one, under the chat's lease.
 async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
-    while let Some(mut q) = s.turns.next() {
-        let deps = s.deps.clone();
-        let prompt = match q.prompt.take() {
-            Some(p) => Ok(p),
-            None => messages::prompt_history(&deps.db, s.chat_id, deps.config.history_messages)
-                .await
-                .map(super::handle::to_prompt)
-                .map(|p| super::sources::with_context(p, q.context.as_ref())),
-        };
-        // The answer row is opened only once its prompt is in hand.
-        let first = q.planned.first().clone();
-        let opened = match prompt {
-            Ok(p) => messages::insert_assistant(
-                &deps.db,
-                s.chat_id,
-                q.user_message.id,
-                (&first.provider, &first.model),
-                i32::try_from(q.planned.prompt_tokens).unwrap_or(i32::MAX),
-            )
-            .await
-            .map(|a| (p, a)),
-            Err(e) => Err(e),
-        };
-        let (prompt, mut assistant) = match opened {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(chat_id = %s.chat_id, error = %e, "cannot open answer");
-                let err = ApiError::new(
-                    crate::error::ErrorCode::Unavailable,
-                    "storage unavailable; send again to retry",
-                );
-                s.publish(&ServerFrame::from_error(&err).about(s.chat_id, q.user_message.id));
-                continue;
-            }
-        };
-        super::sources::record(&deps.db, &mut assistant, q.context.as_ref()).await;
-        let request = ChatRequest {
-            model: first.model,
-            messages: prompt,
-            max_tokens: q.planned.max_tokens,
-            ..ChatRequest::default()
-        };
-        let cancel = s.generations.child_token();
-        let gen_id = s
-            .turns
-            .start(assistant.clone(), q.req.origin, cancel.clone());
-        s.publish(&s.message_frame(assistant.clone()));
-        metrics::gauge!("switchboard_streams_active").increment(1.0);
-        s.deps.streaming.insert(s.chat_id);
-        let bill_to = BillTo {
-            user_id: Some(q.req.author),
-            chat_id: Some(s.chat_id),
-            message_id: Some(assistant.id),
-        };
-        let sink = ChatSink {
-            actor: me.clone(),
-            gen_id,
-            db: deps.db.clone(),
-            hub: deps.hub.clone(),
-            chat_id: s.chat_id,
-            message_id: assistant.id,
-            text: String::new(),
-        };
-        // Under its message's span even when it waited in the queue.
-        q.span
-            .in_scope(|| deps.gens.spawn(q.planned, request, bill_to, cancel, sink));
+    // A draining node starts nothing new: what waits stays awaiting its
+    // answer in Postgres, for a survivor (or this node once restarted).
+    if s.turns.current().is_some() || s.deps.gens.draining.is_cancelled() {
         return;
     }
+    let deps = s.deps.clone();
+    let window = deps.cluster.config.requeue_window_secs;
+    loop {
+        let head = match messages::next_unanswered(&deps.db, s.chat_id, window).await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                // Whatever waits here was answered by another node.
+                s.adopt_any = false;
+                drop(s.turns.drain());
+                release_lease(s).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(chat_id = %s.chat_id, error = %e, "cannot read the chat's queue; retrying");
+                return;
+            }
+        };
+        // Turns held here for earlier messages were answered by another node:
+        // dropping them releases their reservations.
+        drop(s.turns.retain(|q| q.user_message.seq >= head.seq));
+        let local = s.turns.take_where(|q| q.user_message.id == head.id);
+        if local.is_none() && !s.adopt_any && !adoptable(&deps, &head) {
+            // Its node is alive and answers it with its own admission.
+            release_lease(s).await;
+            return;
+        }
+        let fence = match lease(s).await {
+            Some(f) => f,
+            None => {
+                if let Some(q) = local {
+                    s.turns.push_front(q);
+                }
+                return;
+            }
+        };
+        let q = match local {
+            Some(q) => q,
+            None => match adopt(s, head).await {
+                Ok(Some(q)) => q,
+                // Ended visibly: on to the next.
+                Ok(None) => continue,
+                // Storage is down: retried on a later kick or send.
+                Err(()) => return,
+            },
+        };
+        open(me, s, q, fence).await;
+        return;
+    }
+}
+
+/// Whether this node answers a message another node accepted: when that
+/// node is this one (a crash lost the queue), unknown, or had its chance.
+fn adoptable(deps: &ChatDeps, m: &Message) -> bool {
+    let handoff = chrono::Duration::milliseconds(
+        i64::try_from(deps.cluster.config.node_ttl_ms).unwrap_or(i64::MAX),
+    );
+    match m.node_id.as_deref() {
+        None => true,
+        Some(n) if n == &*deps.cluster.node_id => true,
+        Some(_) => chrono::Utc::now() - m.created_at > handoff,
+    }
+}
+
+/// The chat's fencing token: `Some(Some(t))` held, `Some(None)` Redis is down
+/// (this node carries on alone), `None` another node holds the chat.
+async fn lease(s: &mut ChatState) -> Option<Option<i64>> {
+    let leases = &s.deps.cluster.leases;
+    let now = Instant::now();
+    if let Some(t) = s.lease.token(now, leases.ttl) {
+        return Some(Some(t));
+    }
+    match leases.acquire(s.chat_id).await {
+        Acquired::Held(t) => {
+            s.lease.acquired(t, now);
+            Some(Some(t))
+        }
+        Acquired::Elsewhere => None,
+        Acquired::Unavailable => Some(None),
+    }
+}
+
+async fn release_lease(s: &mut ChatState) {
+    if let Some(t) = s.lease.release() {
+        s.deps.cluster.leases.release(s.chat_id, t).await;
+    }
+}
+
+/// Renews the lease off the actor while an answer runs; the outcome comes back as [`ChatMsg::Lease`].
+fn renew_lease(me: &ActorRef<ChatMsg>, s: &ChatState) {
+    let now = Instant::now();
+    let Some(token) = s.lease.renew_due(now, s.deps.cluster.leases.ttl) else {
+        return;
+    };
+    let (me, leases, chat_id) = (me.clone(), s.deps.cluster.leases.clone(), s.chat_id);
+    s.deps.gens.tasks.spawn(async move {
+        let ours = leases.renew(chat_id, token).await;
+        let _ = me.cast(ChatMsg::Lease {
+            token,
+            at: now,
+            ours,
+        });
+    });
+}
+
+/// Admits a message this node did not queue (taken over, or its queue was
+/// lost in a crash); one that cannot be admitted ends with a failed answer
+/// row and an error naming its `client_msg_id`.
+async fn adopt(s: &mut ChatState, m: Message) -> Result<Option<Queued>, ()> {
+    let deps = s.deps.clone();
+    let planned = async {
+        let author = m.author_id.ok_or(ChatError::NotFound)?;
+        let payer = store::chats::payer_for_member(&deps.db, author, s.chat_id)
+            .await
+            .map_err(|_| ChatError::Unavailable)?
+            .ok_or(ChatError::NotFound)?;
+        let payer = crate::admission::Payer {
+            workspace_id: payer.workspace_id,
+            user_id: Some(author),
+            api_key: None,
+            plan: payer.plan,
+        };
+        let history = messages::prompt_history(&deps.db, s.chat_id, deps.config.history_messages)
+            .await
+            .map_err(|_| ChatError::Unavailable)?;
+        let prompt = super::handle::to_prompt(history);
+        let planned = deps
+            .gens
+            .plan(payer, &prompt, None, deps.config.max_output_tokens)
+            .await?;
+        Ok::<_, ChatError>((author, planned))
+    }
+    .await;
+    match planned {
+        Ok((author, planned)) => {
+            tracing::info!(chat_id = %s.chat_id, message_id = %m.id, accepted_by = ?m.node_id, "answering a message taken over");
+            Ok(Some(Queued {
+                req: SendRequest {
+                    author,
+                    client_msg_id: m.client_msg_id.clone().unwrap_or_default(),
+                    content: m.content.clone(),
+                    model: None,
+                    origin: None,
+                    documents: None,
+                },
+                user_message: m,
+                planned,
+                prompt: None,
+                context: None,
+                span: tracing::Span::none(),
+            }))
+        }
+        Err(ChatError::Unavailable) => Err(()),
+        Err(e) => {
+            let err = ApiError::from(e);
+            let reason = serde_json::to_value(err.code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "not_admitted".to_owned());
+            match messages::insert_unanswerable(
+                &deps.db,
+                s.chat_id,
+                m.id,
+                &reason,
+                &deps.cluster.node_id,
+            )
+            .await
+            {
+                Ok(Some(failed)) => {
+                    tracing::warn!(chat_id = %s.chat_id, message_id = %m.id, %reason, "message taken over could not be admitted: failed");
+                    let id = failed.id;
+                    s.publish(&s.message_frame(failed));
+                    s.publish(
+                        &ServerFrame::from_error(&err)
+                            .about(s.chat_id, id)
+                            .for_client_msg(m.client_msg_id.clone()),
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(chat_id = %s.chat_id, error = %e, "cannot end an unadmitted message");
+                    return Err(());
+                }
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Opens the answer to `q` and starts its generation; `q` waits again when
+/// storage failed or a newer lease holder fenced this node out.
+async fn open(me: &ActorRef<ChatMsg>, s: &mut ChatState, mut q: Queued, fence: Option<i64>) {
+    let deps = s.deps.clone();
+    let prompt = match q.prompt.take() {
+        Some(p) => Ok(p),
+        None => messages::prompt_history(&deps.db, s.chat_id, deps.config.history_messages)
+            .await
+            .map(super::handle::to_prompt)
+            .map(|p| super::sources::with_context(p, q.context.as_ref())),
+    };
+    // The answer row is opened only once its prompt is in hand.
+    let first = q.planned.first().clone();
+    let opener = messages::Opener {
+        node_id: &deps.cluster.node_id,
+        fence,
+    };
+    let opened = match prompt {
+        Ok(p) => messages::insert_assistant(
+            &deps.db,
+            s.chat_id,
+            q.user_message.id,
+            (&first.provider, &first.model),
+            i32::try_from(q.planned.prompt_tokens).unwrap_or(i32::MAX),
+            opener,
+        )
+        .await
+        .map(|a| (p, a)),
+        Err(e) => Err(e),
+    };
+    let (prompt, mut assistant) = match opened {
+        Ok(x) => x,
+        Err(sqlx::Error::RowNotFound) => {
+            tracing::warn!(chat_id = %s.chat_id, ?fence, "answer not opened: fenced out by a newer lease holder (or the chat is gone)");
+            s.lease.release();
+            s.turns.push_front(q);
+            return;
+        }
+        Err(e) => {
+            tracing::error!(chat_id = %s.chat_id, error = %e, "cannot open answer; retrying");
+            s.turns.push_front(q);
+            return;
+        }
+    };
+    super::sources::record(&deps.db, &mut assistant, q.context.as_ref()).await;
+    let request = ChatRequest {
+        model: first.model,
+        messages: prompt,
+        max_tokens: q.planned.max_tokens,
+        ..ChatRequest::default()
+    };
+    let cancel = s.generations.child_token();
+    let gen_id = s
+        .turns
+        .start(assistant.clone(), q.req.origin, cancel.clone());
+    s.publish(&s.message_frame(assistant.clone()));
+    metrics::gauge!("switchboard_streams_active").increment(1.0);
+    s.deps.streaming.insert(s.chat_id);
+    let bill_to = BillTo {
+        user_id: Some(q.req.author),
+        chat_id: Some(s.chat_id),
+        message_id: Some(assistant.id),
+    };
+    let sink = ChatSink {
+        actor: me.clone(),
+        gen_id,
+        db: deps.db.clone(),
+        hub: deps.hub.clone(),
+        chat_id: s.chat_id,
+        message_id: assistant.id,
+        text: String::new(),
+    };
+    // Under its message's span even when it waited in the queue.
+    q.span
+        .in_scope(|| deps.gens.spawn(q.planned, request, bill_to, cancel, sink));
 }
 
 async fn on_update(me: &ActorRef<ChatMsg>, s: &mut ChatState, gen_id: u64, update: GenUpdate) {
@@ -497,10 +788,10 @@ fn answer_failed(e: &ProviderError) -> ApiError {
 
 /// Saves the running answer's text if it grew since the last save; off the actor.
 fn checkpoint(s: &mut ChatState) {
-    if let Some((id, text)) = s.turns.checkpoint_due() {
+    if let Some((id, text, deltas)) = s.turns.checkpoint_due() {
         let db = s.deps.db.clone();
         s.deps.gens.tasks.spawn(async move {
-            if let Err(e) = messages::checkpoint(&db, id, &text).await {
+            if let Err(e) = messages::checkpoint(&db, id, &text, deltas).await {
                 tracing::warn!(message_id = %id, error = %e, "checkpoint failed");
             }
         });

@@ -31,6 +31,8 @@ pub struct ChatDeps {
     pub config: ChatConfig,
     /// Chats with an answer streaming now (operations views).
     pub streaming: dashmap::DashSet<Uuid>,
+    /// This node's name and the chat leases.
+    pub cluster: crate::cluster::Cluster,
 }
 
 /// Finds a chat's actor, starting it on first use; never two per chat.
@@ -109,7 +111,13 @@ impl ChatRegistry {
             .await
             .map_err(err)?
         {
-            return Ack::resent(req, &m);
+            let ack = Ack::resent(req, &m)?;
+            // A message stranded without an answer (its node crashed) is
+            // revived by its resend: the chat looks at its queue again.
+            if m.role == "user" && messages::unanswered(db, m.id).await.unwrap_or(false) {
+                self.kick(chat_id).await;
+            }
+            return Ok(ack);
         }
         let cfg = &self.deps.config;
         let history = messages::prompt_history(db, chat_id, cfg.history_messages)
@@ -195,6 +203,41 @@ impl ChatRegistry {
         {
             Ok(CallResult::Success(r)) => r,
             _ => Err(ChatError::NoSuchGeneration),
+        }
+    }
+
+    /// Makes the chat (started if need be) look at its durable queue.
+    pub async fn kick(&self, chat_id: Uuid) {
+        match self.actors.get_or_spawn(chat_id).await {
+            Ok(h) => {
+                let _ = h.actor.cast(ChatMsg::Kick { adopt: true });
+            }
+            Err(e) => tracing::debug!(%chat_id, error = %e, "chat not started for its queue"),
+        }
+    }
+
+    /// Tells every node's subscribers that these answers were interrupted
+    /// (failed by a restart or a takeover): the failed row, then an error.
+    pub fn announce_interrupted(&self, failed: &[messages::Message]) {
+        for m in failed {
+            let (chat_id, id, seq) = (m.chat_id, m.id, m.seq);
+            let update = crate::protocol::ServerFrame::Message {
+                chat_id,
+                seq,
+                message: m.clone(),
+                deltas_included: None,
+            };
+            let end = crate::protocol::ServerFrame::from_error(&super::sink::interrupted())
+                .about(chat_id, id);
+            let hub = &self.deps.hub;
+            hub.publish(
+                chat_id,
+                &crate::actors::hub::Outbound::new(&update, Some(seq.to_string())),
+            );
+            hub.publish(
+                chat_id,
+                &crate::actors::hub::Outbound::new(&end, Some(format!("{seq}:done"))),
+            );
         }
     }
 

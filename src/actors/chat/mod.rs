@@ -110,6 +110,18 @@ pub enum ChatMsg {
         gen_id: u64,
         update: GenUpdate,
     },
+    /// Look at the chat's durable queue: messages may wait without an answer.
+    /// With `adopt`, answer them whichever node accepted them (a takeover, a
+    /// resend): their node is known dead or the client asked again.
+    Kick {
+        adopt: bool,
+    },
+    /// A lease renewal started at `at` came back: still `ours`, or lost.
+    Lease {
+        token: i64,
+        at: std::time::Instant,
+        ours: bool,
+    },
     Tick,
 }
 

@@ -2,6 +2,10 @@
 //! accepted messages wait in order, one answer runs at a time, and the running
 //! answer's text and delta count are what a subscriber joining mid-answer sees.
 //! Generic over what a queued turn carries, so the actor's types stay out.
+//!
+//! Which message is answered next is Postgres' decision (the oldest without an
+//! answer, whichever node accepted it); the queue here only keeps what this
+//! node admitted for its own messages, taken out by [`Turns::take_where`].
 
 use std::collections::VecDeque;
 
@@ -59,12 +63,31 @@ impl<Q> Turns<Q> {
         self.queue.push_back(turn);
     }
 
-    /// The next turn to start, when none is running.
-    pub fn next(&mut self) -> Option<Q> {
+    /// The waiting turn that matches, when none is running.
+    pub fn take_where(&mut self, pred: impl Fn(&Q) -> bool) -> Option<Q> {
         if self.current.is_some() {
             return None;
         }
-        self.queue.pop_front()
+        let i = self.queue.iter().position(pred)?;
+        self.queue.remove(i)
+    }
+
+    /// Puts a turn back at the head (it could not start yet).
+    pub fn push_front(&mut self, turn: Q) {
+        self.queue.push_front(turn);
+    }
+
+    /// Keeps only the waiting turns that match; answers the rest.
+    pub fn retain(&mut self, keep: impl Fn(&Q) -> bool) -> Vec<Q> {
+        let (kept, dropped): (VecDeque<Q>, VecDeque<Q>) =
+            self.queue.drain(..).partition(|q| keep(q));
+        self.queue = kept;
+        dropped.into()
+    }
+
+    /// Turns wait here for their answer.
+    pub fn has_waiting(&self) -> bool {
+        !self.queue.is_empty()
     }
 
     /// Makes `message` the running answer; answers its generation id.
@@ -145,14 +168,14 @@ impl<Q> Turns<Q> {
             .map(|r| (r.text.as_str(), r.deltas))
     }
 
-    /// The running answer's id and text when it grew since the last checkpoint.
-    pub fn checkpoint_due(&mut self) -> Option<(Uuid, String)> {
+    /// The running answer's id, text and delta count when it grew since the last checkpoint.
+    pub fn checkpoint_due(&mut self) -> Option<(Uuid, String, u32)> {
         let r = self.current.as_mut()?;
         if r.text.len() == r.saved_len {
             return None;
         }
         r.saved_len = r.text.len();
-        Some((r.message.id, r.text.clone()))
+        Some((r.message.id, r.text.clone(), r.deltas))
     }
 
     /// Everything still waiting (the chat is stopping).
@@ -185,23 +208,38 @@ mod tests {
             created_at: chrono::Utc::now(),
             completed_at: None,
             citations: None,
+            node_id: None,
+            deltas_saved: None,
         }
     }
 
     #[test]
-    fn one_answer_at_a_time_in_arrival_order() {
+    fn one_answer_at_a_time_taken_by_what_postgres_names_next() {
         let mut t = Turns::default();
         assert!(t.is_idle());
         t.push("a");
         t.push("b");
-        assert_eq!(t.next(), Some("a"));
+        t.push("c");
+        assert_eq!(t.take_where(|q| *q == "a"), Some("a"));
         let g = t.start(answer(2), None, CancellationToken::new());
-        assert_eq!(t.next(), None, "b waits while a's answer runs");
+        assert_eq!(
+            t.take_where(|q| *q == "b"),
+            None,
+            "b waits while a's answer runs"
+        );
         assert!(!t.is_idle());
         assert!(t.end(g + 1).is_none(), "a stale generation ends nothing");
         assert!(t.end(g).is_some());
-        assert_eq!(t.next(), Some("b"));
-        assert_eq!(t.next(), None);
+        assert_eq!(
+            t.retain(|q| *q != "b"),
+            vec!["b"],
+            "b was answered elsewhere"
+        );
+        assert_eq!(t.take_where(|q| *q == "c"), Some("c"));
+        t.push_front("c");
+        assert!(t.has_waiting());
+        assert_eq!(t.take_where(|_| true), Some("c"));
+        assert!(t.is_idle());
     }
 
     #[test]
@@ -220,7 +258,7 @@ mod tests {
         assert_eq!(t.append(g, "lo").map(|d| d.index), Some(1));
         assert_eq!(t.append(g + 1, "x"), None);
         assert_eq!(t.progress(id), Some(("Hello", 2)));
-        assert_eq!(t.checkpoint_due(), Some((id, "Hello".to_owned())));
+        assert_eq!(t.checkpoint_due(), Some((id, "Hello".to_owned(), 2)));
         assert_eq!(t.checkpoint_due(), None, "nothing new since");
     }
 

@@ -88,6 +88,8 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         // Informative: email waits in the outbox or queue, so it never takes a node out.
         "email": state.email.status.readiness(),
         "draining": draining,
+        // Which node answered (several share one load balancer).
+        "node_id": state.actors.cluster.node_id.as_ref(),
     });
     // Only what stops this node serving takes it out of a load balancer:
     // Redis or RabbitMQ down is the same for every node, and failing them all

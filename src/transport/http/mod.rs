@@ -52,6 +52,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.body_limit_bytes;
     let cors = cors_layer(&state.config.server.cors_origins);
+    let node_id = state.actors.cluster.node_id.clone();
     Router::new()
         .merge(health::router())
         .merge(openapi::router())
@@ -78,13 +79,13 @@ pub fn router(state: AppState) -> Router {
                 .layer(middleware::from_fn(edge::sanitize_request_id))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(
-                    TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                    TraceLayer::new_for_http().make_span_with(move |req: &Request| {
                         let id = req
                             .extensions()
                             .get::<RequestId>()
                             .and_then(|id| id.header_value().to_str().ok())
                             .unwrap_or("-");
-                        tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                        tracing::info_span!("http", node_id = %node_id, method = %req.method(), path = %req.uri().path(), request_id = %id)
                     }),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
