@@ -7,6 +7,30 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 const COUNTERS: &[(&str, &str)] = &[
     (
+        "switchboard_budget_reconciles_total",
+        "Budget counters reconciled with usage_events after a degraded Redis period",
+    ),
+    (
+        "switchboard_redis_skipped_total",
+        "Redis calls skipped while its breaker was open (per-node fallback used)",
+    ),
+    (
+        "switchboard_cluster_fanout_dropped_total",
+        "Chat events from other nodes dropped (a subscriber's queue was full)",
+    ),
+    (
+        "switchboard_cluster_fanout_reconnects_total",
+        "Reconnections of the cross-node fan-out subscriber to Redis",
+    ),
+    (
+        "switchboard_cluster_takeovers_total",
+        "Dead nodes taken over by this node",
+    ),
+    (
+        "switchboard_http_connections_refused_total",
+        "TCP connections refused at a connection cap, by reason (node, per_ip)",
+    ),
+    (
         "http_requests_total",
         "HTTP requests by method, route template and status",
     ),
@@ -144,6 +168,19 @@ const COUNTERS: &[(&str, &str)] = &[
 
 const GAUGES: &[(&str, &str)] = &[
     (
+        "switchboard_dependency_up",
+        "1 while a dependency answers the readiness probe, by dependency",
+    ),
+    (
+        "switchboard_cluster_nodes_live",
+        "Nodes of the cluster alive in Redis, as this node last saw",
+    ),
+    (
+        "switchboard_http_connections",
+        "Open HTTP connections (WebSockets included)",
+    ),
+    ("switchboard_node_info", "1, labelled with this node's id"),
+    (
         "switchboard_actor_queue_depth",
         "Requests waiting in actor mailboxes, by kind",
     ),
@@ -173,6 +210,10 @@ const GAUGES: &[(&str, &str)] = &[
 ];
 
 const HISTOGRAMS: &[(&str, &str)] = &[
+    (
+        "switchboard_cluster_fanout_lag_seconds",
+        "From publishing a chat event on one node to its delivery on another",
+    ),
     (
         "response_time_seconds",
         "HTTP response time by method, route template and status",

@@ -126,9 +126,51 @@ pub fn json_has_nul(raw: &[u8]) -> bool {
     false
 }
 
+/// Where the first NUL sits in a JSON document, as a field path (`title`,
+/// `messages[0].content`), so the refusal can name it; `None` when the
+/// document does not parse or holds none. For the error path only.
+pub fn nul_field(raw: &[u8]) -> Option<String> {
+    fn find(v: &serde_json::Value, path: &str) -> Option<String> {
+        match v {
+            serde_json::Value::String(s) if s.contains('\0') => Some(path.to_owned()),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| find(v, &format!("{path}[{i}]"))),
+            serde_json::Value::Object(o) => o.iter().find_map(|(k, v)| {
+                if k.contains('\0') {
+                    return Some(path.to_owned());
+                }
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                find(v, &p)
+            }),
+            _ => None,
+        }
+    }
+    let v: serde_json::Value = serde_json::from_slice(raw).ok()?;
+    find(&v, "").filter(|p| !p.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_field_holding_a_nul_is_named() {
+        assert_eq!(
+            nul_field(br#"{"title":"a\u0000b"}"#).as_deref(),
+            Some("title")
+        );
+        assert_eq!(
+            nul_field(br#"{"messages":[{"content":"x"},{"content":"\u0000"}]}"#).as_deref(),
+            Some("messages[1].content")
+        );
+        assert_eq!(nul_field(br#"{"title":"fine"}"#), None);
+    }
 
     #[test]
     fn names_refuse_hidden_and_reordering_characters() {

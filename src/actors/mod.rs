@@ -173,7 +173,7 @@ impl Actors {
 
         let embed_cache = embed_cache(config, redis.clone());
         let hub = hub::ChatHub::default();
-        let cluster = crate::cluster::Cluster::start(config, redis.clone(), &hub);
+        let cluster = crate::cluster::Cluster::start(config, redis.clone(), &counters, &hub);
         let admission = admission(config, redis, db.clone(), counters, &cluster.node_id).await;
         let router = Router::from_config(config);
 

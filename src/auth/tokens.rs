@@ -96,7 +96,12 @@ impl TokenKeys {
     /// `<audience>#<scope>`, so it is never an access token, and an access
     /// token is never one of these): for clients that cannot send a header,
     /// like the browser's `EventSource`.
-    pub fn issue_scoped(&self, user_id: Uuid, scope: &str, ttl: Duration) -> Result<String, TokenError> {
+    pub fn issue_scoped(
+        &self,
+        user_id: Uuid,
+        scope: &str,
+        ttl: Duration,
+    ) -> Result<String, TokenError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()

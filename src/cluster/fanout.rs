@@ -71,6 +71,7 @@ pub fn start(
     stop: CancellationToken,
     cfg: FanoutConfig,
     redis: ConnectionManager,
+    counters: crate::limits::WindowCounter,
     hub: ChatHub,
 ) {
     let (relay, relay_rx) = mpsc::channel(RELAY_QUEUE);
@@ -82,13 +83,20 @@ pub fn start(
         connected: connected.clone(),
     });
     let cfg = Arc::new(cfg);
-    tasks.spawn(publish_loop(cfg.clone(), redis, relay_rx, stop.clone()));
+    tasks.spawn(publish_loop(
+        cfg.clone(),
+        redis,
+        counters,
+        relay_rx,
+        stop.clone(),
+    ));
     tasks.spawn(subscribe_loop(cfg, hub, follow_rx, stop, connected));
 }
 
 async fn publish_loop(
     cfg: Arc<FanoutConfig>,
     redis: ConnectionManager,
+    counters: crate::limits::WindowCounter,
     mut rx: mpsc::Receiver<(Uuid, Outbound)>,
     stop: CancellationToken,
 ) {
@@ -101,6 +109,14 @@ async fn publish_loop(
         };
         if n == 0 {
             return;
+        }
+        // A hung Redis must not hold events back behind one timeout per
+        // batch: while its breaker is open they are dropped here, and other
+        // nodes' clients recover them from Postgres when they resume.
+        if !counters.redis_allowed() {
+            batch.clear();
+            metrics::counter!("switchboard_cluster_fanout_dropped_total").increment(n as u64);
+            continue;
         }
         let at_ms = chrono::Utc::now().timestamp_millis();
         let mut pipe = redis::pipe();
@@ -122,6 +138,7 @@ async fn publish_loop(
         }
         let mut conn = redis.clone();
         if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            counters.mark_degraded(&e);
             tracing::warn!(error = %e, events = n, "cannot relay chat events to other nodes");
             metrics::counter!("switchboard_cluster_fanout_dropped_total").increment(n as u64);
         }

@@ -74,6 +74,8 @@ pub enum Acquired {
 #[derive(Clone)]
 pub struct ChatLeases {
     redis: ConnectionManager,
+    /// The Redis breaker (`crate::breaker`), shared with limits and budgets.
+    counters: crate::limits::WindowCounter,
     prefix: Arc<str>,
     node_id: Arc<str>,
     pub ttl: Duration,
@@ -83,9 +85,16 @@ pub struct ChatLeases {
 }
 
 impl ChatLeases {
-    pub fn new(redis: ConnectionManager, prefix: &str, node_id: Arc<str>, ttl: Duration) -> Self {
+    pub fn new(
+        redis: ConnectionManager,
+        counters: crate::limits::WindowCounter,
+        prefix: &str,
+        node_id: Arc<str>,
+        ttl: Duration,
+    ) -> Self {
         Self {
             redis,
+            counters,
             prefix: prefix.into(),
             node_id,
             ttl,
@@ -100,6 +109,9 @@ impl ChatLeases {
     }
 
     pub async fn acquire(&self, chat_id: Uuid) -> Acquired {
+        if !self.counters.redis_allowed() {
+            return Acquired::Unavailable;
+        }
         let mut conn = self.redis.clone();
         let r: redis::RedisResult<i64> = self
             .acquire
@@ -114,6 +126,7 @@ impl ChatLeases {
             Ok(_) => Acquired::Elsewhere,
             Err(e) => {
                 tracing::warn!(%chat_id, error = %e, "chat lease unavailable: generating without it");
+                self.counters.mark_degraded(&e);
                 Acquired::Unavailable
             }
         }
@@ -147,6 +160,10 @@ impl ChatLeases {
         token: i64,
         ttl_ms: u64,
     ) -> redis::RedisResult<bool> {
+        // With Redis skipped the lease is kept as held (it lapses by itself).
+        if !self.counters.redis_allowed() {
+            return Ok(true);
+        }
         let mut conn = self.redis.clone();
         let r: i64 = self
             .renew

@@ -59,7 +59,14 @@ pub struct Cluster {
 
 impl Cluster {
     /// Names this node, starts the fan-out of `hub` and its heartbeat.
-    pub fn start(config: &Config, redis: ConnectionManager, hub: &ChatHub) -> Self {
+    /// `counters` carries the Redis breaker: the lease and the fan-out skip
+    /// Redis while it is open, as limits and budgets do.
+    pub fn start(
+        config: &Config,
+        redis: ConnectionManager,
+        counters: &crate::limits::WindowCounter,
+        hub: &ChatHub,
+    ) -> Self {
         let node_id: Arc<str> = node_id(config).into();
         let prefix = config.redis.key_prefix.clone();
         let c = &config.cluster;
@@ -72,6 +79,7 @@ impl Cluster {
             ),
             leases: lease::ChatLeases::new(
                 redis.clone(),
+                counters.clone(),
                 &prefix,
                 node_id.clone(),
                 Duration::from_millis(c.lease_ttl_ms),
@@ -97,6 +105,7 @@ impl Cluster {
                 node_id: cluster.node_id.clone(),
             },
             redis,
+            counters.clone(),
             hub.clone(),
         );
         cluster

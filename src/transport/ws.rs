@@ -476,10 +476,7 @@ async fn write_loop(
 }
 
 /// Shutdown's last words on a socket: why, then close 1001.
-async fn going_away(
-    sink: &mut futures::stream::SplitSink<WebSocket, WsMessage>,
-    limit: Duration,
-) {
+async fn going_away(sink: &mut futures::stream::SplitSink<WebSocket, WsMessage>, limit: Duration) {
     if within(limit, sink.feed(text(&ServerFrame::shutting_down()))).await {
         let _ = within(
             limit,

@@ -411,7 +411,12 @@ async fn an_events_ticket_lets_a_headerless_client_follow_one_chat_only() {
         }
     };
     // A stranger gets no ticket for someone else's chat.
-    assert_eq!(ticket_for(stranger.access_token.clone(), chat).await.status(), 404);
+    assert_eq!(
+        ticket_for(stranger.access_token.clone(), chat)
+            .await
+            .status(),
+        404
+    );
     let res = ticket_for(user.access_token.clone(), chat).await;
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
@@ -419,13 +424,22 @@ async fn an_events_ticket_lets_a_headerless_client_follow_one_chat_only() {
     let ticket = body["ticket"].as_str().unwrap().to_owned();
     let follow = |chat: Uuid, ticket: &str| {
         app.client
-            .get(app.url(&format!("/api/chats/{chat}/events?since_seq=0&ticket={ticket}")))
+            .get(app.url(&format!(
+                "/api/chats/{chat}/events?since_seq=0&ticket={ticket}"
+            )))
             .send()
     };
     // It opens this chat's stream without a header, and sees the chat's events.
     let res = follow(chat, &ticket).await.unwrap();
     assert_eq!(res.status(), 200);
-    post_message(&app, &user.access_token, chat, json!({"content": "hi"}), false).await;
+    post_message(
+        &app,
+        &user.access_token,
+        chat,
+        json!({"content": "hi"}),
+        false,
+    )
+    .await;
     let seen = read_sse(res, |e| e.event == "done").await;
     assert!(seen.iter().any(|e| e.event == "done"));
     // Not another chat's, and it is no access token.

@@ -69,6 +69,11 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     config.redis.key_prefix = format!("sbtest:{}", Uuid::new_v4().simple());
     tweak(&mut config);
 
+    start(config, db_name).await
+}
+
+/// Builds and serves the app on `config` (its database `db_name`).
+async fn start(config: Config, db_name: String) -> TestApp {
     let app = App::build(config.clone()).await.expect("app builds");
     let addr = app.local_addr();
     let db = app.state().db.clone();
@@ -241,24 +246,5 @@ pub async fn spawn_node(first: &TestApp, tweak: impl FnOnce(&mut Config)) -> Tes
     config.server.port = 0;
     config.routing.node_id = None;
     tweak(&mut config);
-    let app = App::build(config.clone()).await.expect("node builds");
-    let addr = app.local_addr();
-    let db = app.state().db.clone();
-    let state = app.state().clone();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
-    TestApp {
-        base: format!("http://{addr}"),
-        client: Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
-        db,
-        db_name: first.db_name.clone(),
-        config,
-        state,
-        _stop: stop,
-    }
+    start(config, first.db_name.clone()).await
 }

@@ -178,12 +178,20 @@ async fn kill_9_mid_answer_is_billed_once_by_the_next_start() {
         c.database.url = db;
     })
     .await;
+    // The killed process is another node: a survivor takes it over once its
+    // liveness key lapses (cluster.node_ttl_ms), failing what it left streaming.
     let (status, reason, content): (String, String, String) =
-        sqlx::query_as("select status, finish_reason, content from messages where id = $1")
+        eventually(Duration::from_secs(30), "the answer failed", || async {
+            sqlx::query_as(
+                "select status, finish_reason, content from messages
+                 where id = $1 and status <> 'streaming'",
+            )
             .bind(answer)
-            .fetch_one(&restarted.db)
+            .fetch_optional(&restarted.db)
             .await
-            .unwrap();
+            .unwrap()
+        })
+        .await;
     assert_eq!(
         (status.as_str(), reason.as_str()),
         ("failed", "interrupted")

@@ -68,9 +68,10 @@ where
                 }
             })?;
         if crate::text::json_has_nul(&bytes) {
-            return Err(ApiError::invalid(
-                "invalid request body: strings must not contain NUL (\\u0000)",
-            ));
+            let field = crate::text::nul_field(&bytes).unwrap_or_else(|| "request body".into());
+            return Err(ApiError::invalid(format!(
+                "{field}: strings must not contain NUL (\\u0000)"
+            )));
         }
         axum::Json::<T>::from_bytes(&bytes)
             .map(|axum::Json(v)| Self(v))
