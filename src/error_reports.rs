@@ -122,11 +122,36 @@ pub fn scrub(mut event: Event<'static>) -> Event<'static> {
             *v = scrub_text(v);
         }
     }
-    for v in event.tags.values_mut() {
-        *v = scrub_text(v);
+    for (k, v) in &mut event.tags {
+        *v = if k == "request_id" {
+            scrub_request_id(v)
+        } else {
+            scrub_text(v)
+        };
     }
     event
 }
+
+/// A request id is kept when it looks like one (a UUID, or a caller's
+/// `req-…` id) although it is a long run of token characters, which
+/// [`scrub_text`] blanks: without it a report cannot be found in the logs.
+/// Anything else a client put in `x-request-id` is blanked.
+pub fn scrub_request_id(id: &str) -> String {
+    let id_like = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    let credential = CREDENTIAL_PREFIXES.iter().any(|p| id.starts_with(p));
+    if id_like && !credential {
+        id.to_owned()
+    } else {
+        "[redacted]".to_owned()
+    }
+}
+
+/// How provider, Stripe and our own keys and JWTs begin.
+const CREDENTIAL_PREFIXES: &[&str] = &["eyJ", "sk-", "sk_", "rk_", "whsec_", "sb_"];
 
 /// Words that look like a credential become `[redacted]`: the word after
 /// `Bearer`, `key=`/`token=`/`password=`-style pairs, JWTs, provider and
@@ -154,10 +179,7 @@ pub fn scrub_text(text: &str) -> String {
             .filter(|(k, v)| !v.is_empty() && KEY_NAMES.iter().any(|n| k.ends_with(n)));
         let secret = redact_next
             || pair.is_some()
-            || bare.starts_with("eyJ")
-            || ["sk-", "sk_", "rk_", "whsec_", "sb_"]
-                .iter()
-                .any(|p| bare.starts_with(p))
+            || CREDENTIAL_PREFIXES.iter().any(|p| bare.starts_with(p))
             || (bare.len() >= 24
                 && bare
                     .chars()
@@ -197,5 +219,43 @@ mod tests {
             scrub_text("chat actor panicked at src/x.rs:10"),
             "chat actor panicked at src/x.rs:10"
         );
+    }
+
+    #[test]
+    fn request_ids_are_kept_and_credentials_in_their_place_are_not() {
+        for id in [
+            "0b9e5a4e-4a8f-4a53-9a9b-6f1d2e3c4b5a",
+            "req-3c9243f34e1747979e0d5a7240c3cefc",
+        ] {
+            assert_eq!(scrub_request_id(id), id);
+        }
+        for bad in [
+            "sk-live-0123456789abcdef",
+            "eyJhbGciOiJIUzI1NiJ9.e30.sig",
+            "Bearer abc",
+            "password=hunter2",
+            &"a".repeat(65),
+        ] {
+            assert_eq!(scrub_request_id(bad), "[redacted]", "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_event_keeps_its_request_id_tag_and_loses_request_data() {
+        let mut event = Event::default();
+        event.tags.insert(
+            "request_id".into(),
+            "req-3c9243f34e1747979e0d5a7240c3cefc".into(),
+        );
+        event.tags.insert("route".into(), "/api/auth/signin".into());
+        event.user = Some(sentry::User::default());
+        event.request = Some(sentry::protocol::Request::default());
+        let event = scrub(event);
+        assert_eq!(
+            event.tags["request_id"],
+            "req-3c9243f34e1747979e0d5a7240c3cefc"
+        );
+        assert_eq!(event.tags["route"], "/api/auth/signin");
+        assert!(event.user.is_none() && event.request.is_none());
     }
 }

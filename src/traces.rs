@@ -28,9 +28,13 @@ use opentelemetry_sdk::{
     propagation::TraceContextPropagator,
     trace::{Sampler, SdkTracerProvider},
 };
-use tracing::{Level, Subscriber};
+use tracing::{Level, Metadata, Subscriber, subscriber::Interest};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{Layer, filter::filter_fn, registry::LookupSpan};
+use tracing_subscriber::{
+    Layer,
+    layer::{Context, Filter},
+    registry::LookupSpan,
+};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
@@ -87,15 +91,41 @@ where
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
-        .with_filter(filter_fn(|meta| {
-            // Our spans only: dependencies' spans and every log event stay out.
-            meta.is_span()
-                && *meta.level() <= Level::INFO
-                && meta.target().starts_with("switchboard")
-        }))
+        .with_filter(OurSpans)
         .boxed();
     ENABLED.store(true, Ordering::Relaxed);
     Ok((Traces { provider }, layer))
+}
+
+/// The exporter's filter: our spans only (dependencies' spans and every log
+/// event stay out).
+///
+/// Its callsite interest is "sometimes", never "always": a callsite every
+/// per-layer filter calls "always" skips `enabled`, and its span then takes
+/// whatever per-layer verdict a rejected event left behind on that thread
+/// (tracing-subscriber resets it only on the next `enabled` call). That is
+/// how the spans made in the chat actor and the generation task were lost to
+/// both the logs and the exporter, which left `provider.call` without a parent.
+struct OurSpans;
+
+impl OurSpans {
+    fn wants(meta: &Metadata<'_>) -> bool {
+        meta.is_span() && *meta.level() <= Level::INFO && meta.target().starts_with("switchboard")
+    }
+}
+
+impl<S> Filter<S> for OurSpans {
+    fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        Self::wants(meta)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        if Self::wants(meta) {
+            Interest::sometimes()
+        } else {
+            Interest::never()
+        }
+    }
 }
 
 fn build_provider(url: String, sample_ratio: f64) -> Result<SdkTracerProvider, TraceError> {

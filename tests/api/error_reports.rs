@@ -69,7 +69,6 @@ async fn receive(State(s): State<FakeSentry>, body: Bytes) -> StatusCode {
 }
 
 #[tokio::test]
-#[ignore = "fails: no envelope reaches the fake ingest endpoint within 10 s; not yet diagnosed (issue 17, item 6, open)"]
 async fn a_server_error_is_reported_with_its_request_id_and_no_secrets() {
     let db = spawn_app().await;
     let url = db.config.database.url.as_ref().unwrap().expose().to_owned();
@@ -129,7 +128,11 @@ async fn a_server_error_is_reported_with_its_request_id_and_no_secrets() {
         async move { found }
     })
     .await;
-    assert_eq!(event["level"], "error");
+    // `error` is the default level, which Sentry leaves out.
+    assert!(
+        event["level"].is_null() || event["level"] == "error",
+        "{event}"
+    );
     assert_eq!(event["tags"]["route"], "/api/auth/signin");
     assert_eq!(event["tags"]["status"], status.as_u16().to_string());
     let message = event["message"]

@@ -101,7 +101,6 @@ pub async fn sign_up(client: &reqwest::Client, base: &str) -> String {
 }
 
 #[tokio::test]
-#[ignore = "fails: the provider.call span arrives (traceparent and shutdown flush work) but as a root; chat.send, chat.accept and generation are not exported (issue 17, item 5, open)"]
 async fn one_chat_message_is_one_trace_from_request_to_provider() {
     let mock = MockLlm::start().await;
     let otlp = OtlpReceiver::start().await;
