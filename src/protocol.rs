@@ -51,6 +51,10 @@ pub enum DocumentsChoice {
 /// Server → client.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a frame lives only until it is serialised, once per event"
+)]
 pub enum ServerFrame {
     Ack {
         client_msg_id: String,

@@ -125,6 +125,10 @@ pub enum ActorStartError {
 
 impl Actors {
     /// Starts the whole tree.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the tree is started in one place, in order"
+    )]
     pub async fn start(
         config: &Config,
         db: PgPool,

@@ -59,10 +59,10 @@ async fn watch(t: Takeover) {
             if alive || *id == *t.cluster.node_id {
                 continue;
             }
-            if let Ok(true) = t.cluster.nodes.claim(&id).await {
-                if let Err(e) = take_over(&t, &id).await {
-                    tracing::error!(dead_node = %id, error = %e, "takeover failed; retried when the claim lapses");
-                }
+            if let Ok(true) = t.cluster.nodes.claim(&id).await
+                && let Err(e) = take_over(&t, &id).await
+            {
+                tracing::error!(dead_node = %id, error = %e, "takeover failed; retried when the claim lapses");
             }
         }
     }

@@ -11,6 +11,10 @@ use super::{
 
 impl Config {
     /// Every problem with these settings; empty when they are fit to serve.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the list of every check, one line each"
+    )]
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         let prod = self.env == AppEnv::Production;

@@ -90,6 +90,10 @@ pub(super) async fn run(
 /// for `silence_ms` between tokens), is cut at
 /// `max_tokens`, or the generation is cancelled (by its owner or because the
 /// sink stopped listening).
+#[expect(
+    clippy::too_many_lines,
+    reason = "the relay loop: one select over stream, cancel and silence"
+)]
 async fn relay(
     sink: &mut impl Sink,
     stream: &mut EventStream,

@@ -264,6 +264,10 @@ impl AnthropicDecoder {
 }
 
 impl SseDecoder for AnthropicDecoder {
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one match over Anthropic's stream event types"
+    )]
     fn event(
         &mut self,
         event: Event,

@@ -11,6 +11,7 @@
 //! - after a tool result it answers `Tool <name> returned: <result>`;
 //! - `response_format` `json_schema` answers an instance of the schema,
 //!   `json_object` answers `{"answer": "<the usual words>"}`.
+//!
 //! It refuses `logprobs`, which it cannot produce.
 
 use std::time::Duration;

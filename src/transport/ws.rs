@@ -556,6 +556,10 @@ impl Session {
             .await
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one match over the frame types, each arm short"
+    )]
     async fn on_text(&mut self, raw: &str) {
         if crate::text::json_has_nul(raw.as_bytes()) {
             self.error(

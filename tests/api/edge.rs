@@ -93,9 +93,11 @@ async fn slowloris_headers_are_cut_off() {
                 return true;
             }
             let mut buf = [0u8; 512];
-            match tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut buf)).await {
-                Ok(Ok(0) | Err(_)) => return true,
-                Ok(Ok(_)) | Err(_) => {}
+            // Closed (EOF or an error); a timeout or data means still open.
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut buf)).await
+            {
+                return true;
             }
         }
         false

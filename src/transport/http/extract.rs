@@ -195,7 +195,7 @@ pub fn forwarded_client(headers: &axum::http::HeaderMap, hops: usize) -> Option<
         entries.extend(value.to_str().ok()?.split(',').map(str::trim));
     }
     entries.retain(|e| !e.is_empty());
-    let at = entries.len().checked_sub(hops.max(1)).unwrap_or(0);
+    let at = entries.len().saturating_sub(hops.max(1));
     entries.get(at)?.parse().ok()
 }
 

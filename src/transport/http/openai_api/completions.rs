@@ -202,6 +202,10 @@ fn options(req: &CompletionRequest) -> Result<GenOptions, OaiError> {
     })
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "request validation field by field, in the API's order"
+)]
 fn parse_request(
     body: &[u8],
     default_max: u32,

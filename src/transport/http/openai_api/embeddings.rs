@@ -122,6 +122,10 @@ fn base64_of(v: &[f32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "request validation field by field, in the API's order"
+)]
 async fn embed(state: AppState, headers: HeaderMap, body: Bytes) -> Result<Response, OaiError> {
     let auth = authenticate(&state, &headers).await?;
     if crate::text::json_has_nul(&body) {

@@ -104,6 +104,10 @@ fn content_text(content: &Value) -> Result<String, OaiError> {
 }
 
 /// Input items as prompt turns.
+#[expect(
+    clippy::too_many_lines,
+    reason = "request translation field by field, in the API's order"
+)]
 fn prompt(input: &Value, instructions: Option<&str>) -> Result<Vec<PromptMessage>, OaiError> {
     let mut out = Vec::new();
     if let Some(i) = instructions.filter(|i| !i.is_empty()) {
@@ -196,6 +200,10 @@ fn prompt(input: &Value, instructions: Option<&str>) -> Result<Vec<PromptMessage
     Ok(out)
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the Responses event sequence, in the order it is sent"
+)]
 fn parse(body: &[u8], default_max: u32) -> Result<(ResponsesRequest, ChatRequest), OaiError> {
     let req: ResponsesRequest = serde_json::from_slice(body).map_err(|e| {
         let text = e.to_string();
