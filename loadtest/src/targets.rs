@@ -19,8 +19,7 @@ struct Row {
 fn ok<'a>(results: &'a [RunResult], label: &str) -> Option<&'a RunResult> {
     results
         .iter()
-        .filter(|r| r.label == label && r.status == "ok")
-        .next_back()
+        .rfind(|r| r.label == label && r.status == "ok")
 }
 
 fn extra_f64(r: &RunResult, key: &str) -> Option<f64> {
