@@ -341,15 +341,7 @@ async fn actor_metrics_are_exported() {
     let mut ws = app.ws(&user.access_token).await;
     ws.send_message(chat, "m", "metrics").await;
     ws.answer().await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     for name in [
         "switchboard_actors_live{kind=\"chat\"}",
         "switchboard_actors_live{kind=\"user\"}",

@@ -78,15 +78,7 @@ fn dotenv_is_read_at_start_and_the_environment_wins() {
 #[tokio::test]
 async fn metrics_have_help_text_and_the_documented_series_exist_from_start() {
     let app = spawn_app().await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     for series in [
         "switchboard_tokens_streamed_total",
         "switchboard_usage_events_written_total",

@@ -46,15 +46,7 @@ async fn the_embedding_cache_is_shared_counted_and_not_billed_twice() {
     assert_eq!(cache["hits"], n, "{usage}");
     assert_eq!(cache["misses"], n, "{usage}");
     assert!((cache["hit_rate"].as_f64().unwrap() - 0.5).abs() < 1e-9);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("switchboard_embedding_cache_hits_total"),
         "metrics list the cache"

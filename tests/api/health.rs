@@ -65,15 +65,7 @@ async fn redis_and_rabbitmq_down_is_degraded_not_unready() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200, "a send works with Redis down");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(metrics.contains(r#"switchboard_dependency_up{dependency="redis"} 0"#));
     assert!(metrics.contains(r#"switchboard_dependency_up{dependency="postgres"} 1"#));
 }
@@ -117,15 +109,7 @@ async fn metrics_count_requests_by_route_template() {
         .send()
         .await
         .unwrap();
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(
         text.contains(r#"http_requests_total{method="GET",route="/health",status="200"}"#),
         "{text}"

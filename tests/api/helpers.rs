@@ -122,6 +122,12 @@ impl TestApp {
         }
     }
 
+    /// `/metrics` as text.
+    pub async fn metrics_text(&self) -> String {
+        let res = self.client.get(self.url("/metrics")).send().await.unwrap();
+        res.text().await.unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

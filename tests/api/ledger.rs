@@ -206,15 +206,7 @@ async fn a_usage_event_the_database_refuses_never_blocks_the_others() {
     })
     .await;
     assert_eq!(rows, vec![2, 3]);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(metrics.contains("switchboard_usage_events_rejected_total"));
 }
 

@@ -98,15 +98,7 @@ async fn a_hung_redis_is_skipped_not_waited_on_by_every_call() {
         sent <= 6,
         "{sent} commands reached the hung Redis during the messages"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     let skipped: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("switchboard_redis_skipped_total "))

@@ -510,15 +510,7 @@ async fn redis_down_mid_test_means_local_limits_then_recovery() {
     assert_eq!(ready["status"], "degraded");
     assert_eq!(ready["checks"]["redis"], "down");
     assert_eq!(ready["checks"]["limits"], "local");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("switchboard_redis_degraded 1"),
         "{metrics}"
@@ -639,15 +631,7 @@ async fn budget_alerts_fire_once_per_threshold() {
     dedup.dedup();
     assert_eq!(daily_ws, dedup, "each threshold once");
     assert!(alerts.iter().all(|(to, _)| to == &user.email));
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(metrics.contains("switchboard_budget_alerts_total"));
 }
 
