@@ -28,6 +28,7 @@
 mod actor;
 mod error;
 mod handle;
+mod queue;
 mod sink;
 mod sources;
 mod supervisor;
