@@ -27,9 +27,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::DropGuard;
 use uuid::Uuid;
 
-use super::{OaiError, authenticate, payer, plan_error, provider_error, request, usage_json};
+use super::{
+    OaiError, Opening, authenticate, open, payer, plan_error, provider_error, request,
+    unexpected_end, usage_json,
+};
 use crate::{
-    generation::{BillTo, Ending, GenEvent, Status},
+    generation::{Ending, GenEvent, Status},
     providers::{ChatRequest, GenOptions, PromptMessage, ToolCall, ToolCallDelta},
     state::AppState,
 };
@@ -367,25 +370,10 @@ async fn completions(
         .plan_request(payer(&auth), &request, Some(&req.model))
         .await
         .map_err(plan_error)?;
-    let (tx, mut rx) = mpsc::channel::<GenEvent>(64);
-    let cancel = gens.cancel_token();
-    // Dropping the request (the client left) cancels the generation, which
-    // then bills what was produced.
-    let cancel_on_drop = cancel.clone().drop_guard();
-    let bill_to = BillTo {
-        user_id: auth.created_by,
-        ..BillTo::default()
-    };
-    gens.spawn(planned, request, bill_to, cancel, tx);
-    let model = match rx.recv().await {
-        Some(GenEvent::Started { model, .. }) => model,
-        Some(GenEvent::Ended(e)) => return Err(ending_error(&e, false)),
-        _ => {
-            return Err(OaiError::server(
-                StatusCode::BAD_GATEWAY,
-                "The generation ended unexpectedly.",
-            ));
-        }
+    let (model, rx, cancel_on_drop) = match open(gens, planned, request, &auth).await {
+        Opening::Started(model, rx, guard) => (model, rx, guard),
+        Opening::Ended(e) => return Err(ending_error(&e, false)),
+        Opening::Unexpected => return Err(unexpected_end()),
     };
     let head = ChunkHead {
         id: format!("chatcmpl-{}", Uuid::now_v7().simple()),

@@ -223,6 +223,52 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<KeyAuth, 
     Ok(auth)
 }
 
+/// How a started generation turned out before its first token.
+enum Opening {
+    /// The first provider answered: its model, the events, and the guard whose
+    /// drop (the client left) cancels the generation, which then bills what it produced.
+    Started(
+        String,
+        tokio::sync::mpsc::Receiver<crate::generation::GenEvent>,
+        tokio_util::sync::DropGuard,
+    ),
+    /// It ended before any token.
+    Ended(crate::generation::Ending),
+    Unexpected,
+}
+
+/// Starts a planned generation for an API key and waits for its first event;
+/// one place for both `/v1/chat/completions` and `/v1/responses`.
+async fn open(
+    gens: &crate::generation::Generations,
+    planned: crate::generation::Planned,
+    request: crate::providers::ChatRequest,
+    auth: &KeyAuth,
+) -> Opening {
+    use crate::generation::GenEvent;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<GenEvent>(64);
+    let cancel = gens.cancel_token();
+    let cancel_on_drop = cancel.clone().drop_guard();
+    let bill_to = crate::generation::BillTo {
+        user_id: auth.created_by,
+        ..crate::generation::BillTo::default()
+    };
+    gens.spawn(planned, request, bill_to, cancel, tx);
+    match rx.recv().await {
+        Some(GenEvent::Started { model, .. }) => Opening::Started(model, rx, cancel_on_drop),
+        Some(GenEvent::Ended(e)) => Opening::Ended(e),
+        _ => Opening::Unexpected,
+    }
+}
+
+/// A generation that stopped talking before it said how it ended.
+fn unexpected_end() -> OaiError {
+    OaiError::server(
+        StatusCode::BAD_GATEWAY,
+        "The generation ended unexpectedly.",
+    )
+}
+
 fn payer(auth: &KeyAuth) -> Payer {
     Payer {
         workspace_id: auth.workspace_id,

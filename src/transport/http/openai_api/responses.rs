@@ -33,12 +33,14 @@ use axum::{
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{OaiError, authenticate, payer, plan_error, provider_error, request};
+use super::{
+    OaiError, Opening, authenticate, open, payer, plan_error, provider_error, request,
+    unexpected_end,
+};
 use crate::{
-    generation::{BillTo, Ending, GenEvent, PlanError, Status},
+    generation::{Ending, GenEvent, PlanError, Status},
     providers::{
         ChatRequest, GenOptions, PromptMessage, ResponseFormat, ToolCall, ToolCallDelta, Usage,
     },
@@ -315,26 +317,11 @@ async fn respond(state: AppState, headers: HeaderMap, body: Bytes) -> Result<Res
             e => e,
         })
         .map_err(plan_error)?;
-    let (tx, mut rx) = mpsc::channel::<GenEvent>(64);
-    let cancel = gens.cancel_token();
-    // Dropping the request (the client left) cancels the generation, which
-    // then bills what was produced.
-    let cancel_on_drop = cancel.clone().drop_guard();
-    let bill_to = BillTo {
-        user_id: auth.created_by,
-        ..BillTo::default()
-    };
     let echo = Echo::of(&req, &request);
-    gens.spawn(planned, request, bill_to, cancel, tx);
-    let model = match rx.recv().await {
-        Some(GenEvent::Started { model, .. }) => model,
-        Some(GenEvent::Ended(e)) => return Err(ending_error(&e)),
-        _ => {
-            return Err(OaiError::server(
-                StatusCode::BAD_GATEWAY,
-                "The generation ended unexpectedly.",
-            ));
-        }
+    let (model, mut rx, cancel_on_drop) = match open(gens, planned, request, &auth).await {
+        Opening::Started(model, rx, guard) => (model, rx, guard),
+        Opening::Ended(e) => return Err(ending_error(&e)),
+        Opening::Unexpected => return Err(unexpected_end()),
     };
     let mut builder = Builder::new(model, echo);
     if !req.stream {
