@@ -142,6 +142,9 @@ impl App {
         let email = crate::email::EmailTasks::start(&config, &db)
             .map_err(|e| StartError::Config(vec![e.to_string()]))?;
         let billing = crate::billing::Billing::new(&config);
+        let key_cache = crate::auth::key_cache::KeyCache::new(std::time::Duration::from_millis(
+            config.auth.key_cache_ms,
+        ));
         let state = AppState::new(AppInner {
             billing,
             config,
@@ -152,6 +155,7 @@ impl App {
             amqp_url,
             actors,
             embedder,
+            key_cache,
             key_touches: dashmap::DashMap::new(),
             email,
             lifecycle: crate::state::Lifecycle::default(),

@@ -27,6 +27,8 @@ pub struct AppInner {
     pub amqp_url: Secret,
     pub actors: Actors,
     pub embedder: Arc<dyn crate::providers::embedding::Embedder>,
+    /// API keys looked up recently (`auth.key_cache_ms`).
+    pub key_cache: crate::auth::key_cache::KeyCache,
     /// When each API key's `last_used_at` was last written by this node.
     pub key_touches: dashmap::DashMap<uuid::Uuid, std::time::Instant>,
     /// The Stripe client and price map.

@@ -263,6 +263,14 @@ pub struct AuthConfig {
     /// Threads that hash passwords (argon2); 0 = tokio's blocking pool. Absent: one per CPU.
     #[serde(default)]
     pub argon2_threads: Option<usize>,
+    /// How long this node trusts an API key it looked up (0: ask Postgres on
+    /// every request). A change made through another node holds within this.
+    #[serde(default = "default_key_cache_ms")]
+    pub key_cache_ms: u64,
+}
+
+fn default_key_cache_ms() -> u64 {
+    1000
 }
 
 #[derive(Debug, Clone, Deserialize)]

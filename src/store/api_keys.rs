@@ -87,8 +87,8 @@ pub async fn revoke(db: &PgPool, user_id: Uuid, key_id: Uuid) -> Result<bool, sq
     Ok(done.rows_affected() == 1)
 }
 
-/// The live key with this hash and its workspace's plan. Read on every request,
-/// so a revocation holds at once on every node.
+/// The live key with this hash and its workspace's plan (the caller caches it
+/// for `auth.key_cache_ms`: `auth::key_cache`).
 pub async fn authenticate(db: &PgPool, key_hash: &str) -> Result<Option<KeyAuth>, sqlx::Error> {
     sqlx::query_as(
         "select k.id, k.workspace_id, k.created_by, k.budget_micros, k.rate_limit_rpm, w.plan

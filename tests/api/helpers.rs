@@ -187,16 +187,21 @@ impl TestApp {
         .unwrap()
     }
 
-    /// Puts every workspace the user belongs to on `plan`.
+    /// Puts every workspace the user belongs to on `plan`, and drops this
+    /// node's cached API keys of those workspaces, as the admin API's plan
+    /// change does (other changes hold within `auth.key_cache_ms`).
     pub async fn set_plan(&self, user: &TestUser, plan: &str) {
-        sqlx::query(
-            "update workspaces set plan = $2 where id in (select workspace_id from workspace_members where user_id = $1)",
+        let changed: Vec<Uuid> = sqlx::query_scalar(
+            "update workspaces set plan = $2 where id in (select workspace_id from workspace_members where user_id = $1) returning id",
         )
         .bind(user.id)
         .bind(plan)
-        .execute(&self.db)
+        .fetch_all(&self.db)
         .await
         .unwrap();
+        for ws in changed {
+            self.state.key_cache.forget_workspace(ws);
+        }
     }
 
     /// Creates an API key (`body` as `POST /api/keys` takes it) and answers the 201 body.

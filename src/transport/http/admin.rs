@@ -203,7 +203,9 @@ pub async fn set_disabled(
         user_id: id,
         disabled: req.disabled,
     };
-    Ok(Json(admin::apply(&state.db, &admin.actor(), action).await?))
+    let outcome = admin::apply(&state.db, &admin.actor(), action).await?;
+    state.key_cache.forget_created_by(id);
+    Ok(Json(outcome))
 }
 
 #[utoipa::path(post, path = "/api/admin/users/{id}/revoke-sessions", tag = "admin", security(("bearer" = [])),
@@ -214,7 +216,9 @@ pub async fn revoke_sessions(
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<Outcome>> {
     let action = Action::RevokeSessions { user_id: id };
-    Ok(Json(admin::apply(&state.db, &admin.actor(), action).await?))
+    let outcome = admin::apply(&state.db, &admin.actor(), action).await?;
+    state.key_cache.forget_created_by(id);
+    Ok(Json(outcome))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -235,5 +239,7 @@ pub async fn set_plan(
         workspace_id: id,
         plan: req.plan,
     };
-    Ok(Json(admin::apply(&state.db, &admin.actor(), action).await?))
+    let outcome = admin::apply(&state.db, &admin.actor(), action).await?;
+    state.key_cache.forget_workspace(id);
+    Ok(Json(outcome))
 }

@@ -111,13 +111,14 @@ pub async fn list_keys(State(state): State<AppState>, user: AuthUser) -> ApiResu
 
 #[utoipa::path(delete, path = "/api/keys/{id}", tag = "keys", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "key id")),
-    responses((status = 204, description = "revoked; stops working at once"), (status = 404, description = "no such key")))]
+    responses((status = 204, description = "revoked; stops working at once on this node, within `auth.key_cache_ms` on the others"), (status = 404, description = "no such key")))]
 pub async fn revoke_key(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
     if api_keys::revoke(&state.db, user.id, id).await? {
+        state.key_cache.forget_key(id);
         tracing::info!(key_id = %id, "api key revoked");
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -187,7 +187,8 @@ fn provider_error(e: &ProviderError) -> OaiError {
     }
 }
 
-/// The key in `Authorization: Bearer`, looked up on every request so a revoked key stops at once.
+/// The key in `Authorization: Bearer`: from this node's key cache when it was
+/// read less than `auth.key_cache_ms` ago, else from Postgres.
 async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<KeyAuth, OaiError> {
     let unauthorized = |message: &str| OaiError {
         status: StatusCode::UNAUTHORIZED,
@@ -203,9 +204,18 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<KeyAuth, 
     if key.len() > 200 {
         return Err(unauthorized("Incorrect API key provided."));
     }
-    let auth = api_keys::authenticate(&state.db, &hash_key(key))
-        .await?
-        .ok_or_else(|| unauthorized("Incorrect API key provided."))?;
+    let hash = hash_key(key);
+    let auth = match state.key_cache.get(&hash) {
+        Some(auth) => auth,
+        None => {
+            let read_at = std::time::Instant::now();
+            let auth = api_keys::authenticate(&state.db, &hash)
+                .await?
+                .ok_or_else(|| unauthorized("Incorrect API key provided."))?;
+            state.key_cache.put(hash, auth.clone(), read_at);
+            auth
+        }
+    };
     // last_used_at is coarse on purpose: one write per key per minute per node,
     // not one per request.
     let now = std::time::Instant::now();
