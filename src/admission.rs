@@ -163,8 +163,12 @@ impl Admission {
             }
         }
         if let Some(plan) = &plan {
-            for scope in scopes.iter().filter(|s| !s.starts_with("key:")) {
-                let used = self.counters.get(&format!("rl:tok:{scope}")).await;
+            let token_scopes: Vec<&String> =
+                scopes.iter().filter(|s| !s.starts_with("key:")).collect();
+            let token_keys: Vec<String> =
+                token_scopes.iter().map(|s| format!("rl:tok:{s}")).collect();
+            let counts = self.counters.get_many(&token_keys).await;
+            for (scope, used) in token_scopes.into_iter().zip(counts) {
                 if used.count >= u64::from(plan.tokens_per_minute) {
                     metrics::counter!("switchboard_rate_limited_total", "limit" => "tokens")
                         .increment(1);

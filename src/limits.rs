@@ -160,27 +160,44 @@ impl WindowCounter {
 
     /// The current count of a key without changing it.
     pub async fn get(&self, key: &str) -> WindowCount {
+        let mut counts = self.get_many(std::slice::from_ref(&key.to_owned())).await;
+        counts.pop().unwrap_or_else(|| self.get_local(key))
+    }
+
+    /// The current counts of several keys, in one round trip.
+    pub async fn get_many(&self, keys: &[String]) -> Vec<WindowCount> {
+        let local = || -> Vec<WindowCount> { keys.iter().map(|k| self.get_local(k)).collect() };
+        if keys.is_empty() {
+            return Vec::new();
+        }
         if !self.redis_allowed() {
-            return self.get_local(key);
+            return local();
         }
         let mut conn = self.redis.clone();
-        let full = self.key(key);
-        let res: redis::RedisResult<(Option<i64>, i64)> = redis::pipe()
-            .get(&full)
-            .ttl(&full)
-            .query_async(&mut conn)
-            .await;
+        let mut pipe = redis::pipe();
+        for key in keys {
+            let full = self.key(key);
+            pipe.get(&full).ttl(&full);
+        }
+        // GET and TTL alternate: [count, ttl, count, ttl, ...]
+        let res: redis::RedisResult<Vec<Option<i64>>> = pipe.query_async(&mut conn).await;
         match res {
-            Ok((count, ttl)) => {
+            Ok(raw) if raw.len() == keys.len() * 2 => {
                 self.set_degraded(false, None);
-                WindowCount {
-                    count: count.unwrap_or(0).max(0) as u64,
-                    resets_in: Duration::from_secs(ttl.max(1) as u64),
-                }
+                raw.chunks(2)
+                    .map(|c| WindowCount {
+                        count: c[0].unwrap_or(0).max(0) as u64,
+                        resets_in: Duration::from_secs(c[1].unwrap_or(1).max(1) as u64),
+                    })
+                    .collect()
+            }
+            Ok(_) => {
+                tracing::error!("redis answered a counter read with the wrong shape");
+                local()
             }
             Err(e) => {
                 self.set_degraded(true, Some(&e));
-                self.get_local(key)
+                local()
             }
         }
     }

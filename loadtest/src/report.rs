@@ -2,7 +2,7 @@
 //!
 //! The hand-written parts (method, targets, profiling) live in a template;
 //! the generated parts replace its placeholders: `{{generated_at}}`, `{{run_date}}`,
-//! `{{machine}}`, `{{settings}}`, `{{targets}}`, `{{summary}}`, `{{results}}`.
+//! `{{machine}}`, `{{settings}}`, `{{targets}}`, `{{summary}}`, `{{cluster}}`, `{{results}}`.
 //! Every number comes from a result file: a target no run measured says so.
 
 use std::{fmt::Write as _, path::PathBuf};
@@ -74,6 +74,7 @@ pub fn run(args: &ReportArgs) -> Result<(), String> {
             ),
         )
         .replace("{{summary}}", &summary(&results))
+        .replace("{{cluster}}", &cluster(&results))
         .replace("{{results}}", &details(&results));
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -455,6 +456,56 @@ fn summary(results: &[RunResult]) -> String {
     s
 }
 
+/// One node against three (scripts/bench.sh, runs `cluster-1-node` and
+/// `cluster-3-nodes`): throughput, what the sender's own socket sees, what a
+/// socket on another node sees, and the CPU all nodes spent per answer.
+fn cluster(results: &[RunResult]) -> String {
+    let mut s = String::from(
+        "| run | nodes | answers/s | ack p50 / p99 (ms) | TTFT, sender's node p50 / p99 (ms) | TTFT, next node p50 / p99 (ms) | done, sender's node p50 / p99 (ms) | done, next node p50 / p99 (ms) | server CPU per answer, all nodes (ms) |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut any = false;
+    for label in ["cluster-1-node", "cluster-3-nodes"] {
+        let Some(r) = results
+            .iter()
+            .rfind(|r| r.label == label && r.status == "ok")
+        else {
+            continue;
+        };
+        any = true;
+        let nodes = param_u64(r, "nodes").unwrap_or(1);
+        let others: Option<f64> = match r.extra.get("other_nodes") {
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(|n| n.get("cpu_secs").and_then(Value::as_f64))
+                .sum(),
+            _ => Some(0.0),
+        };
+        let cpu_per_answer = match (r.server.as_ref(), others) {
+            (Some(sv), Some(o)) if r.completed > 0 => {
+                format!("{:.2}", 1000.0 * (sv.cpu_secs + o) / r.completed as f64)
+            }
+            _ => "–".into(),
+        };
+        let pair =
+            |name: &str| format!("{} / {}", lat(r, name, |p| p.p50), lat(r, name, |p| p.p99));
+        let _ = writeln!(
+            s,
+            "| {label} | {nodes} | {:.1} | {} | {} | {} | {} | {} | {cpu_per_answer} |",
+            r.throughput_per_sec,
+            pair("ack"),
+            pair("ttft"),
+            pair("watch_ttft"),
+            pair("total"),
+            pair("watch_done"),
+        );
+    }
+    if any {
+        s
+    } else {
+        "No cluster run in these results.\n".into()
+    }
+}
+
 fn details(results: &[RunResult]) -> String {
     let mut s = String::new();
     for r in results {
@@ -561,4 +612,51 @@ fn details(results: &[RunResult]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(label: &str, nodes: u64, completed: u64, others: serde_json::Value) -> RunResult {
+        let p = |p50: f64, p99: f64| serde_json::json!({"count": 10, "p50": p50, "p90": p99, "p95": p99, "p99": p99, "max": p99, "mean": p50});
+        serde_json::from_value(serde_json::json!({
+            "scenario": "ws-chat", "label": label, "run_id": "r", "started_at": "2026-12-03T00:00:00Z",
+            "url": "http://127.0.0.1:1", "status": "ok", "failure": null,
+            "params": {"nodes": nodes, "watch": true}, "setup_secs": 1.0, "duration_secs": 10.0,
+            "started": completed, "completed": completed, "failed": 0, "throughput_per_sec": completed as f64 / 10.0,
+            "acks_per_sec": null, "peak_in_flight": 3,
+            "latency_ms": {"ttft": p(52.0, 60.0), "watch_ttft": p(53.5, 70.0), "ack": p(2.0, 5.0),
+                           "total": p(900.0, 950.0), "watch_done": p(901.0, 960.0)},
+            "errors": {}, "overhead_ms": null,
+            "server": {"pid": 1, "rss_before_kib": 1, "rss_after_kib": 1, "rss_max_kib": 1, "hwm_kib": 1,
+                       "cpu_secs": 2.0, "cpu_percent": 20.0},
+            "client": null, "extra": {"other_nodes": others}
+        }))
+        .expect("a result")
+    }
+
+    #[test]
+    fn the_cluster_table_compares_one_node_with_three() {
+        let one = run("cluster-1-node", 1, 1000, serde_json::json!(null));
+        let three = run(
+            "cluster-3-nodes",
+            3,
+            1000,
+            serde_json::json!([{"cpu_secs": 1.0}, {"cpu_secs": 1.0}]),
+        );
+        let table = cluster(&[one, three]);
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(rows.len(), 2, "{table}");
+        // CPU per answer sums every node: 2 s / 1000 answers, then (2 + 1 + 1) s / 1000.
+        assert!(
+            rows[0].starts_with("| cluster-1-node | 1 | 100.0 |"),
+            "{}",
+            rows[0]
+        );
+        assert!(rows[0].ends_with("| 2.00 |"), "{}", rows[0]);
+        assert!(rows[1].ends_with("| 4.00 |"), "{}", rows[1]);
+        assert!(rows[1].contains("| 53.5 / 70.0 |"), "{}", rows[1]);
+        assert_eq!(cluster(&[]), "No cluster run in these results.\n");
+    }
 }

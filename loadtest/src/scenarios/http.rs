@@ -1,6 +1,10 @@
 //! `http`: C workers, each with its own account and chat, each iteration
 //! signing in, listing chats and sending a message over REST (JSON answer:
 //! the finished assistant message). Each step has its own latency.
+//!
+//! With `--signin-rate R` it is an open loop of sign-ins alone instead: R a
+//! second in all, round-robin over the C accounts, each timed from its
+//! intended start, so a server that falls behind cannot hide it.
 
 use std::{
     sync::{Arc, atomic::AtomicU64},
@@ -29,6 +33,9 @@ pub struct HttpArgs {
         default_value = "What is a good way to measure an API's tail latency?"
     )]
     pub content: String,
+    /// Open loop: only sign-ins, this many a second (0: the closed-loop iterations).
+    #[arg(long, default_value_t = 0.0)]
+    pub signin_rate: f64,
 }
 
 pub async fn run(args: HttpArgs) -> Result<RunResult, String> {
@@ -50,6 +57,9 @@ pub async fn run(args: HttpArgs) -> Result<RunResult, String> {
     run.begin_measuring();
     let run = Arc::new(run);
     let issued = Arc::new(AtomicU64::new(0));
+    if args.signin_rate > 0.0 {
+        return Ok(signin_open_loop(run, &accounts, &issued, args.signin_rate).await);
+    }
     let tasks: Vec<_> = accounts
         .into_iter()
         .zip(chats)
@@ -88,6 +98,55 @@ pub async fn run(args: HttpArgs) -> Result<RunResult, String> {
         "steps": ["POST /api/auth/signin", "GET /api/chats", "POST /api/chats/{id}/messages (JSON)"],
     });
     Ok(run.finish(params, json!({})).await)
+}
+
+/// Starts a sign-in every 1/`rate` s until the duration or count runs out;
+/// `signin` latency counts from each one's intended start.
+async fn signin_open_loop(
+    run: Arc<Run>,
+    accounts: &[Account],
+    issued: &AtomicU64,
+    rate: f64,
+) -> RunResult {
+    let every = Duration::from_secs_f64(1.0 / rate);
+    let began = Instant::now();
+    let mut tasks = Vec::new();
+    let mut n = 0u32;
+    loop {
+        let intended = began + every * n;
+        tokio::time::sleep_until(intended.into()).await;
+        if !run.claim(issued) {
+            break;
+        }
+        let account = accounts[n as usize % accounts.len()].clone();
+        let run = run.clone();
+        tasks.push(tokio::spawn(async move {
+            run.rec.begin();
+            run.rec.record("send_lag", intended.elapsed());
+            let ok = match run.api.signin(&account.email, &account.password).await {
+                Ok(_) => {
+                    run.rec.record("signin", intended.elapsed());
+                    true
+                }
+                Err(e) => {
+                    run.rec.error(&e.code);
+                    false
+                }
+            };
+            run.rec.end(ok);
+        }));
+        n += 1;
+    }
+    join_all_until(tasks, Duration::from_secs(60), &run.rec).await;
+    let params = json!({
+        "concurrency": accounts.len(),
+        "mode": "open",
+        "signin_rate": rate,
+        "duration_limit_secs": run.common.duration,
+        "count_limit": run.common.count,
+        "steps": ["POST /api/auth/signin"],
+    });
+    run.finish(params, json!({})).await
 }
 
 /// One sign-in, one listing, one REST send; false at the first failure.

@@ -1,8 +1,15 @@
 //! `ws-chat`: N users, each on its own WebSocket and chat, each sending M
 //! messages one after another and reading the streamed answer: send → `ack`
 //! (ack latency), → first `delta` of the answer (TTFT), → `done` (total).
+//!
+//! Against a cluster (`--node-url`, repeatable) the users' sockets are spread
+//! over the nodes; with `--watch` each user also follows its chat from a
+//! second socket on the next node, which measures what a client of another
+//! node sees: send → that socket's first delta (`watch_ttft`) and `done`
+//! (`watch_done`).
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -19,7 +26,9 @@ use uuid::Uuid;
 use super::{Common, Run, join_all_until};
 use crate::{
     api::{self, ApiError},
+    procfs::{self, ProcStats, Sample},
     stats::{Recorder, RunResult},
+    target::{self, Target},
     ws::{self, Frame, Ws},
 };
 
@@ -65,13 +74,28 @@ pub struct WsChatArgs {
     /// slow server cannot hide latency by slowing the sender (0: closed loop).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// Another node of the same cluster (repeatable, loopback only): user i
+    /// connects to node i mod n, where --url is node 0.
+    #[arg(long = "node-url")]
+    pub node_urls: Vec<String>,
+    /// The other nodes' process ids (same order as --node-url), for their CPU and memory.
+    #[arg(long = "node-pid")]
+    pub node_pids: Vec<u32>,
+    /// Each user also follows its chat from a second socket, on the next node
+    /// (the same node when there is only one); closed loop only.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// One user's connection.
 struct Client {
     ws: Ws,
     chat_id: Uuid,
+    /// With `--watch`: when each of this user's messages was sent, by `client_msg_id`.
+    sent: Option<Arc<SentAt>>,
 }
+
+type SentAt = std::sync::Mutex<HashMap<String, Instant>>;
 
 /// How one exchange ended.
 enum Outcome {
@@ -107,25 +131,72 @@ pub async fn run(args: WsChatArgs) -> Result<RunResult, String> {
         .buffered(32)
         .collect()
         .await;
-    let target = &run.target;
-    let sockets: Vec<Result<Client, String>> = stream::iter(chats.into_iter().enumerate())
-        .map(|(i, chat)| {
-            let token = accounts[i / per_account].token.clone();
-            let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
-            async move {
-                let chat_id = chat.map_err(|e| format!("cannot create a chat: {e}"))?;
-                let ws = ws::connect(target, source, &token)
-                    .await
-                    .map_err(|(code, msg)| format!("cannot open the WebSocket: {code}: {msg}"))?;
-                Ok(Client { ws, chat_id })
-            }
-        })
-        .buffered(64)
-        .collect()
-        .await;
-    let mut clients = sockets.into_iter().collect::<Result<Vec<_>, _>>()?;
-    if !args.cold {
+    let mut nodes = vec![run.target.clone()];
+    for url in &args.node_urls {
+        nodes.push(target::resolve(url).await?);
+    }
+    let nodes = &nodes;
+    let watch = args.watch && args.rate <= 0.0;
+    let sockets: Vec<Result<(Client, Option<Client>), String>> =
+        stream::iter(chats.into_iter().enumerate())
+            .map(|(i, chat)| {
+                let token = accounts[i / per_account].token.clone();
+                let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+                async move {
+                    let chat_id = chat.map_err(|e| format!("cannot create a chat: {e}"))?;
+                    let open = |node: &Target| {
+                        let token = token.clone();
+                        let node = node.clone();
+                        async move {
+                            ws::connect(&node, source, &token)
+                                .await
+                                .map_err(|(code, msg)| {
+                                    format!(
+                                        "cannot open the WebSocket to {}: {code}: {msg}",
+                                        node.base
+                                    )
+                                })
+                        }
+                    };
+                    let ws = open(&nodes[i % nodes.len()]).await?;
+                    if !watch {
+                        return Ok((
+                            Client {
+                                ws,
+                                chat_id,
+                                sent: None,
+                            },
+                            None,
+                        ));
+                    }
+                    let sent = Arc::new(SentAt::default());
+                    let watcher = open(&nodes[(i + 1) % nodes.len()]).await?;
+                    Ok((
+                        Client {
+                            ws,
+                            chat_id,
+                            sent: Some(sent.clone()),
+                        },
+                        Some(Client {
+                            ws: watcher,
+                            chat_id,
+                            sent: Some(sent),
+                        }),
+                    ))
+                }
+            })
+            .buffered(64)
+            .collect()
+            .await;
+    let (mut clients, watchers): (Vec<Client>, Vec<Option<Client>>) = sockets
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .unzip();
+    let mut watchers: Vec<Client> = watchers.into_iter().flatten().collect();
+    if !args.cold || watch {
         let warmed: Vec<Result<(), String>> = stream::iter(clients.iter_mut())
+            .chain(stream::iter(watchers.iter_mut()))
             .map(warm_up)
             .buffer_unordered(64)
             .collect()
@@ -139,7 +210,19 @@ pub async fn run(args: WsChatArgs) -> Result<RunResult, String> {
     );
 
     run.begin_measuring();
+    let node_samples: Vec<Option<Sample>> = args
+        .node_pids
+        .iter()
+        .map(|&p| procfs::sample(Some(p)))
+        .collect();
     let run = Arc::new(run);
+    let watching: Vec<_> = watchers
+        .into_iter()
+        .map(|w| {
+            let run = run.clone();
+            tokio::spawn(async move { watch_loop(&run, w).await })
+        })
+        .collect();
     let issued = Arc::new(AtomicU64::new(0));
     let began = Instant::now();
     let open_loop = args.rate > 0.0;
@@ -165,6 +248,25 @@ pub async fn run(args: WsChatArgs) -> Result<RunResult, String> {
         .collect();
     let deadline = run.duration() + Duration::from_secs(args.timeout_secs + 5);
     join_all_until(tasks, deadline, &run.rec).await;
+    // The watchers have seen every `done` their users saw, or never will.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for w in watching {
+        w.abort();
+    }
+    let node_stats: Vec<Option<ProcStats>> = args
+        .node_pids
+        .iter()
+        .zip(&node_samples)
+        .map(|(&pid, before)| {
+            let after = procfs::sample(Some(pid))?;
+            Some(ProcStats::between(
+                Some(pid),
+                before.as_ref()?,
+                &after,
+                after.rss_kib,
+            ))
+        })
+        .collect();
 
     let params = json!({
         "users": users,
@@ -181,12 +283,17 @@ pub async fn run(args: WsChatArgs) -> Result<RunResult, String> {
         "warm_up": !args.cold,
         "mode": if open_loop { "open" } else { "closed" },
         "rate": if open_loop { json!(args.rate) } else { json!(null) },
+        "nodes": nodes.len(),
+        "watch": watch,
     });
-    let extra = if open_loop {
+    let mut extra = if open_loop {
         json!({ "answers_done": run.rec.answers.load(Ordering::Relaxed) })
     } else {
         json!({})
     };
+    if !node_stats.is_empty() {
+        extra["other_nodes"] = json!(node_stats);
+    }
     Ok(run.finish(params, extra).await)
 }
 
@@ -272,6 +379,11 @@ async fn exchange(
         frame["model"] = json!(model);
     }
     let sent = Instant::now();
+    if let Some(at) = &client.sent {
+        at.lock()
+            .expect("sent")
+            .insert(client_msg_id.to_owned(), sent);
+    }
     rec.begin();
     if let Err(e) = client.ws.send(Message::text(frame.to_string())).await {
         rec.error("ws_send_failed");
@@ -488,5 +600,53 @@ async fn open_loop_user(
     if let Ok(ws) = sink.reunite(stream) {
         let mut ws = ws;
         let _ = ws.close(None).await;
+    }
+}
+
+/// A second socket following a user's chat (`--watch`): times each answer
+/// from its message's send to this socket's first delta and `done`. Runs
+/// until aborted; what it sees of other messages is ignored.
+async fn watch_loop(run: &Run, mut watcher: Client) {
+    let Some(sent) = watcher.sent.clone() else {
+        return;
+    };
+    // user message id → send time, then answer id → send time
+    let mut questions: HashMap<Uuid, Instant> = HashMap::new();
+    let mut answers: HashMap<Uuid, (Instant, bool)> = HashMap::new();
+    while let Some(Ok(msg)) = watcher.ws.next().await {
+        let Message::Text(text) = msg else { continue };
+        let Ok(f) = serde_json::from_str::<Frame>(&text) else {
+            continue;
+        };
+        match f.kind.as_str() {
+            "message" => {
+                let Some(m) = f.message_info() else { continue };
+                if m.role == "user" {
+                    let at = m
+                        .client_msg_id
+                        .as_deref()
+                        .and_then(|id| sent.lock().expect("sent").remove(id));
+                    if let Some(at) = at {
+                        questions.insert(m.id, at);
+                    }
+                } else if let Some(at) = m.reply_to.and_then(|q| questions.remove(&q)) {
+                    answers.entry(m.id).or_insert((at, false));
+                }
+            }
+            "delta" => {
+                if let Some((at, seen)) = f.message_id.and_then(|id| answers.get_mut(&id))
+                    && !*seen
+                {
+                    *seen = true;
+                    run.rec.record("watch_ttft", at.elapsed());
+                }
+            }
+            "done" => {
+                if let Some((at, _)) = f.message_id.and_then(|id| answers.remove(&id)) {
+                    run.rec.record("watch_done", at.elapsed());
+                }
+            }
+            _ => {}
+        }
     }
 }
