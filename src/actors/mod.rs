@@ -204,6 +204,7 @@ impl Actors {
             cluster: cluster.clone(),
         });
         let chats = chat::ChatRegistry::new(config.chat.mailbox_limit, deps);
+        chats.serve_remote_cancels();
         let (chat_sup, _) = Actor::spawn_linked(
             None,
             chat::ChatSupervisor,

@@ -45,6 +45,29 @@ pub struct FanoutConfig {
     pub redis_url: String,
     pub prefix: String,
     pub node_id: Arc<str>,
+    /// Where cancels other nodes send this one go.
+    pub cancels: mpsc::UnboundedSender<Cancel>,
+}
+
+/// Another node's client asked to cancel an answer this node streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancel {
+    pub chat_id: Uuid,
+    pub message_id: Uuid,
+}
+
+/// The channel on which `node` hears cancels for the answers it streams.
+pub fn cancel_channel(prefix: &str, node: &str) -> String {
+    format!("{prefix}:cancel:{node}")
+}
+
+/// `"<chat_id> <message_id>"`, as `Cluster::request_cancel` publishes it.
+fn parse_cancel(payload: &str) -> Option<Cancel> {
+    let (chat, message) = payload.split_once(' ')?;
+    Some(Cancel {
+        chat_id: chat.parse().ok()?,
+        message_id: message.parse().ok()?,
+    })
 }
 
 /// One event on the wire.
@@ -193,6 +216,8 @@ async fn follow_chats(
             redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connect timed out"))
         })??;
     let (mut sink, mut stream) = pubsub.split();
+    let cancels = cancel_channel(&cfg.prefix, &cfg.node_id);
+    sink.subscribe(&cancels).await?;
     let mut subscribed: HashSet<Uuid> = HashSet::new();
     // Changes that queued while disconnected are covered by this full pass.
     let mut waiting = Vec::new();
@@ -227,6 +252,15 @@ async fn follow_chats(
                 let Some(msg) = msg else {
                     return Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connection closed")));
                 };
+                if msg.get_channel_name() == cancels {
+                    match msg.get_payload::<String>().ok().as_deref().and_then(parse_cancel) {
+                        Some(cancel) => {
+                            let _ = cfg.cancels.send(cancel);
+                        }
+                        None => tracing::warn!("unreadable cancel request dropped"),
+                    }
+                    continue;
+                }
                 deliver(cfg, hub, &msg);
             }
         }
@@ -272,4 +306,29 @@ fn deliver(cfg: &FanoutConfig, hub: &ChatHub, msg: &redis::Msg) {
             mark: wire.mark,
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_requests_round_trip_and_garbage_is_refused() {
+        let (chat_id, message_id) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(
+            parse_cancel(&format!("{chat_id} {message_id}")),
+            Some(Cancel {
+                chat_id,
+                message_id
+            })
+        );
+        for bad in [
+            "",
+            "x y",
+            &chat_id.to_string(),
+            &format!("{chat_id}{message_id}"),
+        ] {
+            assert_eq!(parse_cancel(bad), None, "{bad:?}");
+        }
+    }
 }

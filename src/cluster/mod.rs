@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `nodes.rs` | this node's liveness key and the list of nodes that ever ran |
 //! | `lease.rs` | the per-chat generation lease with its fencing token: the Redis side and a pure state machine |
-//! | `fanout.rs` | chat events over Redis pub/sub: one channel per chat, followed only while a local client follows it |
+//! | `fanout.rs` | chat events over Redis pub/sub: one channel per chat, followed only while a local client follows it; each node's cancel channel |
 //! | `takeover.rs` | the watch for dead peers and the takeover of their answers, reservations and queues |
 //!
 //! `nodes`, `lease` and `fanout` sit in layer 1 (they know Redis and the hub,
@@ -21,6 +21,7 @@ use std::{sync::Arc, time::Duration};
 
 use redis::aio::ConnectionManager;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
 
 use crate::{actors::hub::ChatHub, config::Config};
 
@@ -51,6 +52,11 @@ pub struct Cluster {
     pub nodes: nodes::NodeRegistry,
     pub leases: lease::ChatLeases,
     pub config: crate::config::ClusterConfig,
+    redis: ConnectionManager,
+    prefix: Arc<str>,
+    /// Cancels other nodes asked this one for, until the chat actors take them
+    /// ([`Cluster::take_cancels`]).
+    cancels: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<fanout::Cancel>>>>,
     /// The cluster's own loops (heartbeat, watch, fan-out): stopped after the
     /// generations drained, so their last events still reach other nodes.
     tasks: TaskTracker,
@@ -70,7 +76,11 @@ impl Cluster {
         let node_id: Arc<str> = node_id(config).into();
         let prefix = config.redis.key_prefix.clone();
         let c = &config.cluster;
+        let (cancel_tx, cancel_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Self {
+            redis: redis.clone(),
+            prefix: prefix.as_str().into(),
+            cancels: Arc::new(std::sync::Mutex::new(Some(cancel_rx))),
             nodes: nodes::NodeRegistry::new(
                 redis.clone(),
                 &prefix,
@@ -103,12 +113,32 @@ impl Cluster {
                 redis_url: url,
                 prefix,
                 node_id: cluster.node_id.clone(),
+                cancels: cancel_tx,
             },
             redis,
             counters.clone(),
             hub.clone(),
         );
         cluster
+    }
+
+    /// The cancels other nodes send this one; taken once, by whoever can
+    /// cancel a local answer (the chat registry).
+    pub fn take_cancels(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<fanout::Cancel>> {
+        self.cancels.lock().ok()?.take()
+    }
+
+    /// Asks `node`, which streams the answer, to cancel it (a client of this
+    /// node sent the cancel). False when Redis did not take the request.
+    pub async fn request_cancel(&self, node: &str, chat_id: Uuid, message_id: Uuid) -> bool {
+        let mut conn = self.redis.clone();
+        let channel = fanout::cancel_channel(&self.prefix, node);
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(format!("{chat_id} {message_id}"))
+            .query_async::<i64>(&mut conn)
+            .await
+            .is_ok()
     }
 
     pub(crate) fn tasks(&self) -> &TaskTracker {

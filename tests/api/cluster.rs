@@ -173,6 +173,84 @@ async fn sends_to_one_chat_on_two_nodes_are_answered_one_at_a_time_in_seq_order(
     );
 }
 
+#[tokio::test]
+async fn a_cancel_sent_to_another_node_stops_the_answer_where_it_streams() {
+    // Slow enough that the cancel lands mid-answer.
+    let a = spawn_app_with(|c| {
+        c.simulated.token_delay_ms = 100;
+        c.simulated.reply_tokens = 100;
+    })
+    .await;
+    let b = spawn_node(&a, |_| {}).await;
+    let user = a.new_user().await;
+    let stranger = a.new_user().await;
+    let chat = a.create_chat(&user.access_token).await;
+    let mut on_b = b.ws(&user.access_token).await;
+    on_b.send(json!({"type": "subscribe", "chat_id": chat}))
+        .await;
+    on_b.send(json!({"type": "ping"})).await;
+    on_b.next_of("pong").await;
+    followed_in_redis(&a, chat, 1).await;
+
+    let mut on_a = a.ws(&user.access_token).await;
+    on_a.send_message(chat, "c-1", "a long answer, please")
+        .await;
+    // The answer as node B sees it, through the fan-out.
+    let answer_id = loop {
+        let f = on_b.next_of("message").await;
+        if f["message"]["role"] == "assistant" {
+            break f["message"]["id"]
+                .as_str()
+                .unwrap()
+                .parse::<Uuid>()
+                .unwrap();
+        }
+    };
+    on_b.next_of("delta").await;
+
+    // Another user may not cancel it from either node.
+    let mut strangers = b.ws(&stranger.access_token).await;
+    strangers
+        .send(json!({"type": "cancel", "chat_id": chat, "message_id": answer_id}))
+        .await;
+    assert_eq!(strangers.next_of("error").await["code"], "not_found");
+
+    on_b.send(json!({"type": "cancel", "chat_id": chat, "message_id": answer_id}))
+        .await;
+    let done = on_b.next_of("done").await;
+    assert_eq!(done["message_id"], answer_id.to_string());
+    assert_eq!(done["finish_reason"], "cancelled", "{done}");
+    let (status, node): (String, Option<String>) =
+        sqlx::query_as("select status, node_id from messages where id = $1")
+            .bind(answer_id)
+            .fetch_one(&a.db)
+            .await
+            .unwrap();
+    assert_eq!(status, "cancelled");
+    assert_eq!(
+        node.as_deref(),
+        Some(&*a.state.actors.cluster.node_id),
+        "streamed on node A"
+    );
+    // Billed once, for what was produced before the cancel (usage is written in batches).
+    let tokens: Vec<i32> = eventually(Duration::from_secs(10), "the usage row", || async {
+        let rows: Vec<i32> =
+            sqlx::query_scalar("select output_tokens from usage_events where message_id = $1")
+                .bind(answer_id)
+                .fetch_all(&a.db)
+                .await
+                .unwrap();
+        (!rows.is_empty()).then_some(rows)
+    })
+    .await;
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert!((1..100).contains(&tokens[0]), "{tokens:?}");
+    // A cancel for an answer that is no longer streaming is `not_found`, on any node.
+    on_b.send(json!({"type": "cancel", "chat_id": chat, "message_id": answer_id}))
+        .await;
+    assert_eq!(on_b.next_of("error").await["code"], "not_found");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -188,7 +188,54 @@ impl ChatRegistry {
         }
     }
 
+    /// Cancels the answer `message_id` wherever in the cluster it streams:
+    /// here, or through the node whose id is on its row.
     pub async fn cancel(&self, chat_id: Uuid, message_id: Uuid) -> Result<(), ChatError> {
+        match self.cancel_here(chat_id, message_id).await {
+            Err(ChatError::NoSuchGeneration) => {}
+            done => return done,
+        }
+        let streaming_on: Option<Option<String>> = sqlx::query_scalar(
+            "select node_id from messages
+             where id = $1 and chat_id = $2 and role = 'assistant' and status = 'streaming'",
+        )
+        .bind(message_id)
+        .bind(chat_id)
+        .fetch_optional(&self.deps.db)
+        .await
+        .map_err(|_| ChatError::Unavailable)?;
+        let cluster = &self.deps.cluster;
+        match streaming_on.flatten() {
+            Some(node) if *node != *cluster.node_id => {
+                if cluster.request_cancel(&node, chat_id, message_id).await {
+                    Ok(())
+                } else {
+                    Err(ChatError::Unavailable)
+                }
+            }
+            _ => Err(ChatError::NoSuchGeneration),
+        }
+    }
+
+    /// Takes the cancels other nodes send this one (the node's cancel
+    /// channel, `cluster::fanout`) for as long as the node runs.
+    pub fn serve_remote_cancels(&self) {
+        let Some(mut cancels) = self.deps.cluster.take_cancels() else {
+            return;
+        };
+        let this = self.clone();
+        // On the cluster's tracker: it ends with the fan-out, which holds the sender.
+        self.deps.cluster.tasks().spawn(async move {
+            while let Some(c) = cancels.recv().await {
+                if let Err(e) = this.cancel_here(c.chat_id, c.message_id).await {
+                    tracing::debug!(chat_id = %c.chat_id, message_id = %c.message_id, error = %e,
+                        "a cancel from another node found nothing running here");
+                }
+            }
+        });
+    }
+
+    async fn cancel_here(&self, chat_id: Uuid, message_id: Uuid) -> Result<(), ChatError> {
         // Only a live actor can have a running answer; don't start one to say no.
         let Some(h) = self.actors.get(&chat_id) else {
             return Err(ChatError::NoSuchGeneration);
