@@ -39,6 +39,14 @@ async fn followed_in_redis(app: &TestApp, chat: Uuid, nodes: usize) {
     let _ = &mut conn;
 }
 
+/// Subscribes the socket to the chat and waits until the subscription is in
+/// place (the node handles a socket's frames in order).
+async fn subscribe(ws: &mut crate::ws_client::WsClient, chat: Uuid) {
+    ws.send(json!({"type": "subscribe", "chat_id": chat})).await;
+    ws.send(json!({"type": "ping"})).await;
+    ws.next_of("pong").await;
+}
+
 /// Frames of one answer as a follower sees them, up to its end.
 async fn follow_answer(ws: &mut crate::ws_client::WsClient) -> Vec<Value> {
     let mut frames = Vec::new();
@@ -63,9 +71,7 @@ async fn an_answer_generated_on_one_node_streams_to_sockets_on_the_others() {
     let mut on_b = b.ws(&user.access_token).await;
     let mut on_c = c.ws(&user.access_token).await;
     for ws in [&mut on_b, &mut on_c] {
-        ws.send(json!({"type": "subscribe", "chat_id": chat})).await;
-        ws.send(json!({"type": "ping"})).await;
-        ws.next_of("pong").await;
+        subscribe(ws, chat).await;
     }
     followed_in_redis(&a, chat, 2).await;
 
@@ -186,10 +192,7 @@ async fn a_cancel_sent_to_another_node_stops_the_answer_where_it_streams() {
     let stranger = a.new_user().await;
     let chat = a.create_chat(&user.access_token).await;
     let mut on_b = b.ws(&user.access_token).await;
-    on_b.send(json!({"type": "subscribe", "chat_id": chat}))
-        .await;
-    on_b.send(json!({"type": "ping"})).await;
-    on_b.next_of("pong").await;
+    subscribe(&mut on_b, chat).await;
     followed_in_redis(&a, chat, 1).await;
 
     let mut on_a = a.ws(&user.access_token).await;
@@ -582,10 +585,7 @@ async fn fan_out_recovers_after_a_redis_restart_and_a_resume_fills_what_it_misse
     let user = a.new_user().await;
     let chat = a.create_chat(&user.access_token).await;
     let mut on_b = b.ws(&user.access_token).await;
-    on_b.send(json!({"type": "subscribe", "chat_id": chat}))
-        .await;
-    on_b.send(json!({"type": "ping"})).await;
-    on_b.next_of("pong").await;
+    subscribe(&mut on_b, chat).await;
     followed_in_redis(&a, chat, 1).await;
     let mut on_a = a.ws(&user.access_token).await;
     on_a.send_message(chat, "r-1", "before").await;
