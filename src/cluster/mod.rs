@@ -129,16 +129,18 @@ impl Cluster {
     }
 
     /// Asks `node`, which streams the answer, to cancel it (a client of this
-    /// node sent the cancel). False when Redis did not take the request.
+    /// node sent the cancel). False when the request reached no one: Redis
+    /// did not take it, or `node` is not listening (it died, and the takeover
+    /// will fail the answer within `node_ttl_ms + heartbeat_ms`).
     pub async fn request_cancel(&self, node: &str, chat_id: Uuid, message_id: Uuid) -> bool {
         let mut conn = self.redis.clone();
         let channel = fanout::cancel_channel(&self.prefix, node);
-        redis::cmd("PUBLISH")
+        let listeners = redis::cmd("PUBLISH")
             .arg(channel)
             .arg(format!("{chat_id} {message_id}"))
             .query_async::<i64>(&mut conn)
-            .await
-            .is_ok()
+            .await;
+        matches!(listeners, Ok(n) if n > 0)
     }
 
     pub(crate) fn tasks(&self) -> &TaskTracker {
