@@ -177,7 +177,8 @@ impl Actors {
 
         let embed_cache = embed_cache(config, redis.clone());
         let hub = hub::ChatHub::default();
-        let cluster = crate::cluster::Cluster::start(config, redis.clone(), &counters, &hub);
+        let (cluster, remote_cancels) =
+            crate::cluster::Cluster::start(config, redis.clone(), &counters, &hub);
         let admission = admission(config, redis, db.clone(), counters, &cluster.node_id).await;
         let router = Router::from_config(config);
 
@@ -204,7 +205,7 @@ impl Actors {
             cluster: cluster.clone(),
         });
         let chats = chat::ChatRegistry::new(config.chat.mailbox_limit, deps);
-        chats.serve_remote_cancels();
+        chats.serve_remote_cancels(remote_cancels);
         let (chat_sup, _) = Actor::spawn_linked(
             None,
             chat::ChatSupervisor,

@@ -54,9 +54,6 @@ pub struct Cluster {
     pub config: crate::config::ClusterConfig,
     redis: ConnectionManager,
     prefix: Arc<str>,
-    /// Cancels other nodes asked this one for, until the chat actors take them
-    /// ([`Cluster::take_cancels`]).
-    cancels: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<fanout::Cancel>>>>,
     /// The cluster's own loops (heartbeat, watch, fan-out): stopped after the
     /// generations drained, so their last events still reach other nodes.
     tasks: TaskTracker,
@@ -64,7 +61,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Names this node, starts the fan-out of `hub` and its heartbeat.
+    /// Names this node, starts the fan-out of `hub` and its heartbeat. Also
+    /// answers the cancels other nodes send this one, for the chat registry
+    /// to carry out.
     /// `counters` carries the Redis breaker: the lease and the fan-out skip
     /// Redis while it is open, as limits and budgets do.
     pub fn start(
@@ -72,7 +71,7 @@ impl Cluster {
         redis: ConnectionManager,
         counters: &crate::limits::WindowCounter,
         hub: &ChatHub,
-    ) -> Self {
+    ) -> (Self, tokio::sync::mpsc::UnboundedReceiver<fanout::Cancel>) {
         let node_id: Arc<str> = node_id(config).into();
         let prefix = config.redis.key_prefix.clone();
         let c = &config.cluster;
@@ -80,7 +79,6 @@ impl Cluster {
         let cluster = Self {
             redis: redis.clone(),
             prefix: prefix.as_str().into(),
-            cancels: Arc::new(std::sync::Mutex::new(Some(cancel_rx))),
             nodes: nodes::NodeRegistry::new(
                 redis.clone(),
                 &prefix,
@@ -119,13 +117,7 @@ impl Cluster {
             counters.clone(),
             hub.clone(),
         );
-        cluster
-    }
-
-    /// The cancels other nodes send this one; taken once, by whoever can
-    /// cancel a local answer (the chat registry).
-    pub fn take_cancels(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<fanout::Cancel>> {
-        self.cancels.lock().ok()?.take()
+        (cluster, cancel_rx)
     }
 
     /// Asks `node`, which streams the answer, to cancel it (a client of this

@@ -144,45 +144,17 @@ pub async fn run(args: WsChatArgs) -> Result<RunResult, String> {
                 let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
                 async move {
                     let chat_id = chat.map_err(|e| format!("cannot create a chat: {e}"))?;
-                    let open = |node: &Target| {
-                        let token = token.clone();
-                        let node = node.clone();
-                        async move {
-                            ws::connect(&node, source, &token)
-                                .await
-                                .map_err(|(code, msg)| {
-                                    format!(
-                                        "cannot open the WebSocket to {}: {code}: {msg}",
-                                        node.base
-                                    )
-                                })
-                        }
-                    };
-                    let ws = open(&nodes[i % nodes.len()]).await?;
-                    if !watch {
-                        return Ok((
-                            Client {
-                                ws,
-                                chat_id,
-                                sent: None,
-                            },
-                            None,
-                        ));
-                    }
-                    let sent = Arc::new(SentAt::default());
-                    let watcher = open(&nodes[(i + 1) % nodes.len()]).await?;
-                    Ok((
-                        Client {
-                            ws,
+                    let ws = open(&nodes[i % nodes.len()], source, &token).await?;
+                    let sent = watch.then(|| Arc::new(SentAt::default()));
+                    let watcher = match &sent {
+                        Some(sent) => Some(Client {
+                            ws: open(&nodes[(i + 1) % nodes.len()], source, &token).await?,
                             chat_id,
                             sent: Some(sent.clone()),
-                        },
-                        Some(Client {
-                            ws: watcher,
-                            chat_id,
-                            sent: Some(sent),
                         }),
-                    ))
+                        None => None,
+                    };
+                    Ok((Client { ws, chat_id, sent }, watcher))
                 }
             })
             .buffered(64)
@@ -295,6 +267,13 @@ pub async fn run(args: WsChatArgs) -> Result<RunResult, String> {
         extra["other_nodes"] = json!(node_stats);
     }
     Ok(run.finish(params, extra).await)
+}
+
+/// A socket to `node`, authenticated with `token`.
+async fn open(node: &Target, source: Option<std::net::IpAddr>, token: &str) -> Result<Ws, String> {
+    ws::connect(node, source, token)
+        .await
+        .map_err(|(code, msg)| format!("cannot open the WebSocket to {}: {code}: {msg}", node.base))
 }
 
 /// Subscribes the socket to its chat and waits for the `pong` of a `ping`

@@ -219,10 +219,10 @@ impl ChatRegistry {
 
     /// Takes the cancels other nodes send this one (the node's cancel
     /// channel, `cluster::fanout`) for as long as the node runs.
-    pub fn serve_remote_cancels(&self) {
-        let Some(mut cancels) = self.deps.cluster.take_cancels() else {
-            return;
-        };
+    pub fn serve_remote_cancels(
+        &self,
+        mut cancels: tokio::sync::mpsc::UnboundedReceiver<crate::cluster::fanout::Cancel>,
+    ) {
         let this = self.clone();
         // On the cluster's tracker: it ends with the fan-out, which holds the sender.
         self.deps.cluster.tasks().spawn(async move {
