@@ -10,8 +10,10 @@
 //! reading is dropped, and its socket counts toward the user's cap until
 //! that moment.
 
+mod subscribe_budget;
 mod writer;
 
+use subscribe_budget::SubscribeBudget;
 use writer::{WriterTiming, write_loop};
 
 use std::{
@@ -297,39 +299,6 @@ async fn connection(
     // Counted toward the user's cap until here, when the socket is closed.
     actors.users.disconnect(user_id, conn);
     metrics::gauge!("switchboard_ws_connections").decrement(1.0);
-}
-
-/// `subscribe` frames allowed per socket per minute (each one replays from
-/// Postgres); a fixed window, reset each minute.
-struct SubscribeBudget {
-    per_minute: u32,
-    window_start: Instant,
-    used: u32,
-}
-
-impl SubscribeBudget {
-    fn new(per_minute: u32) -> Self {
-        Self {
-            per_minute,
-            window_start: Instant::now(),
-            used: 0,
-        }
-    }
-
-    /// Takes one; `Err(wait)` when the window is spent.
-    fn take(&mut self) -> Result<(), Duration> {
-        let window = Duration::from_secs(60);
-        let elapsed = self.window_start.elapsed();
-        if elapsed >= window {
-            self.window_start = Instant::now();
-            self.used = 0;
-        }
-        if self.used >= self.per_minute {
-            return Err(window.saturating_sub(elapsed));
-        }
-        self.used += 1;
-        Ok(())
-    }
 }
 
 /// Reads the client's frames until it goes, misbehaves past closing, or its
