@@ -141,7 +141,17 @@ impl Admission {
         let plan = self.plan(&p.plan).cloned();
         let scopes = Self::scopes(p);
         let msg_keys: Vec<String> = scopes.iter().map(|s| format!("rl:msg:{s}")).collect();
-        let counts = self.counters.incr(&msg_keys, MINUTE).await;
+        // Tokens are counted per workspace and user, not per key.
+        let token_scopes: Vec<&String> = scopes.iter().filter(|s| !s.starts_with("key:")).collect();
+        let token_keys: Vec<String> = match &plan {
+            Some(_) => token_scopes.iter().map(|s| format!("rl:tok:{s}")).collect(),
+            None => Vec::new(),
+        };
+        // One round trip: count the message, read the tokens used.
+        let (counts, tokens_used) = self
+            .counters
+            .incr_and_read(&msg_keys, &token_keys, 1, MINUTE)
+            .await;
         for (scope, count) in scopes.iter().zip(&counts) {
             let limit = if scope.starts_with("key:") {
                 p.api_key.and_then(|k| k.requests_per_minute)
@@ -163,12 +173,7 @@ impl Admission {
             }
         }
         if let Some(plan) = &plan {
-            let token_scopes: Vec<&String> =
-                scopes.iter().filter(|s| !s.starts_with("key:")).collect();
-            let token_keys: Vec<String> =
-                token_scopes.iter().map(|s| format!("rl:tok:{s}")).collect();
-            let counts = self.counters.get_many(&token_keys).await;
-            for (scope, used) in token_scopes.into_iter().zip(counts) {
+            for (scope, used) in token_scopes.into_iter().zip(tokens_used) {
                 if used.count >= u64::from(plan.tokens_per_minute) {
                     metrics::counter!("switchboard_rate_limited_total", "limit" => "tokens")
                         .increment(1);

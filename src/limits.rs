@@ -18,16 +18,23 @@ use redis::{Script, aio::ConnectionManager};
 
 use crate::breaker::Breaker;
 
-/// INCRBY each key, start its window on first use, and answer (count, ttl) pairs.
+/// INCRBY the first ARGV[3] keys, starting each window on first use; only
+/// read the rest; answer (count, ttl) pairs for all.
 const INCR_SCRIPT: &str = r"
 local out = {}
+local counted = tonumber(ARGV[3])
 for i, key in ipairs(KEYS) do
-  local n = redis.call('INCRBY', key, ARGV[2])
-  if n == tonumber(ARGV[2]) then redis.call('EXPIRE', key, ARGV[1]) end
-  local ttl = redis.call('TTL', key)
-  if ttl < 0 then redis.call('EXPIRE', key, ARGV[1]); ttl = tonumber(ARGV[1]) end
-  out[#out + 1] = n
-  out[#out + 1] = ttl
+  if i <= counted then
+    local n = redis.call('INCRBY', key, ARGV[2])
+    if n == tonumber(ARGV[2]) then redis.call('EXPIRE', key, ARGV[1]) end
+    local ttl = redis.call('TTL', key)
+    if ttl < 0 then redis.call('EXPIRE', key, ARGV[1]); ttl = tonumber(ARGV[1]) end
+    out[#out + 1] = n
+    out[#out + 1] = ttl
+  else
+    out[#out + 1] = tonumber(redis.call('GET', key) or '0')
+    out[#out + 1] = redis.call('TTL', key)
+  end
 end
 return out
 ";
@@ -128,32 +135,53 @@ impl WindowCounter {
         amount: u64,
         window: Duration,
     ) -> Vec<WindowCount> {
+        self.incr_and_read(keys, &[], amount, window).await.0
+    }
+
+    /// Adds `amount` to each of `counted` and reads `read` unchanged, in one
+    /// round trip: the new counts, then the read ones.
+    pub async fn incr_and_read(
+        &self,
+        counted: &[String],
+        read: &[String],
+        amount: u64,
+        window: Duration,
+    ) -> (Vec<WindowCount>, Vec<WindowCount>) {
+        let local = || {
+            let read = read.iter().map(|k| self.get_local(k)).collect();
+            (self.incr_local(counted, amount, window), read)
+        };
         if !self.redis_allowed() {
-            return self.incr_local(keys, amount, window);
+            return local();
         }
         let mut inv = self.script.prepare_invoke();
-        for k in keys {
+        for k in counted.iter().chain(read) {
             inv.key(self.key(k));
         }
-        inv.arg(window.as_secs().max(1)).arg(amount);
+        inv.arg(window.as_secs().max(1))
+            .arg(amount)
+            .arg(counted.len());
         let mut conn = self.redis.clone();
         match inv.invoke_async::<Vec<i64>>(&mut conn).await {
-            Ok(raw) if raw.len() == keys.len() * 2 => {
+            Ok(raw) if raw.len() == (counted.len() + read.len()) * 2 => {
                 self.set_degraded(false, None);
-                raw.chunks(2)
+                let mut counts: Vec<WindowCount> = raw
+                    .chunks(2)
                     .map(|c| WindowCount {
                         count: c[0].max(0) as u64,
                         resets_in: Duration::from_secs(c[1].max(1) as u64),
                     })
-                    .collect()
+                    .collect();
+                let read = counts.split_off(counted.len());
+                (counts, read)
             }
             Ok(_) => {
                 tracing::error!("redis counter script answered with the wrong shape");
-                self.incr_local(keys, amount, window)
+                local()
             }
             Err(e) => {
                 self.set_degraded(true, Some(&e));
-                self.incr_local(keys, amount, window)
+                local()
             }
         }
     }

@@ -30,8 +30,22 @@ use crate::protocol::ServerFrame;
 pub type ConnId = u64;
 
 /// A frame serialised once for every subscriber, with its SSE event id.
+/// One pointer: every socket's queue holds a block of 32 of them from its
+/// first frame on, so its size is part of each idle socket's memory, and a
+/// frame fanned out to many subscribers is shared, not copied.
 #[derive(Debug, Clone)]
-pub struct Outbound {
+pub struct Outbound(Arc<Frame>);
+
+impl std::ops::Deref for Outbound {
+    type Target = Frame;
+    fn deref(&self) -> &Frame {
+        &self.0
+    }
+}
+
+/// What an [`Outbound`] carries.
+#[derive(Debug)]
+pub struct Frame {
     pub kind: &'static str,
     pub json: Arc<str>,
     pub event_id: Option<Arc<str>>,
@@ -122,13 +136,19 @@ impl Outbound {
             }),
             _ => None,
         };
-        Self {
+        Self::from(Frame {
             kind: frame.kind(),
             json: serde_json::to_string(frame).unwrap_or_default().into(),
             event_id: event_id.map(Into::into),
             ends,
             mark,
-        }
+        })
+    }
+}
+
+impl From<Frame> for Outbound {
+    fn from(f: Frame) -> Self {
+        Self(Arc::new(f))
     }
 }
 

@@ -203,6 +203,7 @@ impl Actors {
             config: config.chat.clone(),
             streaming: dashmap::DashSet::new(),
             cluster: cluster.clone(),
+            unverified_may_spend: config.accounts.unverified_may_spend,
         });
         let chats = chat::ChatRegistry::new(config.chat.mailbox_limit, deps);
         chats.serve_remote_cancels(remote_cancels);

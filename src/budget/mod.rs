@@ -143,13 +143,15 @@ pub struct Alert {
 }
 
 /// Per bucket: KEYS spent, res (reservations by expiry), held (their running
-/// total). Sweeps lapsed reservations off the total, then checks every bucket
-/// before touching any. The running total keeps this O(lapsed), not O(in flight).
+/// total); then the node's set of its reservations. Sweeps lapsed
+/// reservations off the total, then checks every bucket before touching any.
+/// The running total keeps this O(lapsed), not O(in flight); the node set is
+/// written here, not in a second round trip.
 const RESERVE_SCRIPT: &str = r"
 local now = tonumber(ARGV[1])
 local member = ARGV[2]
 local amount = tonumber(ARGV[3])
-local n = #KEYS / 3
+local n = (#KEYS - 1) / 3
 for i = 1, n do
   local res_key, held_key = KEYS[3 * i - 1], KEYS[3 * i]
   local lapsed = redis.call('ZRANGEBYSCORE', res_key, '-inf', now)
@@ -170,19 +172,22 @@ for i = 1, n do
   redis.call('INCRBY', KEYS[3 * i], amount)
   redis.call('EXPIRE', KEYS[3 * i - 1], ttl)
   redis.call('EXPIRE', KEYS[3 * i], ttl)
+  redis.call('SADD', KEYS[#KEYS], KEYS[3 * i - 1] .. '|' .. member)
 end
 return {0, 0}
 ";
 
-/// Per bucket: KEYS spent, res, held. Releases the reservation (unless it
-/// already lapsed) and adds the real cost; answers each bucket's new spend.
+/// Per bucket: KEYS spent, res, held; then the node's set of its
+/// reservations. Releases the reservation (unless it already lapsed) and adds
+/// the real cost; answers each bucket's new spend.
 const SETTLE_SCRIPT: &str = r"
 local out = {}
 local amount = tonumber(string.match(ARGV[1], '([^|]+)$'))
-for i = 1, #KEYS / 3 do
+for i = 1, (#KEYS - 1) / 3 do
   if redis.call('ZREM', KEYS[3 * i - 1], ARGV[1]) == 1 then
     redis.call('DECRBY', KEYS[3 * i], amount)
   end
+  redis.call('SREM', KEYS[#KEYS], KEYS[3 * i - 1] .. '|' .. ARGV[1])
   local spent = -1
   if redis.call('EXISTS', KEYS[3 * i - 2]) == 1 then
     spent = redis.call('INCRBY', KEYS[3 * i - 2], ARGV[2])
@@ -301,17 +306,6 @@ impl BudgetLedger {
             match self.reserve_redis(&res).await {
                 Ok((0, _)) => {
                     self.counters_ok();
-                    let mut conn = self.redis.clone();
-                    let members: Vec<String> = res
-                        .buckets
-                        .iter()
-                        .map(|b| format!("{}:res|{}", b.key, res.id))
-                        .collect();
-                    let _: Result<(), _> = redis::cmd("SADD")
-                        .arg(self.node_set())
-                        .arg(members)
-                        .query_async(&mut conn)
-                        .await;
                     return Ok(res);
                 }
                 Ok((-1, i)) => {
@@ -372,6 +366,7 @@ impl BudgetLedger {
                 .key(format!("{}:held", b.key));
             inv.arg(b.limit.limit_micros).arg(self.bucket_ttl(b));
         }
+        inv.key(self.node_set());
         inv.arg(now + self.ttl.as_millis() as u64);
         let mut conn = self.redis.clone();
         let out: Vec<i64> = inv.invoke_async(&mut conn).await?;
@@ -433,21 +428,10 @@ impl BudgetLedger {
                     .key(format!("{}:res", b.key))
                     .key(format!("{}:held", b.key));
             }
+            inv.key(self.node_set());
             let mut conn = self.redis.clone();
             match inv.invoke_async::<Vec<i64>>(&mut conn).await {
-                Ok(v) => {
-                    let members: Vec<String> = res
-                        .buckets
-                        .iter()
-                        .map(|b| format!("{}:res|{}", b.key, res.id))
-                        .collect();
-                    let _: Result<(), _> = redis::cmd("SREM")
-                        .arg(self.node_set())
-                        .arg(members)
-                        .query_async(&mut conn)
-                        .await;
-                    v
-                }
+                Ok(v) => v,
                 Err(e) => {
                     // The reservation expires by itself; the spend is in usage_events.
                     tracing::warn!(error = %e, "cannot settle in redis; released once it answers again");
@@ -509,6 +493,7 @@ impl BudgetLedger {
                     .key(format!("{bucket}:spent"))
                     .key(res_key)
                     .key(format!("{bucket}:held"))
+                    .key(&set)
                     .arg(member)
                     .arg(0)
                     .invoke_async(&mut conn)

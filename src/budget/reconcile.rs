@@ -69,6 +69,7 @@ impl BudgetLedger {
                     .key(format!("{k}:res"))
                     .key(format!("{k}:held"));
             }
+            inv.key(self.node_set());
             if let Err(e) = inv.invoke_async::<Vec<i64>>(&mut conn).await {
                 failure = Some(e);
                 left.reservations.push((id, keys));

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
-use crate::actors::hub::{ChatHub, FollowChange, HubLinks, Mark, Outbound};
+use crate::actors::hub::{ChatHub, FollowChange, Frame, HubLinks, Mark, Outbound};
 
 /// Events waiting to be relayed; past this they are dropped (and counted).
 const RELAY_QUEUE: usize = 65_536;
@@ -151,7 +151,7 @@ async fn publish_loop(
                 json: out.json.to_string(),
                 event_id: out.event_id.as_deref().map(str::to_owned),
                 ends: out.ends,
-                mark: out.mark,
+                mark: out.mark.clone(),
             };
             let Ok(payload) = serde_json::to_string(&wire) else {
                 continue;
@@ -298,13 +298,13 @@ fn deliver(cfg: &FanoutConfig, hub: &ChatHub, msg: &redis::Msg) {
     };
     hub.deliver_remote(
         chat_id,
-        &Outbound {
+        &Outbound::from(Frame {
             kind,
             json: wire.json.into(),
             event_id: wire.event_id.map(Into::into),
             ends: wire.ends,
             mark: wire.mark,
-        },
+        }),
     );
 }
 

@@ -150,6 +150,74 @@ pub async fn exists(db: &PgPool, chat_id: Uuid) -> Result<bool, sqlx::Error> {
         .await
 }
 
+/// Everything a send needs to know before it is admitted, in one round
+/// trip: who pays (as [`ChatPayer`]), whether the sender may spend, whether
+/// this `client_msg_id` was stored already, whether any message waits for an
+/// answer (when none does and nothing is stored in between, the new message
+/// is the head of the chat's queue), and the prompt history as
+/// `store::messages::prompt_history` reads it. `None` unless the user is a member.
+#[derive(Debug, sqlx::FromRow)]
+pub struct SendContext {
+    pub workspace_id: Uuid,
+    pub plan: String,
+    pub last_seq: i64,
+    pub email_verified: bool,
+    /// The message already stored under this `client_msg_id`.
+    pub resent: Option<Uuid>,
+    /// Some message of the chat still awaits its answer.
+    pub queued: bool,
+    /// Roles and contents of the last `history` messages, oldest first.
+    pub history_roles: Option<Vec<String>>,
+    pub history_contents: Option<Vec<String>>,
+}
+
+impl SendContext {
+    /// The prompt history as (role, content) pairs, oldest first.
+    pub fn history(&mut self) -> Vec<(String, String)> {
+        let roles = self.history_roles.take().unwrap_or_default();
+        let contents = self.history_contents.take().unwrap_or_default();
+        roles.into_iter().zip(contents).collect()
+    }
+}
+
+pub async fn send_context(
+    db: &PgPool,
+    user_id: Uuid,
+    chat_id: Uuid,
+    client_msg_id: &str,
+    requeue_window_secs: i64,
+    history: i64,
+) -> Result<Option<SendContext>, sqlx::Error> {
+    sqlx::query_as(
+        "select c.workspace_id, w.plan, c.last_seq, u.email_verified,
+                (select m.id from messages m where m.chat_id = c.id and m.client_msg_id = $3) as resent,
+                exists (select 1 from messages q
+                        where q.chat_id = c.id and q.awaiting_answer
+                          and q.created_at > now() - make_interval(secs => $4)) as queued,
+                h.roles as history_roles, h.contents as history_contents
+         from chats c
+         join workspaces w on w.id = c.workspace_id
+         join users u on u.id = $1
+         left join lateral (
+             select array_agg(r.role order by r.seq) as roles,
+                    array_agg(r.content order by r.seq) as contents
+             from (select seq, role, content from messages
+                   where chat_id = c.id and (role = 'user' or status = 'complete')
+                   order by seq desc limit $5) r
+         ) h on true
+         where c.id = $2
+           and exists (select 1 from workspace_members m
+                       where m.workspace_id = c.workspace_id and m.user_id = $1)",
+    )
+    .bind(user_id)
+    .bind(chat_id)
+    .bind(client_msg_id)
+    .bind(requeue_window_secs as f64)
+    .bind(history)
+    .fetch_optional(db)
+    .await
+}
+
 /// Who pays for a message in a chat: its workspace and that workspace's plan
 /// as it is now (never cached, so a plan change holds on the next message),
 /// with the chat's last seq; `None` unless the user is a member.

@@ -275,11 +275,22 @@ pub struct Outcome<'a> {
 
 /// Ends an answer still `streaming`; `RowNotFound` when it is gone (its chat
 /// was deleted) or was already ended (a restarted chat actor failed it).
-pub async fn finalize(db: &PgPool, id: Uuid, o: &Outcome<'_>) -> Result<Message, sqlx::Error> {
+/// A final answer row, and whether its chat still has a message awaiting
+/// an answer (so the chat need not read its queue again when none does).
+#[derive(Debug, sqlx::FromRow)]
+pub struct Finalized {
+    #[sqlx(flatten)]
+    pub message: Message,
+    pub queued: bool,
+}
+
+pub async fn finalize(db: &PgPool, id: Uuid, o: &Outcome<'_>) -> Result<Finalized, sqlx::Error> {
     sqlx::query_as(concat!(
         "update messages set status = $2, content = $3, finish_reason = $4, input_tokens = $5,
                 output_tokens = $6, cost_micros = $7, provider = $8, model = $9, completed_at = now()
-         where id = $1 and status = 'streaming' returning ",
+         where id = $1 and status = 'streaming'
+         returning exists (select 1 from messages q
+                           where q.chat_id = messages.chat_id and q.awaiting_answer) as queued, ",
         message_columns!()
     ))
     .bind(id)

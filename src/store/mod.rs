@@ -18,14 +18,31 @@ pub mod workspaces;
 /// A pool for `database.url`, connected lazily (`None` when no URL is set).
 pub fn pool(config: &crate::config::Config) -> Option<Result<sqlx::PgPool, sqlx::Error>> {
     let url = config.database.url.as_ref()?;
-    Some(
-        sqlx::postgres::PgPoolOptions::new()
-            .max_connections(config.database.max_connections)
-            .acquire_timeout(std::time::Duration::from_secs(
-                config.database.acquire_timeout_secs,
-            ))
-            .connect_lazy(url.expose()),
-    )
+    let options = match connect_options(url.expose()) {
+        Ok(o) => o,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(config.database.max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(
+            config.database.acquire_timeout_secs,
+        ))
+        .connect_lazy_with(options)))
+}
+
+/// The URL's options. A server on this machine is reached without TLS unless
+/// the URL (or `PGSSLMODE`) asks for it: sqlx's default `prefer` negotiates TLS
+/// even on loopback, which encrypts every row on both sides for nothing.
+fn connect_options(url: &str) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
+    let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+    let asked = url.contains("sslmode=") || std::env::var_os("PGSSLMODE").is_some();
+    let host = options.get_host();
+    let local = host.starts_with('/') || matches!(host, "localhost" | "127.0.0.1" | "::1");
+    Ok(if local && !asked {
+        options.ssl_mode(sqlx::postgres::PgSslMode::Disable)
+    } else {
+        options
+    })
 }
 
 /// Applies `migrations/`.
@@ -55,5 +72,25 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_) => true,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::postgres::PgSslMode;
+
+    use super::connect_options;
+
+    #[test]
+    fn loopback_goes_without_tls_unless_the_url_asks() {
+        let mode = |url: &str| format!("{:?}", connect_options(url).unwrap().get_ssl_mode());
+        let off = format!("{:?}", PgSslMode::Disable);
+        assert_eq!(mode("postgres://u@127.0.0.1:5432/db"), off);
+        assert_eq!(mode("postgres://u@localhost/db"), off);
+        assert_eq!(
+            mode("postgres://u@127.0.0.1/db?sslmode=require"),
+            format!("{:?}", PgSslMode::Require)
+        );
+        assert_ne!(mode("postgres://u@db.example.com/db"), off);
     }
 }

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::{
     Ack, Admitted, ChatDeps, ChatError, ChatMsg, Finished, GenUpdate, SendRequest,
-    queue::{renew_lease, start_next},
+    queue::{queue_empty, renew_lease, start_next},
     turns::Turns,
 };
 use crate::{
@@ -265,7 +265,7 @@ impl Actor for ChatActor {
             }
             ChatMsg::Kick { adopt } => {
                 s.adopt_any |= adopt;
-                start_next(&me, s).await;
+                start_next(&me, s, None).await;
             }
             ChatMsg::Lease { token, at, ours } => {
                 if ours {
@@ -280,7 +280,7 @@ impl Actor for ChatActor {
                 renew_lease(&me, s);
                 // Waiting for the lease (another node is answering) or for storage.
                 if s.turns.current().is_none() && (s.turns.has_waiting() || s.adopt_any) {
-                    start_next(&me, s).await;
+                    start_next(&me, s, None).await;
                 }
                 let idle = Duration::from_secs(s.deps.config.idle_timeout_secs);
                 if s.turns.is_idle()
@@ -422,6 +422,9 @@ async fn accept(
     };
     // The prompt read before the hop is exact only if nothing was stored in between.
     let exact = s.turns.is_idle() && user_message.seq == admitted.read_at_seq + 1;
+    // Nothing waited and nothing was stored in between: this message heads
+    // the chat's queue, no need to read the queue back.
+    let head = (exact && admitted.queue_was_empty).then(|| user_message.clone());
     s.publish(&s.message_frame(user_message.clone()));
     s.turns.push(Queued {
         user_message,
@@ -431,7 +434,7 @@ async fn accept(
         context: admitted.context,
         span: crate::traces::current_span(),
     });
-    start_next(me, s).await;
+    start_next(me, s, head).await;
     Ok(ack)
 }
 
@@ -454,14 +457,24 @@ async fn on_update(me: &ActorRef<ChatMsg>, s: &mut ChatState, gen_id: u64, updat
             }
         }
         GenUpdate::Ended(finished) => {
-            let Finished { ending, stored } = *finished;
+            let Finished {
+                ending,
+                stored,
+                queued,
+            } = *finished;
             let Some(run) = s.turns.end(gen_id) else {
                 return;
             };
             metrics::gauge!("switchboard_streams_active").decrement(1.0);
             s.deps.streaming.remove(&s.chat_id);
             publish_end(s, &run.message, ending, stored);
-            start_next(me, s).await;
+            // Nothing awaited an answer when this one was stored, and nothing
+            // was queued here since: the queue is empty without reading it.
+            if !queued && !s.turns.has_waiting() && !s.adopt_any {
+                queue_empty(s).await;
+            } else {
+                start_next(me, s, None).await;
+            }
         }
     }
 }

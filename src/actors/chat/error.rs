@@ -41,6 +41,10 @@ pub enum ChatError {
     TimedOut,
     #[error("client_msg_id already used for a different message in this chat")]
     IdReused,
+    #[error(
+        "verify your email address first: follow the link we sent you (POST /api/auth/verify-email/resend sends another)"
+    )]
+    Unverified,
 }
 
 impl ChatError {
@@ -53,7 +57,7 @@ impl ChatError {
             Self::SlowConsumer => ErrorCode::SlowConsumer,
             Self::BudgetExceeded(..) => ErrorCode::BudgetExceeded,
             Self::NoProvider => ErrorCode::ProviderUnavailable,
-            Self::NotInPlan(_) => ErrorCode::Forbidden,
+            Self::NotInPlan(_) | Self::Unverified => ErrorCode::Forbidden,
             Self::IdReused => ErrorCode::Conflict,
         }
     }

@@ -33,6 +33,8 @@ pub struct ChatDeps {
     pub streaming: dashmap::DashSet<Uuid>,
     /// This node's name and the chat leases.
     pub cluster: crate::cluster::Cluster,
+    /// `accounts.unverified_may_spend`: whether a send needs a verified address.
+    pub unverified_may_spend: bool,
 }
 
 /// Finds a chat's actor, starting it on first use; never two per chat.
@@ -102,15 +104,24 @@ impl ChatRegistry {
         self.validate(&req)?;
         let db = &self.deps.db;
         let err = |e: sqlx::Error| storage_error(chat_id, &e);
-        let payer = store::chats::payer_for_member(db, req.author, chat_id)
-            .await
-            .map_err(err)?
-            .ok_or(ChatError::NotFound)?;
-        let read_at_seq = payer.last_seq;
-        if let Some(m) = messages::by_client_msg_id(db, chat_id, &req.client_msg_id)
-            .await
-            .map_err(err)?
-        {
+        let window = self.deps.cluster.config.requeue_window_secs;
+        let cfg = &self.deps.config;
+        let mut ctx = store::chats::send_context(
+            db,
+            req.author,
+            chat_id,
+            &req.client_msg_id,
+            window,
+            cfg.history_messages,
+        )
+        .await
+        .map_err(err)?
+        .ok_or(ChatError::NotFound)?;
+        if let Some(id) = ctx.resent {
+            let m = messages::by_id(db, id)
+                .await
+                .map_err(err)?
+                .ok_or(ChatError::Unavailable)?;
             let ack = Ack::resent(req, &m)?;
             // A message stranded without an answer (its node crashed) is
             // revived by its resend: the chat looks at its queue again.
@@ -119,11 +130,10 @@ impl ChatRegistry {
             }
             return Ok(ack);
         }
-        let cfg = &self.deps.config;
-        let history = messages::prompt_history(db, chat_id, cfg.history_messages)
-            .await
-            .map_err(err)?;
-        let mut prompt = to_prompt(history);
+        if !ctx.email_verified && !self.deps.unverified_may_spend {
+            return Err(ChatError::Unverified);
+        }
+        let mut prompt = to_prompt(ctx.history());
         prompt.push(PromptMessage {
             role: "user".to_owned(),
             content: req.content.clone(),
@@ -132,10 +142,10 @@ impl ChatRegistry {
         let keep = usize::try_from(cfg.history_messages).unwrap_or(usize::MAX);
         let mut prompt = prompt.split_off(prompt.len().saturating_sub(keep));
         let payer = Payer {
-            workspace_id: payer.workspace_id,
+            workspace_id: ctx.workspace_id,
             user_id: Some(req.author),
             api_key: None,
-            plan: payer.plan,
+            plan: ctx.plan,
         };
         let context = super::sources::retrieve(&self.deps.documents, &payer, &req).await?;
         if let Some(c) = &context {
@@ -150,7 +160,8 @@ impl ChatRegistry {
         let slot = Arc::new(Mutex::new(Some(Admitted {
             planned,
             prompt,
-            read_at_seq,
+            read_at_seq: ctx.last_seq,
+            queue_was_empty: !ctx.queued,
             context,
             span: crate::traces::current_span(),
         })));

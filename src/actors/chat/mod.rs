@@ -77,6 +77,8 @@ pub struct Admitted {
     planned: Planned,
     prompt: Vec<PromptMessage>,
     read_at_seq: i64,
+    /// No message of the chat awaited an answer when `read_at_seq` was read.
+    queue_was_empty: bool,
     /// Sources retrieved for this send (already in `prompt`).
     context: Option<crate::documents::retrieval::Context>,
     /// The sender's trace span, parent of the actor's (none when traces are off).
@@ -139,4 +141,6 @@ pub enum GenUpdate {
 pub struct Finished {
     pub ending: Ending,
     pub stored: Option<Message>,
+    /// When the row was stored: whether any message of the chat awaited an answer then.
+    pub queued: bool,
 }

@@ -28,8 +28,13 @@ use crate::{
 };
 
 /// Starts the chat's next answer if none is running here: the oldest user
-/// message without one, under the chat's lease.
-pub(super) async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
+/// message without one (`known_head` when the caller knows it), under the
+/// chat's lease.
+pub(super) async fn start_next(
+    me: &ActorRef<ChatMsg>,
+    s: &mut ChatState,
+    mut known_head: Option<Message>,
+) {
     // A draining node starts nothing new: what waits stays awaiting its
     // answer in Postgres, for a survivor (or this node once restarted).
     if s.turns.current().is_some() || s.deps.gens.draining.is_cancelled() {
@@ -38,13 +43,14 @@ pub(super) async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
     let deps = s.deps.clone();
     let window = deps.cluster.config.requeue_window_secs;
     loop {
-        let head = match messages::next_unanswered(&deps.db, s.chat_id, window).await {
+        let head = match known_head.take() {
+            Some(m) => Ok(Some(m)),
+            None => messages::next_unanswered(&deps.db, s.chat_id, window).await,
+        };
+        let head = match head {
             Ok(Some(m)) => m,
             Ok(None) => {
-                // Whatever waits here was answered by another node.
-                s.adopt_any = false;
-                drop(s.turns.drain());
-                release_lease(s).await;
+                queue_empty(s).await;
                 return;
             }
             Err(e) => {
@@ -83,6 +89,14 @@ pub(super) async fn start_next(me: &ActorRef<ChatMsg>, s: &mut ChatState) {
         open(me, s, q, fence).await;
         return;
     }
+}
+
+/// Nothing in the chat awaits an answer: whatever waits here was answered
+/// by another node, and the lease goes back.
+pub(super) async fn queue_empty(s: &mut ChatState) {
+    s.adopt_any = false;
+    drop(s.turns.drain());
+    release_lease(s).await;
 }
 
 /// Whether this node answers a message another node accepted: when that

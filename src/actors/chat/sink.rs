@@ -100,12 +100,19 @@ impl Sink for ChatSink {
                 }
                 let stored = finalize(&self.db, self.message_id, &ending, &self.text).await;
                 if orphaned {
-                    if let Some(m) = stored {
-                        self.tell_subscribers(m);
+                    if let Some(f) = stored {
+                        self.tell_subscribers(f.message);
                     }
                     return false;
                 }
-                self.tell(GenUpdate::Ended(Box::new(Finished { ending, stored })))
+                // Unknown (the row was gone): the chat reads its queue.
+                let queued = stored.as_ref().is_none_or(|f| f.queued);
+                let stored = stored.map(|f| f.message);
+                self.tell(GenUpdate::Ended(Box::new(Finished {
+                    ending,
+                    stored,
+                    queued,
+                })))
             }
         }
     }
@@ -115,7 +122,7 @@ impl Sink for ChatSink {
 /// get `done` only once the row says so. Only an error that retrying cannot
 /// cure (the database refusing this row) gives up; the start-up sweep then
 /// fails the row (the usage is billed either way).
-async fn finalize(db: &PgPool, id: Uuid, e: &Ending, text: &str) -> Option<Message> {
+async fn finalize(db: &PgPool, id: Uuid, e: &Ending, text: &str) -> Option<messages::Finalized> {
     // Postgres text cannot hold NUL, which a provider may well send.
     let text = if text.contains('\0') {
         std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))

@@ -228,7 +228,8 @@ async fn connection(
     user: Option<Uuid>,
     pending: Option<UnauthenticatedSlot>,
 ) {
-    let Some((user_id, conn)) = admit(&state, &mut socket, user, pending).await else {
+    // Boxed for the same reason as a frame's handling: freed once admitted.
+    let Some((user_id, conn)) = Box::pin(admit(&state, &mut socket, user, pending)).await else {
         return;
     };
     let actors = &state.actors;
@@ -330,7 +331,10 @@ async fn read_loop(
                     let _ = close_tx.try_send((CLOSE_TOO_BIG, "frame too large"));
                     break;
                 }
-                session.on_text(&t).await;
+                // Boxed: handling a frame awaits Postgres and the chat
+                // actor, and inline that state would sit in every idle
+                // socket's task for its whole life.
+                Box::pin(session.on_text(&t)).await;
             }
             Some(Ok(WsMessage::Binary(_))) => {
                 session.reply(&ServerFrame::error(
@@ -418,13 +422,6 @@ impl Session {
         }
     }
 
-    /// A send's checks before it reaches the chat: visible, and the sender may spend.
-    async fn may_send(&self, chat_id: Uuid) -> Result<(), ApiError> {
-        self.may_see(chat_id).await?;
-        crate::auth::spend::may_spend(&self.state.db, &self.state.config.accounts, self.user_id)
-            .await
-    }
-
     #[expect(
         clippy::too_many_lines,
         reason = "one match over the frame types, each arm short"
@@ -467,14 +464,17 @@ impl Session {
                 model,
                 documents,
             } => {
-                if let Err(e) = self.may_send(chat_id).await {
-                    let frame = ServerFrame::from_error(&e).answering(chat_id, &client_msg_id);
-                    return self.reply(&frame);
-                }
-                // The sender follows the chat it writes to, so it sees the answer.
-                if !self.subscribed.contains(&chat_id) && !self.subscribe_live(chat_id, None).await
-                {
-                    return;
+                // The sender follows the chat it writes to, so it sees the
+                // answer. The send itself checks membership and whether the
+                // sender may spend (in the same read as its other checks).
+                if !self.subscribed.contains(&chat_id) {
+                    if let Err(e) = self.may_see(chat_id).await {
+                        let frame = ServerFrame::from_error(&e).answering(chat_id, &client_msg_id);
+                        return self.reply(&frame);
+                    }
+                    if !self.subscribe_live(chat_id, None).await {
+                        return;
+                    }
                 }
                 let id = client_msg_id.clone();
                 let req = SendRequest {
