@@ -59,8 +59,10 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Most queued frames written before one flush.
 const WRITE_BATCH: usize = 64;
-/// Per-socket read buffer; client frames are small JSON.
-const WS_READ_BUFFER: usize = 4 * 1024;
+/// Per-socket read buffer; client frames are small JSON. The codec fills it
+/// with zeros before each read, so all of it is resident in every idle
+/// socket; a larger frame still arrives whole, in more reads.
+const WS_READ_BUFFER: usize = 1024;
 /// Chats one socket may follow at once.
 const MAX_SUBSCRIPTIONS: usize = 256;
 
