@@ -103,6 +103,70 @@ pub async fn insert_user(
     .await
 }
 
+/// A user's message and the answer to it opened together, in one statement
+/// and one commit, when the message is known to head the chat's queue: the
+/// chat's `last_seq` is still `read_at` (nothing was stored since the caller
+/// read the chat and saw no message waiting) and the fencing token holds, as
+/// for [`insert_assistant`]. The message is stored already answered. `None`
+/// when either condition fails: nothing is written, and the caller stores the
+/// message alone. A repeated `client_msg_id` fails as [`insert_user`] does.
+pub async fn insert_turn(
+    db: &PgPool,
+    chat_id: Uuid,
+    user: &NewUserMessage<'_>,
+    read_at: i64,
+    (provider, model): (&str, &str),
+    prompt_tokens: i32,
+    opener: Opener<'_>,
+) -> Result<Option<(Message, Message)>, sqlx::Error> {
+    let rows: Vec<Message> = sqlx::query_as(concat!(
+        "with next as (update chats set last_seq = last_seq + 2, updated_at = now(),
+                              gen_fence = greatest(gen_fence, coalesce($9, gen_fence))
+                        where id = $1 and last_seq = $8 and ($9::bigint is null or gen_fence <= $9)
+                        returning last_seq),
+              u as (insert into messages (id, chat_id, seq, role, author_id, client_msg_id, content, status,
+                                          completed_at, node_id, awaiting_answer)
+                    select $2, $1, next.last_seq - 1, 'user', $4, $5, $6, 'complete', now(), $7, false from next
+                    returning ",
+        message_columns!(),
+        "),
+              a as (insert into messages (id, chat_id, seq, role, reply_to, content, status, provider, model,
+                                          input_tokens, node_id)
+                    select $3, $1, next.last_seq, 'assistant', $2, '', 'streaming', $10, $11, $12, $7 from next
+                    returning ",
+        message_columns!(),
+        ")
+         select * from u union all select * from a order by seq"
+    ))
+    .bind(chat_id)
+    .bind(Uuid::now_v7())
+    .bind(Uuid::now_v7())
+    .bind(user.author_id)
+    .bind(user.client_msg_id)
+    .bind(user.content)
+    .bind(opener.node_id)
+    .bind(read_at)
+    .bind(opener.fence)
+    .bind(provider)
+    .bind(model)
+    .bind(prompt_tokens)
+    .fetch_all(db)
+    .await?;
+    let mut rows = rows.into_iter();
+    Ok(match (rows.next(), rows.next()) {
+        (Some(u), Some(a)) => Some((u, a)),
+        _ => None,
+    })
+}
+
+/// What a user's message says, as [`insert_turn`] stores it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewUserMessage<'a> {
+    pub author_id: Uuid,
+    pub client_msg_id: &'a str,
+    pub content: &'a str,
+}
+
 pub async fn by_client_msg_id(
     db: &PgPool,
     chat_id: Uuid,

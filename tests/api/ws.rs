@@ -158,6 +158,73 @@ async fn two_users_on_one_chat_see_the_same_ordered_events() {
     }
 }
 
+/// A message on an idle chat is stored together with its opened answer; one
+/// sent while another waits or streams is stored alone and queued. Either
+/// way: every message answered once, right after the one before it is done.
+#[tokio::test]
+async fn back_to_back_sends_from_two_users_are_each_answered_once_in_seq_order() {
+    let app = spawn_app().await;
+    let alice = app.new_user().await;
+    let bob = app.new_user().await;
+    let chat = app.create_chat(&alice.access_token).await;
+    share_chat(&app, chat, bob.id).await;
+    let mut a = app.ws(&alice.access_token).await;
+    let mut b = app.ws(&bob.access_token).await;
+    for i in 0..3 {
+        a.send_message(chat, &format!("a{i}"), &format!("alice {i}"))
+            .await;
+        b.send_message(chat, &format!("b{i}"), &format!("bob {i}"))
+            .await;
+    }
+    for _ in 0..3 {
+        a.next_of("ack").await;
+        b.next_of("ack").await;
+    }
+    eventually(Duration::from_secs(20), "six answers complete", || async {
+        let done: i64 = sqlx::query_scalar(
+            "select count(*) from messages where chat_id = $1 and role = 'assistant' and status = 'complete'",
+        )
+        .bind(chat)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        (done == 6).then_some(())
+    })
+    .await;
+    let rows: Vec<(i64, String, Option<Uuid>, Uuid, bool)> = sqlx::query_as(
+        "select seq, role, reply_to, id, awaiting_answer from messages where chat_id = $1 order by seq",
+    )
+    .bind(chat)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 12, "six messages, six answers: {rows:?}");
+    assert!(rows.iter().all(|r| !r.4), "nothing left waiting");
+    let users: Vec<&(i64, String, Option<Uuid>, Uuid, bool)> =
+        rows.iter().filter(|r| r.1 == "user").collect();
+    let answered: Vec<Uuid> = rows.iter().filter_map(|r| r.2).collect();
+    assert_eq!(
+        answered,
+        users.iter().map(|u| u.3).collect::<Vec<_>>(),
+        "one answer per message, in the messages' seq order"
+    );
+    let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(seqs, (1..=12).collect::<Vec<_>>(), "no gaps");
+    // One answer at a time: each opens after the one before it ended.
+    let spans: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as(
+            "select created_at, completed_at from messages
+             where chat_id = $1 and role = 'assistant' order by seq",
+        )
+        .bind(chat)
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    for w in spans.windows(2) {
+        assert!(w[1].0 >= w[0].1, "answers overlapped: {spans:?}");
+    }
+}
+
 #[tokio::test]
 async fn subscribe_since_seq_replays_then_goes_live_without_gaps() {
     let app = spawn_app().await;

@@ -114,7 +114,7 @@ fn adoptable(deps: &ChatDeps, m: &Message) -> bool {
 
 /// The chat's fencing token: `Some(Some(t))` held, `Some(None)` Redis is down
 /// (this node carries on alone), `None` another node holds the chat.
-async fn lease(s: &mut ChatState) -> Option<Option<i64>> {
+pub(super) async fn lease(s: &mut ChatState) -> Option<Option<i64>> {
     let leases = &s.deps.cluster.leases;
     let now = Instant::now();
     if let Some(t) = s.lease.token(now, leases.ttl) {
@@ -267,7 +267,7 @@ async fn open(me: &ActorRef<ChatMsg>, s: &mut ChatState, mut q: Queued, fence: O
         .map(|a| (p, a)),
         Err(e) => Err(e),
     };
-    let (prompt, mut assistant) = match opened {
+    let (prompt, assistant) = match opened {
         Ok(x) => x,
         Err(sqlx::Error::RowNotFound) => {
             tracing::warn!(chat_id = %s.chat_id, ?fence, "answer not opened: fenced out by a newer lease holder (or the chat is gone)");
@@ -281,6 +281,19 @@ async fn open(me: &ActorRef<ChatMsg>, s: &mut ChatState, mut q: Queued, fence: O
             return;
         }
     };
+    launch(me, s, q, prompt, assistant).await;
+}
+
+/// Starts the generation of `assistant`, the answer to `q` just opened.
+pub(super) async fn launch(
+    me: &ActorRef<ChatMsg>,
+    s: &mut ChatState,
+    q: Queued,
+    prompt: Vec<crate::providers::PromptMessage>,
+    mut assistant: Message,
+) {
+    let deps = s.deps.clone();
+    let first = q.planned.first().clone();
     super::sources::record(&deps.db, &mut assistant, q.context.as_ref()).await;
     let request = ChatRequest {
         model: first.model,
