@@ -6,7 +6,7 @@
 # JSON results. Every run is bounded in count and time; traffic stays on 127.0.0.0/8.
 #
 # Needs PostgreSQL, Redis and RabbitMQ up (`make bench` runs scripts/setup.sh first).
-# Uses its own database (switchboard_bench, dropped and recreated) and Redis key
+# Uses its own database (switchboard_bench, dropped and recreated per phase) and Redis key
 # prefix (sbbench), so it leaves the development data alone.
 #
 # Knobs (environment):
@@ -74,9 +74,14 @@ LOADTEST="$BIN/loadtest"
 
 # --- 2. a clean database and Redis prefix of our own ------------------------------
 psql_q() { psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -Atqc "$1"; }
-psql_q "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
-psql_q "CREATE DATABASE $DB" >/dev/null
-redis-cli -h 127.0.0.1 --scan --pattern "$PREFIX:*" | xargs -r -n 500 redis-cli -h 127.0.0.1 DEL >/dev/null
+# fresh_state: an empty database and Redis prefix, so a phase does not start by
+# answering what the last one left queued (the open-loop run ends with a backlog).
+# Every phase's server starts on one (start_server, below).
+fresh_state() {
+  psql_q "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
+  psql_q "CREATE DATABASE $DB" >/dev/null
+  redis-cli -h 127.0.0.1 --scan --pattern "$PREFIX:*" | xargs -r -n 500 redis-cli -h 127.0.0.1 DEL >/dev/null
+}
 
 RESULTS="loadtest/results/bench-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$RESULTS"
@@ -155,9 +160,10 @@ launch() {
   die "the server did not become ready in 60 s; see $logfile"
 }
 
-# start_server NAME VAR=VALUE...: the server on $PORT.
+# start_server NAME VAR=VALUE...: the server on $PORT, on a fresh database.
 start_server() {
   local name=$1; shift
+  fresh_state
   launch "$name" "$PORT" "$@"
   SERVER_PID=$LAUNCHED
 }
@@ -282,7 +288,7 @@ cat >"$RESULTS/meta.json" <<EOF
   ["build", "$PROFILE profile (cargo build $build_flag-p switchboard -p switchboard-loadtest), ${build_secs} s"],
   ["bench wall time", "${total} s in all, $((total - build_secs)) s without the build"],
   ["server", "one process on 127.0.0.1:$PORT, APP_ENV=development, RUST_LOG=$rustlog, logs to a file"],
-  ["services", "PostgreSQL, Redis, RabbitMQ on this machine; database $DB recreated per bench, Redis prefix $PREFIX"],
+  ["services", "PostgreSQL, Redis, RabbitMQ on this machine; database $DB recreated per phase, Redis prefix $PREFIX"],
   ["plan limits", "every tier: 100,000,000 messages/min, 1,000,000,000 tokens/min, budgets of \$1,000,000/day (limits and budgets still checked on every message); the sign-up and sign-in throttles and the edge connection caps (40,000 per node and per address) raised likewise"],
   ["simulated (latency runs)", "TTFT ${SIM_TTFT} ms, 40 tokens, 20 ms apart"],
   ["simulated (throughput runs)", "TTFT ${SIM_TTFT} ms, 10 tokens, 1 ms apart"],

@@ -25,6 +25,7 @@
 //! Transports must check that the caller may see the chat before calling the
 //! registry for anything but `send` (which checks membership itself).
 
+mod accept;
 mod actor;
 mod error;
 mod handle;

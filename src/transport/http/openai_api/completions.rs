@@ -12,13 +12,10 @@ use std::convert::Infallible;
 
 use axum::{
     Json,
-    body::Bytes,
+    body::{Body, Bytes},
     extract::State,
-    http::{HeaderMap, StatusCode},
-    response::{
-        IntoResponse, Response,
-        sse::{Event, Sse},
-    },
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
 };
 use futures::StreamExt;
 use serde::Deserialize;
@@ -330,32 +327,72 @@ struct ChunkHead {
     id: String,
     created: i64,
     model: String,
+    /// `data: {"id":…,"object":…,"created":…,"model":…,"choices":[{"index":0,"delta":`,
+    /// rendered once: a token's chunk is this, its delta and [`CHUNK_TAIL`].
+    prefix: String,
 }
 
+/// What follows a streamed chunk's delta (no finish reason yet), and the SSE event's end.
+const CHUNK_TAIL: &str = r#","logprobs":null,"finish_reason":null}]}"#;
+
 impl ChunkHead {
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Event {
-        Event::default().data(
-            json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                   "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
-            .to_string(),
+    fn new(id: String, created: i64, model: String) -> Self {
+        let prefix = format!(
+            r#"data: {{"id":{},"object":"chat.completion.chunk","created":{created},"model":{},"choices":[{{"index":0,"delta":"#,
+            Value::from(id.as_str()),
+            Value::from(model.as_str()),
+        );
+        Self {
+            id,
+            created,
+            model,
+            prefix,
+        }
+    }
+
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Bytes {
+        event(
+            &json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                   "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]}),
         )
+    }
+
+    /// Every token's chunk as one buffer (one body frame, one write), without
+    /// building a JSON value per token: this is the hot path of a stream.
+    fn tokens(&self, tokens: &[String]) -> Bytes {
+        let mut out = Vec::with_capacity(tokens.len() * (self.prefix.len() + 80));
+        for t in tokens {
+            out.extend_from_slice(self.prefix.as_bytes());
+            out.extend_from_slice(br#"{"content":"#);
+            // A string always serialises.
+            let _ = serde_json::to_writer(&mut out, t);
+            out.push(b'}');
+            out.extend_from_slice(CHUNK_TAIL.as_bytes());
+            out.extend_from_slice(b"\n\n");
+        }
+        Bytes::from(out)
     }
 
     /// The events that end a stream: finish, usage if asked, `[DONE]`; or an
     /// error and no `[DONE]`, so a truncated answer never looks complete.
-    fn ending(&self, e: &Ending, include_usage: bool) -> Vec<Event> {
+    fn ending(&self, e: &Ending, include_usage: bool) -> Vec<Bytes> {
         if e.status != Status::Complete {
-            return vec![Event::default().data(ending_error(e, true).body().to_string())];
+            return vec![event(&ending_error(e, true).body())];
         }
         let mut out = vec![self.chunk(json!({}), Some(&e.finish_reason))];
         if include_usage {
             let last = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                               "model": self.model, "choices": [], "usage": usage_json(e.usage)});
-            out.push(Event::default().data(last.to_string()));
+            out.push(event(&last));
         }
-        out.push(Event::default().data("[DONE]"));
+        out.push(Bytes::from_static(b"data: [DONE]\n\n"));
         out
     }
+}
+
+/// One server-sent event carrying `v`.
+fn event(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
 }
 
 async fn completions(
@@ -375,11 +412,11 @@ async fn completions(
         Opening::Ended(e) => return Err(ending_error(&e, false)),
         Opening::Unexpected => return Err(unexpected_end()),
     };
-    let head = ChunkHead {
-        id: format!("chatcmpl-{}", Uuid::now_v7().simple()),
-        created: chrono::Utc::now().timestamp(),
+    let head = ChunkHead::new(
+        format!("chatcmpl-{}", Uuid::now_v7().simple()),
+        chrono::Utc::now().timestamp(),
         model,
-    };
+    );
     if req.stream {
         let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
         Ok(stream_chunks(rx, head, cancel_on_drop, include_usage))
@@ -482,10 +519,7 @@ fn stream_chunks(
         (rx, head, cancel_on_drop),
         move |(mut rx, head, guard)| async move {
             let events = match rx.recv().await? {
-                GenEvent::Tokens(t) => t
-                    .into_iter()
-                    .map(|t| head.chunk(json!({"content": t}), None))
-                    .collect(),
+                GenEvent::Tokens(t) => vec![head.tokens(&t)],
                 GenEvent::ToolCalls(d) => d
                     .into_iter()
                     .map(|d| head.chunk(json!({"tool_calls": [delta_json(&d)]}), None))
@@ -500,5 +534,80 @@ fn stream_chunks(
     let stream = futures::stream::once(futures::future::ready(opening))
         .chain(rest)
         .map(Ok::<_, Infallible>);
-    Sse::new(stream).into_response()
+    // What axum's `Sse` sends, without its per-event formatting: the chunks
+    // are complete events already.
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The events of one SSE buffer, as JSON (`[DONE]` as a string).
+    fn events(b: &[u8]) -> Vec<Value> {
+        let text = std::str::from_utf8(b).unwrap();
+        assert!(text.ends_with("\n\n"), "an event ends with a blank line");
+        text.split_terminator("\n\n")
+            .map(|e| {
+                let data = e.strip_prefix("data: ").expect("one data line per event");
+                serde_json::from_str(data).unwrap_or_else(|_| Value::from(data))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn token_chunks_say_what_the_generic_chunk_says() {
+        let head = ChunkHead::new("chatcmpl-1".into(), 1_700_000_000, "m \"quoted\"".into());
+        let tokens = vec![
+            "Hello".to_owned(),
+            " wörld \"\n\\ \u{1}".to_owned(),
+            String::new(),
+        ];
+        let fast = events(&head.tokens(&tokens));
+        let generic: Vec<Value> = tokens
+            .iter()
+            .flat_map(|t| events(&head.chunk(json!({"content": t}), None)))
+            .collect();
+        assert_eq!(fast, generic);
+        assert_eq!(fast[1]["choices"][0]["delta"]["content"], tokens[1]);
+        assert_eq!(fast[0]["model"], "m \"quoted\"");
+    }
+
+    #[test]
+    fn a_complete_stream_ends_with_done_and_a_failed_one_without() {
+        let head = ChunkHead::new("chatcmpl-1".into(), 1, "m".into());
+        let mut e = Ending {
+            status: Status::Complete,
+            finish_reason: "stop".into(),
+            error: None,
+            provider: "p".into(),
+            model: "m".into(),
+            usage: crate::providers::Usage::default(),
+            cost_micros: 0,
+            fell_back: false,
+        };
+        let end: Vec<Value> = head
+            .ending(&e, true)
+            .iter()
+            .flat_map(|b| events(b))
+            .collect();
+        assert_eq!(end[0]["choices"][0]["finish_reason"], "stop");
+        assert!(end[1]["usage"].is_object());
+        assert_eq!(end[2], "[DONE]");
+        e.status = Status::Failed;
+        let end: Vec<Value> = head
+            .ending(&e, true)
+            .iter()
+            .flat_map(|b| events(b))
+            .collect();
+        assert_eq!(end.len(), 1);
+        assert!(end[0]["error"].is_object());
+    }
 }
