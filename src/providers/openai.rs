@@ -41,6 +41,7 @@ use async_openai::types::chat::{
     CreateChatCompletionStreamResponse, StopConfiguration,
 };
 use eventsource_stream::Event;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
@@ -328,9 +329,8 @@ fn parse_chunk(data: &str) -> Result<Chunk, ProviderError> {
     if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
         return Err(stream_error(error));
     }
-    let mut chunk = match serde_json::from_value::<CreateChatCompletionStreamResponse>(
-        value.clone(),
-    ) {
+    // Read from the value in place, not from a clone of the whole chunk per token.
+    let mut chunk = match CreateChatCompletionStreamResponse::deserialize(&value) {
         Ok(typed) => from_typed(typed),
         Err(strict) => {
             tracing::debug!(error = %strict, "chunk does not fit the OpenAI types; reading it leniently");
