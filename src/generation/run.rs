@@ -106,43 +106,22 @@ async fn relay(
     let mut listening = true;
     let mut pending = Some(Some(Ok(first)));
     let silence = std::time::Duration::from_millis(silence_ms);
-    // One cancel future and one timer for the whole stream, not one of each
-    // per token: the timer is moved only when it fires early (a wait that
-    // started after it was set), so a token costs a clock read, not a timer
-    // registration and a lock in the cancel tree.
-    let cancelled = cancel.cancelled();
-    tokio::pin!(cancelled);
-    let stall = tokio::time::sleep(silence);
-    tokio::pin!(stall);
     loop {
         if !listening {
             break (Status::Cancelled, "cancelled".into(), None);
         }
         let head = match pending.take() {
             Some(ev) => ev,
-            None => {
-                let waiting_since = tokio::time::Instant::now();
-                let next = loop {
-                    tokio::select! {
-                        biased;
-                        () = &mut cancelled => break None,
-                        ev = stream.next() => break Some(ev),
-                        () = &mut stall => {
-                            let due = waiting_since + silence;
-                            if tokio::time::Instant::now() >= due {
-                                // Tokens have reached the client: no fallback, the
-                                // answer ends with the explicit mid-stream error.
-                                break Some(Some(Err(ProviderError::Stalled(silence_ms))));
-                            }
-                            stall.as_mut().reset(due);
-                        }
-                    }
-                };
-                match next {
-                    Some(ev) => ev,
-                    None => break (Status::Cancelled, "cancelled".into(), None),
-                }
-            }
+            None => tokio::select! {
+                biased;
+                () = cancel.cancelled() => break (Status::Cancelled, "cancelled".into(), None),
+                ev = tokio::time::timeout(silence, stream.next()) => match ev {
+                    Ok(ev) => ev,
+                    // Tokens have reached the client: no fallback, the answer
+                    // ends with the explicit mid-stream error.
+                    Err(_) => Some(Err(ProviderError::Stalled(silence_ms))),
+                },
+            },
         };
         let mut ready = vec![head];
         while ready.len() < COALESCE
