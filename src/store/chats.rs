@@ -219,13 +219,12 @@ pub async fn send_context(
 }
 
 /// Who pays for a message in a chat: its workspace and that workspace's plan
-/// as it is now (never cached, so a plan change holds on the next message),
-/// with the chat's last seq; `None` unless the user is a member.
+/// as it is now (never cached, so a plan change holds on the next message);
+/// `None` unless the user is a member.
 #[derive(Debug, sqlx::FromRow)]
 pub struct ChatPayer {
     pub workspace_id: Uuid,
     pub plan: String,
-    pub last_seq: i64,
 }
 
 pub async fn payer_for_member(
@@ -234,7 +233,7 @@ pub async fn payer_for_member(
     chat_id: Uuid,
 ) -> Result<Option<ChatPayer>, sqlx::Error> {
     sqlx::query_as(
-        "select c.workspace_id, w.plan, c.last_seq
+        "select c.workspace_id, w.plan
          from chats c join workspaces w on w.id = c.workspace_id
          where c.id = $2
            and exists (select 1 from workspace_members m
