@@ -5,9 +5,15 @@
 //! differently, so for them the count is an estimate — a close one for English
 //! text, and far better than characters divided by four. The encoder is built
 //! once, on first use (about a hundred milliseconds), and shared.
+//!
+//! A chat's prompt is its recent history, counted again on every send, so
+//! counts of longer texts are remembered (by a keyed 64-bit hash of the
+//! text, a bounded map emptied when full): a send then tokenizes only what is
+//! new (docs/BENCHMARKS.md has the profile that showed it).
 
-use std::sync::LazyLock;
+use std::{hash::BuildHasher, sync::LazyLock};
 
+use dashmap::DashMap;
 use tiktoken_rs::CoreBPE;
 
 use super::PromptMessage;
@@ -33,11 +39,36 @@ const PER_MESSAGE: u32 = 3;
 /// Tokens that prime the reply after the last message.
 const REPLY_PRIMING: u32 = 3;
 
+/// Texts shorter than this are counted every time: cheaper than the lookup.
+const REMEMBER_FROM_BYTES: usize = 64;
+/// Counts remembered at most; the map starts over when it is full.
+const REMEMBER_MAX: usize = 20_000;
+
+static REMEMBERED: LazyLock<(std::collections::hash_map::RandomState, DashMap<u64, u32>)> =
+    LazyLock::new(Default::default);
+
 /// The tokens in `text`, special-token markers counted as plain text.
 pub fn count_tokens(text: &str) -> u32 {
     if text.is_empty() {
         return 0;
     }
+    if text.len() < REMEMBER_FROM_BYTES {
+        return encode_len(text);
+    }
+    let (keys, counts) = &*REMEMBERED;
+    let key = keys.hash_one(text);
+    if let Some(n) = counts.get(&key) {
+        return *n;
+    }
+    let n = encode_len(text);
+    if counts.len() >= REMEMBER_MAX {
+        counts.clear();
+    }
+    counts.insert(key, n);
+    n
+}
+
+fn encode_len(text: &str) -> u32 {
     u32::try_from(CL100K.encode_ordinary(text).len()).unwrap_or(u32::MAX)
 }
 
@@ -57,6 +88,17 @@ pub fn count_prompt(messages: &[PromptMessage]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remembered_count_is_the_count() {
+        let long = "The quick brown fox jumps over the lazy dog. ".repeat(20);
+        let fresh = encode_len(&long);
+        assert_eq!(count_tokens(&long), fresh);
+        assert_eq!(count_tokens(&long), fresh, "again, from the map");
+        let other = format!("{long}!");
+        assert_ne!(count_tokens(&other), 0);
+        assert_eq!(count_tokens(&other), encode_len(&other));
+    }
 
     fn msg(role: &str, content: &str) -> PromptMessage {
         PromptMessage {
