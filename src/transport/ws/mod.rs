@@ -230,7 +230,8 @@ async fn connection(
     user: Option<Uuid>,
     pending: Option<UnauthenticatedSlot>,
 ) {
-    // Boxed for the same reason as a frame's handling: freed once admitted.
+    // Boxed, like a frame's handling (read_loop): its Postgres and actor
+    // calls would otherwise size every idle socket's task; freed once admitted.
     let Some((user_id, conn)) = Box::pin(admit(&state, &mut socket, user, pending)).await else {
         return;
     };
