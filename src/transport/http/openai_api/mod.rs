@@ -27,6 +27,7 @@ use crate::{
     store::api_keys::{self, KeyAuth},
 };
 
+mod chunks;
 mod completions;
 mod embeddings;
 mod request;
