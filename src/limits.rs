@@ -186,50 +186,6 @@ impl WindowCounter {
         }
     }
 
-    /// The current count of a key without changing it.
-    pub async fn get(&self, key: &str) -> WindowCount {
-        let mut counts = self.get_many(std::slice::from_ref(&key.to_owned())).await;
-        counts.pop().unwrap_or_else(|| self.get_local(key))
-    }
-
-    /// The current counts of several keys, in one round trip.
-    pub async fn get_many(&self, keys: &[String]) -> Vec<WindowCount> {
-        let local = || -> Vec<WindowCount> { keys.iter().map(|k| self.get_local(k)).collect() };
-        if keys.is_empty() {
-            return Vec::new();
-        }
-        if !self.redis_allowed() {
-            return local();
-        }
-        let mut conn = self.redis.clone();
-        let mut pipe = redis::pipe();
-        for key in keys {
-            let full = self.key(key);
-            pipe.get(&full).ttl(&full);
-        }
-        // GET and TTL alternate: [count, ttl, count, ttl, ...]
-        let res: redis::RedisResult<Vec<Option<i64>>> = pipe.query_async(&mut conn).await;
-        match res {
-            Ok(raw) if raw.len() == keys.len() * 2 => {
-                self.set_degraded(false, None);
-                raw.chunks(2)
-                    .map(|c| WindowCount {
-                        count: c[0].unwrap_or(0).max(0) as u64,
-                        resets_in: Duration::from_secs(c[1].unwrap_or(1).max(1) as u64),
-                    })
-                    .collect()
-            }
-            Ok(_) => {
-                tracing::error!("redis answered a counter read with the wrong shape");
-                local()
-            }
-            Err(e) => {
-                self.set_degraded(true, Some(&e));
-                local()
-            }
-        }
-    }
-
     /// Takes one back from a key counted ahead of time (a sign-in counted as
     /// a failure until it turned out not to be one).
     pub async fn give_back(&self, key: &str) {

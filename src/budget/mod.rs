@@ -269,6 +269,26 @@ impl BudgetLedger {
             .collect()
     }
 
+    /// The settle script for reservation `id` over `buckets` (their key
+    /// prefixes), held in node set `set`: `actual` 0 only releases it.
+    fn settle_call<'a>(
+        &'a self,
+        id: &str,
+        actual: i64,
+        buckets: impl IntoIterator<Item = &'a str>,
+        set: &str,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut inv = self.settle.prepare_invoke();
+        inv.arg(id).arg(actual);
+        for b in buckets {
+            inv.key(format!("{b}:spent"))
+                .key(format!("{b}:res"))
+                .key(format!("{b}:held"));
+        }
+        inv.key(set);
+        inv
+    }
+
     fn node_set(&self) -> String {
         self.node_set_of(&self.node_id)
     }
@@ -421,14 +441,8 @@ impl BudgetLedger {
             self.mark_uncertain(&res);
             self.settle_local(&res, actual)
         } else {
-            let mut inv = self.settle.prepare_invoke();
-            inv.arg(&res.id).arg(actual);
-            for b in &res.buckets {
-                inv.key(format!("{}:spent", b.key))
-                    .key(format!("{}:res", b.key))
-                    .key(format!("{}:held", b.key));
-            }
-            inv.key(self.node_set());
+            let buckets = res.buckets.iter().map(|b| b.key.as_str());
+            let inv = self.settle_call(&res.id, actual, buckets, &self.node_set());
             let mut conn = self.redis.clone();
             match inv.invoke_async::<Vec<i64>>(&mut conn).await {
                 Ok(v) => v,
@@ -489,13 +503,7 @@ impl BudgetLedger {
                 && let Some(bucket) = res_key.strip_suffix(":res")
             {
                 let _: redis::RedisResult<Vec<i64>> = self
-                    .settle
-                    .key(format!("{bucket}:spent"))
-                    .key(res_key)
-                    .key(format!("{bucket}:held"))
-                    .key(&set)
-                    .arg(member)
-                    .arg(0)
+                    .settle_call(member, 0, [bucket], &set)
                     .invoke_async(&mut conn)
                     .await;
             }

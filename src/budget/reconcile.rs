@@ -62,14 +62,8 @@ impl BudgetLedger {
             }
             // The settle script with no cost releases a reservation once, and
             // does nothing for one that never landed or already lapsed.
-            let mut inv = self.settle.prepare_invoke();
-            inv.arg(&id).arg(0);
-            for k in &keys {
-                inv.key(format!("{k}:spent"))
-                    .key(format!("{k}:res"))
-                    .key(format!("{k}:held"));
-            }
-            inv.key(self.node_set());
+            let buckets = keys.iter().map(String::as_str);
+            let inv = self.settle_call(&id, 0, buckets, &self.node_set());
             if let Err(e) = inv.invoke_async::<Vec<i64>>(&mut conn).await {
                 failure = Some(e);
                 left.reservations.push((id, keys));

@@ -337,8 +337,6 @@ pub struct Outcome<'a> {
     pub cost_micros: i64,
 }
 
-/// Ends an answer still `streaming`; `RowNotFound` when it is gone (its chat
-/// was deleted) or was already ended (a restarted chat actor failed it).
 /// A final answer row, and whether its chat still has a message awaiting
 /// an answer (so the chat need not read its queue again when none does).
 #[derive(Debug, sqlx::FromRow)]
@@ -348,6 +346,8 @@ pub struct Finalized {
     pub queued: bool,
 }
 
+/// Ends an answer still `streaming`; `RowNotFound` when it is gone (its chat
+/// was deleted) or was already ended (a restarted chat actor failed it).
 pub async fn finalize(db: &PgPool, id: Uuid, o: &Outcome<'_>) -> Result<Finalized, sqlx::Error> {
     sqlx::query_as(concat!(
         "update messages set status = $2, content = $3, finish_reason = $4, input_tokens = $5,

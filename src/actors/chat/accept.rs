@@ -49,12 +49,7 @@ pub(super) async fn accept(
         Ok(m) => m,
         Err(e) => return not_stored(s, req, e).await,
     };
-    let ack = Ack {
-        client_msg_id: req.client_msg_id.clone(),
-        message_id: user_message.id,
-        seq: user_message.seq,
-        duplicate: false,
-    };
+    let ack = Ack::stored(&req, &user_message);
     // The prompt read before the hop is exact only if nothing was stored in between.
     let exact = s.turns.is_idle() && user_message.seq == admitted.read_at_seq + 1;
     // Nothing waited and nothing was stored in between: this message heads
@@ -130,12 +125,7 @@ async fn accept_and_open(
         Ok(None) => return Err(Box::new((req, admitted))),
         Err(e) => return Ok(not_stored(s, req, e).await),
     };
-    let ack = Ack {
-        client_msg_id: req.client_msg_id.clone(),
-        message_id: user_message.id,
-        seq: user_message.seq,
-        duplicate: false,
-    };
+    let ack = Ack::stored(&req, &user_message);
     s.publish(&s.message_frame(user_message.clone()));
     let q = Queued {
         user_message,
@@ -150,6 +140,16 @@ async fn accept_and_open(
 }
 
 impl Ack {
+    /// The ack of a message this send has just stored.
+    fn stored(req: &SendRequest, m: &Message) -> Self {
+        Self {
+            client_msg_id: req.client_msg_id.clone(),
+            message_id: m.id,
+            seq: m.seq,
+            duplicate: false,
+        }
+    }
+
     /// The ack of a message already stored under this `client_msg_id`; the
     /// same id with other content is a client bug, refused as Stripe refuses
     /// a reused idempotency key, rather than silently answered with the old one.

@@ -31,7 +31,7 @@ pub(super) struct ChunkHead {
     prefix: String,
 }
 
-/// What follows a streamed chunk's delta (no finish reason yet), and the SSE event's end.
+/// What follows a streamed chunk's delta while it has no finish reason yet.
 const CHUNK_TAIL: &str = r#","logprobs":null,"finish_reason":null}]}"#;
 
 impl ChunkHead {
