@@ -129,6 +129,14 @@ const COUNTERS: &[(&str, &str)] = &[
         "Cost of answers served after a fallback, by provider",
     ),
     (
+        "switchboard_final_write_batches_total",
+        "Statements that wrote answers' final state (each holds one or more answers)",
+    ),
+    (
+        "switchboard_final_writes_total",
+        "Answers' final states written through the batching writer",
+    ),
+    (
         "switchboard_provider_failures_total",
         "Provider failures, by provider and reason",
     ),
@@ -242,6 +250,8 @@ const UNLABELLED: &[&str] = &[
     "switchboard_email_published_total",
     "switchboard_embedding_cache_hits_total",
     "switchboard_embedding_cache_misses_total",
+    "switchboard_final_write_batches_total",
+    "switchboard_final_writes_total",
     "switchboard_tokens_streamed_total",
     "switchboard_usage_events_dropped_total",
     "switchboard_usage_events_rejected_total",

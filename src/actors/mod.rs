@@ -197,6 +197,7 @@ impl Actors {
         let documents = library(config, db.clone(), gens.clone());
         let deps = Arc::new(chat::ChatDeps {
             documents: documents.clone(),
+            finals: chat::FinalWriter::start(db.clone()),
             db,
             hub: hub.clone(),
             gens: gens.clone(),

@@ -325,13 +325,14 @@ pub async fn checkpoint(
 }
 
 /// How an answer ended, for [`finalize`].
-pub struct Outcome<'a> {
-    pub status: &'a str,
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: &'static str,
     /// Who really served it (after any fallback).
-    pub provider: &'a str,
-    pub model: &'a str,
-    pub content: &'a str,
-    pub finish_reason: &'a str,
+    pub provider: String,
+    pub model: String,
+    pub content: String,
+    pub finish_reason: String,
     pub input_tokens: i32,
     pub output_tokens: i32,
     pub cost_micros: i64,
@@ -346,27 +347,41 @@ pub struct Finalized {
     pub queued: bool,
 }
 
-/// Ends an answer still `streaming`; `RowNotFound` when it is gone (its chat
-/// was deleted) or was already ended (a restarted chat actor failed it).
-pub async fn finalize(db: &PgPool, id: Uuid, o: &Outcome<'_>) -> Result<Finalized, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "update messages set status = $2, content = $3, finish_reason = $4, input_tokens = $5,
-                output_tokens = $6, cost_micros = $7, provider = $8, model = $9, completed_at = now()
-         where id = $1 and status = 'streaming'
+/// Ends the answers still `streaming` among `ends`, of any chats, in one
+/// statement and one commit. An answer missing from the result is gone (its
+/// chat was deleted) or was already ended (a restarted chat actor failed it).
+pub async fn finalize(
+    db: &PgPool,
+    ends: &[(Uuid, Outcome)],
+) -> Result<Vec<Finalized>, sqlx::Error> {
+    let text = |f: fn(&Outcome) -> &str| ends.iter().map(|(_, o)| f(o)).collect::<Vec<_>>();
+    sqlx::query_as(
+        "update messages m set status = v.status, content = v.content, finish_reason = v.finish_reason,
+                input_tokens = v.input_tokens, output_tokens = v.output_tokens,
+                cost_micros = v.cost_micros, provider = v.provider, model = v.model,
+                completed_at = now()
+         from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int4[],
+                     $7::int8[], $8::text[], $9::text[])
+              as v(id, status, content, finish_reason, input_tokens, output_tokens, cost_micros,
+                   provider, model)
+         where m.id = v.id and m.status = 'streaming'
          returning exists (select 1 from messages q
-                           where q.chat_id = messages.chat_id and q.awaiting_answer) as queued, ",
-        message_columns!()
-    ))
-    .bind(id)
-    .bind(o.status)
-    .bind(o.content)
-    .bind(o.finish_reason)
-    .bind(o.input_tokens)
-    .bind(o.output_tokens)
-    .bind(o.cost_micros)
-    .bind(o.provider)
-    .bind(o.model)
-    .fetch_one(db)
+                           where q.chat_id = m.chat_id and q.awaiting_answer) as queued,
+                   m.id, m.chat_id, m.seq, m.role, m.author_id, m.reply_to, m.client_msg_id,
+                   m.content, m.status, m.provider, m.model, m.finish_reason, m.input_tokens,
+                   m.output_tokens, m.cost_micros, m.created_at, m.completed_at, m.citations,
+                   m.node_id, m.deltas_saved",
+    )
+    .bind(ends.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(text(|o| o.status))
+    .bind(text(|o| &o.content))
+    .bind(text(|o| &o.finish_reason))
+    .bind(ends.iter().map(|(_, o)| o.input_tokens).collect::<Vec<_>>())
+    .bind(ends.iter().map(|(_, o)| o.output_tokens).collect::<Vec<_>>())
+    .bind(ends.iter().map(|(_, o)| o.cost_micros).collect::<Vec<_>>())
+    .bind(text(|o| &o.provider))
+    .bind(text(|o| &o.model))
+    .fetch_all(db)
     .await
 }
 

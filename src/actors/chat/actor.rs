@@ -464,9 +464,11 @@ fn answer_failed(e: &ProviderError) -> ApiError {
     err
 }
 
-/// Saves the running answer's text if it grew since the last save; off the actor.
+/// Saves the running answer's text if it grew since the last save and is old
+/// enough (see [`super::turns::Turns::checkpoint_due`]); off the actor.
 fn checkpoint(s: &mut ChatState) {
-    if let Some((id, text, deltas)) = s.turns.checkpoint_due() {
+    let every = Duration::from_millis(s.deps.config.checkpoint_ms.max(50));
+    if let Some((id, text, deltas)) = s.turns.checkpoint_due(Instant::now(), every) {
         let db = s.deps.db.clone();
         s.deps.gens.tasks.spawn(async move {
             if let Err(e) = messages::checkpoint(&db, id, &text, deltas).await {

@@ -316,7 +316,7 @@ pub(super) async fn launch(
     let sink = ChatSink {
         actor: me.clone(),
         gen_id,
-        db: deps.db.clone(),
+        finals: deps.finals.clone(),
         hub: deps.hub.clone(),
         chat_id: s.chat_id,
         message_id: assistant.id,

@@ -10,10 +10,12 @@
 use std::time::Duration;
 
 use ractor::{ActorRef, ActorStatus};
-use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{ChatMsg, Finished, GenUpdate};
+use super::{
+    ChatMsg, Finished, GenUpdate,
+    final_writes::{FinalError, FinalWriter},
+};
 use crate::{
     actors::hub::{ChatHub, Outbound},
     error::{ApiError, ErrorCode},
@@ -28,7 +30,7 @@ const LONG_OUTAGE: Duration = Duration::from_secs(30);
 pub(super) struct ChatSink {
     pub actor: ActorRef<ChatMsg>,
     pub gen_id: u64,
-    pub db: PgPool,
+    pub finals: FinalWriter,
     pub hub: ChatHub,
     pub chat_id: Uuid,
     pub message_id: Uuid,
@@ -98,7 +100,8 @@ impl Sink for ChatSink {
                     ending.status = Status::Failed;
                     "interrupted".clone_into(&mut ending.finish_reason);
                 }
-                let stored = finalize(&self.db, self.message_id, &ending, &self.text).await;
+                let text = std::mem::take(&mut self.text);
+                let stored = finalize(&self.finals, self.message_id, &ending, text).await;
                 if orphaned {
                     if let Some(f) = stored {
                         self.tell_subscribers(f.message);
@@ -122,19 +125,22 @@ impl Sink for ChatSink {
 /// get `done` only once the row says so. Only an error that retrying cannot
 /// cure (the database refusing this row) gives up; the start-up sweep then
 /// fails the row (the usage is billed either way).
-async fn finalize(db: &PgPool, id: Uuid, e: &Ending, text: &str) -> Option<messages::Finalized> {
+async fn finalize(
+    finals: &FinalWriter,
+    id: Uuid,
+    e: &Ending,
+    mut text: String,
+) -> Option<messages::Finalized> {
     // Postgres text cannot hold NUL, which a provider may well send.
-    let text = if text.contains('\0') {
-        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
-    } else {
-        std::borrow::Cow::Borrowed(text)
-    };
+    if text.contains('\0') {
+        text = text.replace('\0', "\u{FFFD}");
+    }
     let outcome = messages::Outcome {
         status: e.status.as_str(),
-        provider: &e.provider,
-        model: &e.model,
-        content: &text,
-        finish_reason: &e.finish_reason,
+        provider: e.provider.clone(),
+        model: e.model.clone(),
+        content: text,
+        finish_reason: e.finish_reason.clone(),
         input_tokens: i32::try_from(e.usage.input_tokens).unwrap_or(i32::MAX),
         output_tokens: i32::try_from(e.usage.output_tokens).unwrap_or(i32::MAX),
         cost_micros: e.cost_micros,
@@ -143,15 +149,15 @@ async fn finalize(db: &PgPool, id: Uuid, e: &Ending, text: &str) -> Option<messa
     let mut wait = Duration::from_millis(50);
     let mut told = false;
     loop {
-        match messages::finalize(db, id, &outcome).await {
+        match finals.finalize(id, outcome.clone()).await {
             Ok(m) => return Some(m),
             // Deleted with its chat, or already failed by a restarted actor.
-            Err(sqlx::Error::RowNotFound) => return None,
-            Err(err) if !crate::store::is_transient(&err) => {
+            Err(FinalError::Gone) => return None,
+            Err(FinalError::Refused(err)) => {
                 tracing::error!(message_id = %id, error = %err, "the database refused the answer's final state");
                 return None;
             }
-            Err(err) => {
+            Err(FinalError::Unavailable(err)) => {
                 if !told && started.elapsed() >= LONG_OUTAGE {
                     told = true;
                     tracing::error!(message_id = %id, error = %err, "cannot finalize answer for a while; still retrying");

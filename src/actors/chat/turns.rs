@@ -7,7 +7,10 @@
 //! answer, whichever node accepted it); the queue here only keeps what this
 //! node admitted for its own messages, taken out by [`Turns::take_where`].
 
-use std::collections::VecDeque;
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
 
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -27,6 +30,8 @@ pub struct Running {
     pub cancel: CancellationToken,
     /// Text length at the last checkpoint.
     pub saved_len: usize,
+    /// When the text was last saved: the answer's start until its first checkpoint.
+    pub saved_at: Instant,
 }
 
 #[derive(Debug)]
@@ -106,6 +111,7 @@ impl<Q> Turns<Q> {
             deltas: 0,
             cancel,
             saved_len: 0,
+            saved_at: Instant::now(),
         });
         self.next_gen
     }
@@ -168,13 +174,20 @@ impl<Q> Turns<Q> {
             .map(|r| (r.text.as_str(), r.deltas))
     }
 
-    /// The running answer's id, text and delta count when it grew since the last checkpoint.
-    pub fn checkpoint_due(&mut self) -> Option<(Uuid, String, u32)> {
+    /// The running answer's id, text and delta count when it grew since the
+    /// last checkpoint, which (or the answer's start) was at least half of
+    /// `every` before `now`. Called on a tick of `every`: an answer shorter
+    /// than half of it is never checkpointed (its final write is its only
+    /// write), a longer one at most 1.5 × `every` after it began and then on
+    /// every tick (half, not all of it, so a tick that fires a little early
+    /// still saves).
+    pub fn checkpoint_due(&mut self, now: Instant, every: Duration) -> Option<(Uuid, String, u32)> {
         let r = self.current.as_mut()?;
-        if r.text.len() == r.saved_len {
+        if r.text.len() == r.saved_len || now.saturating_duration_since(r.saved_at) < every / 2 {
             return None;
         }
         r.saved_len = r.text.len();
+        r.saved_at = now;
         Some((r.message.id, r.text.clone(), r.deltas))
     }
 
@@ -258,8 +271,40 @@ mod tests {
         assert_eq!(t.append(g, "lo").map(|d| d.index), Some(1));
         assert_eq!(t.append(g + 1, "x"), None);
         assert_eq!(t.progress(id), Some(("Hello", 2)));
-        assert_eq!(t.checkpoint_due(), Some((id, "Hello".to_owned(), 2)));
-        assert_eq!(t.checkpoint_due(), None, "nothing new since");
+    }
+
+    #[test]
+    fn a_checkpoint_waits_for_half_the_interval_and_new_text() {
+        let mut t: Turns<()> = Turns::default();
+        let every = Duration::from_millis(500);
+        let m = answer(2);
+        let id = m.id;
+        let g = t.start(m, None, CancellationToken::new());
+        let started = t.current().map(|r| r.saved_at).unwrap();
+        t.append(g, "Hello");
+        let early = started + Duration::from_millis(200);
+        assert_eq!(
+            t.checkpoint_due(early, every),
+            None,
+            "a short answer is not saved"
+        );
+        let later = started + Duration::from_millis(250);
+        assert_eq!(
+            t.checkpoint_due(later, every),
+            Some((id, "Hello".to_owned(), 1))
+        );
+        let next = later + every;
+        assert_eq!(t.checkpoint_due(next, every), None, "nothing new since");
+        t.append(g, " world");
+        assert_eq!(
+            t.checkpoint_due(next + Duration::from_millis(100), every),
+            None,
+            "saved too recently"
+        );
+        assert_eq!(
+            t.checkpoint_due(next + every, every).map(|c| c.1),
+            Some("Hello world".to_owned())
+        );
     }
 
     #[test]
