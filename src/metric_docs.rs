@@ -125,16 +125,16 @@ const COUNTERS: &[(&str, &str)] = &[
         "Embeddings computed (not in the cache)",
     ),
     (
+        "switchboard_group_commit_batches_total",
+        "Group-committed statements by kind (turns, finals): each writes one or more chats' rows",
+    ),
+    (
+        "switchboard_group_commit_jobs_total",
+        "Writes that went through group commit, by kind",
+    ),
+    (
         "switchboard_fallback_cost_micros_total",
         "Cost of answers served after a fallback, by provider",
-    ),
-    (
-        "switchboard_final_write_batches_total",
-        "Statements that wrote answers' final state (each holds one or more answers)",
-    ),
-    (
-        "switchboard_final_writes_total",
-        "Answers' final states written through the batching writer",
     ),
     (
         "switchboard_provider_failures_total",
@@ -250,8 +250,6 @@ const UNLABELLED: &[&str] = &[
     "switchboard_email_published_total",
     "switchboard_embedding_cache_hits_total",
     "switchboard_embedding_cache_misses_total",
-    "switchboard_final_write_batches_total",
-    "switchboard_final_writes_total",
     "switchboard_tokens_streamed_total",
     "switchboard_usage_events_dropped_total",
     "switchboard_usage_events_rejected_total",

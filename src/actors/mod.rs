@@ -8,6 +8,9 @@
 //! └── UsageWriter        → batches usage events into Postgres
 //! ```
 //!
+//! Beside the tree, `group_commit` tasks batch many chats' writes into one
+//! statement (a chat's turns opened and answers ended: `chat/group_writes.rs`).
+//!
 //! Supervisors restart a child that panics or is killed, at most
 //! `chat.max_restarts` times per `chat.restart_window_secs`; a restarted chat
 //! actor rebuilds its state from Postgres. Handlers never await a provider:
@@ -20,6 +23,7 @@
 
 pub mod chat;
 pub mod disabled;
+pub mod group_commit;
 pub mod hub;
 pub mod ops;
 pub mod persistence;
@@ -197,6 +201,7 @@ impl Actors {
         let documents = library(config, db.clone(), gens.clone());
         let deps = Arc::new(chat::ChatDeps {
             documents: documents.clone(),
+            turns: chat::TurnWriter::start(db.clone(), cluster.node_id.clone()),
             finals: chat::FinalWriter::start(db.clone()),
             db,
             hub: hub.clone(),

@@ -1,5 +1,7 @@
 //! Messages of a chat, in `seq` order.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -103,68 +105,96 @@ pub async fn insert_user(
     .await
 }
 
-/// A user's message and the answer to it opened together, in one statement
-/// and one commit, when the message is known to head the chat's queue: the
-/// chat's `last_seq` is still `read_at` (nothing was stored since the caller
-/// read the chat and saw no message waiting) and the fencing token holds, as
-/// for [`insert_assistant`]. The message is stored already answered. `None`
-/// when either condition fails: nothing is written, and the caller stores the
-/// message alone. A repeated `client_msg_id` fails as [`insert_user`] does.
-pub async fn insert_turn(
+/// A user's message and the answer to it, to be stored together by [`insert_turns`].
+#[derive(Debug, Clone)]
+pub struct NewTurn {
+    pub chat_id: Uuid,
+    pub author_id: Uuid,
+    pub client_msg_id: String,
+    pub content: String,
+    /// The chat's `last_seq` when the sender read it.
+    pub read_at: i64,
+    /// The chat lease's fencing token, as for [`insert_assistant`].
+    pub fence: Option<i64>,
+    pub provider: String,
+    pub model: String,
+    pub prompt_tokens: i32,
+}
+
+/// Users' messages and the answers to them opened together, for any number
+/// of chats (one turn per chat), in one statement and one commit, each when
+/// its message is known to head its chat's queue: the chat's `last_seq` is
+/// still `read_at` (nothing was stored since the sender read the chat and saw
+/// no message waiting) and the fencing token holds, as for
+/// [`insert_assistant`]. The messages are stored already answered. Answers
+/// the stored `(message, answer)` pairs by chat; a turn whose conditions
+/// failed is missing, with nothing of it written, and its caller stores the
+/// message alone. A repeated `client_msg_id` fails the statement as
+/// [`insert_user`] does.
+pub async fn insert_turns(
     db: &PgPool,
-    chat_id: Uuid,
-    user: &NewUserMessage<'_>,
-    read_at: i64,
-    (provider, model): (&str, &str),
-    prompt_tokens: i32,
-    opener: Opener<'_>,
-) -> Result<Option<(Message, Message)>, sqlx::Error> {
+    node_id: &str,
+    turns: &[NewTurn],
+) -> Result<HashMap<Uuid, (Message, Message)>, sqlx::Error> {
+    let text = |f: fn(&NewTurn) -> &str| turns.iter().map(f).collect::<Vec<_>>();
+    let ids = |n: usize| (0..n).map(|_| Uuid::now_v7()).collect::<Vec<_>>();
     let rows: Vec<Message> = sqlx::query_as(concat!(
-        "with next as (update chats set last_seq = last_seq + 2, updated_at = now(),
-                              gen_fence = greatest(gen_fence, coalesce($9, gen_fence))
-                        where id = $1 and last_seq = $8 and ($9::bigint is null or gen_fence <= $9)
-                        returning last_seq),
+        "with v as (select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                                         $6::text[], $7::int8[], $8::int8[], $9::text[], $10::text[],
+                                         $11::int4[])
+                    as v(chat_id, user_msg, answer, author_id, client_msg_id, content, read_at, fence,
+                         provider, model, prompt_tokens)),
+              next as (update chats c set last_seq = c.last_seq + 2, updated_at = now(),
+                              gen_fence = greatest(c.gen_fence, coalesce(v.fence, c.gen_fence))
+                       from v
+                       where c.id = v.chat_id and c.last_seq = v.read_at
+                         and (v.fence is null or c.gen_fence <= v.fence)
+                       returning c.id, c.last_seq),
               u as (insert into messages (id, chat_id, seq, role, author_id, client_msg_id, content, status,
                                           completed_at, node_id, awaiting_answer)
-                    select $2, $1, next.last_seq - 1, 'user', $4, $5, $6, 'complete', now(), $7, false from next
+                    select v.user_msg, v.chat_id, next.last_seq - 1, 'user', v.author_id, v.client_msg_id,
+                           v.content, 'complete', now(), $12, false
+                    from next join v on v.chat_id = next.id
                     returning ",
         message_columns!(),
         "),
               a as (insert into messages (id, chat_id, seq, role, reply_to, content, status, provider, model,
                                           input_tokens, node_id)
-                    select $3, $1, next.last_seq, 'assistant', $2, '', 'streaming', $10, $11, $12, $7 from next
+                    select v.answer, v.chat_id, next.last_seq, 'assistant', v.user_msg, '', 'streaming',
+                           v.provider, v.model, v.prompt_tokens, $12
+                    from next join v on v.chat_id = next.id
                     returning ",
         message_columns!(),
         ")
-         select * from u union all select * from a order by seq"
+         select * from u union all select * from a"
     ))
-    .bind(chat_id)
-    .bind(Uuid::now_v7())
-    .bind(Uuid::now_v7())
-    .bind(user.author_id)
-    .bind(user.client_msg_id)
-    .bind(user.content)
-    .bind(opener.node_id)
-    .bind(read_at)
-    .bind(opener.fence)
-    .bind(provider)
-    .bind(model)
-    .bind(prompt_tokens)
+    .bind(turns.iter().map(|t| t.chat_id).collect::<Vec<_>>())
+    .bind(ids(turns.len()))
+    .bind(ids(turns.len()))
+    .bind(turns.iter().map(|t| t.author_id).collect::<Vec<_>>())
+    .bind(text(|t| &t.client_msg_id))
+    .bind(text(|t| &t.content))
+    .bind(turns.iter().map(|t| t.read_at).collect::<Vec<_>>())
+    .bind(turns.iter().map(|t| t.fence).collect::<Vec<_>>())
+    .bind(text(|t| &t.provider))
+    .bind(text(|t| &t.model))
+    .bind(turns.iter().map(|t| t.prompt_tokens).collect::<Vec<_>>())
+    .bind(node_id)
     .fetch_all(db)
     .await?;
-    let mut rows = rows.into_iter();
-    Ok(match (rows.next(), rows.next()) {
-        (Some(u), Some(a)) => Some((u, a)),
-        _ => None,
-    })
-}
-
-/// What a user's message says, as [`insert_turn`] stores it.
-#[derive(Debug, Clone, Copy)]
-pub struct NewUserMessage<'a> {
-    pub author_id: Uuid,
-    pub client_msg_id: &'a str,
-    pub content: &'a str,
+    let (mut users, mut answers) = (HashMap::new(), HashMap::new());
+    for m in rows {
+        let side = if m.role == "user" {
+            &mut users
+        } else {
+            &mut answers
+        };
+        side.insert(m.chat_id, m);
+    }
+    Ok(users
+        .into_iter()
+        .filter_map(|(chat, u)| Some((chat, (u, answers.remove(&chat)?))))
+        .collect())
 }
 
 pub async fn by_client_msg_id(

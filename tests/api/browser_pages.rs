@@ -210,7 +210,7 @@ async fn browser_account_pages_answer_or_say_they_are_unavailable() {
     b.goto(&format!("{}/verify-email?token=bogus", app.base))
         .await;
     let status = b
-        .wait_until("verify settled", "const s = document.querySelector('.form-status'); return s.classList.contains('error') && s.textContent;", json!([]))
+        .wait_until("verify settled", "const s = document.querySelector('.form-status'); return !!s && s.classList.contains('error') && s.textContent;", json!([]))
         .await;
     assert!(!status.as_str().unwrap().is_empty());
     b.goto(&format!("{}/verify-email", app.base)).await;
@@ -224,7 +224,7 @@ async fn browser_account_pages_answer_or_say_they_are_unavailable() {
     b.goto(&format!("{}/reset-password", app.base)).await;
     b.type_into("#email", "nobody@example.com\u{E007}").await;
     let status = b
-        .wait_until("reset request settled", "const s = document.querySelector('.form-status'); return (s.classList.contains('error') || s.classList.contains('ok')) && s.textContent;", json!([]))
+        .wait_until("reset request settled", "const s = document.querySelector('.form-status'); return !!s && (s.classList.contains('error') || s.classList.contains('ok')) && s.textContent;", json!([]))
         .await;
     let status = status.as_str().unwrap();
     assert!(
@@ -236,7 +236,7 @@ async fn browser_account_pages_answer_or_say_they_are_unavailable() {
         .await;
     b.type_into("#password", "a new long password 123\u{E007}")
         .await;
-    b.wait_until("reset confirm settled", "const s = document.querySelector('.form-status'); return (s.classList.contains('error') || s.classList.contains('ok')) && s.textContent;", json!([])).await;
+    b.wait_until("reset confirm settled", "const s = document.querySelector('.form-status'); return !!s && (s.classList.contains('error') || s.classList.contains('ok')) && s.textContent;", json!([])).await;
     // Sign-in errors are shown in the form.
     b.goto(&format!("{}/#/signin", app.base)).await;
     b.type_into("#email", "nobody@example.com").await;

@@ -354,3 +354,50 @@ async fn cancel_delete_disconnect_and_v1_drop_each_bill_once_and_balance() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_v1_client_gone_before_the_first_token_leaves_nothing_held() {
+    let app = spawn_app_with(|c| c.simulated.ttft_ms = 1_500).await;
+    let user = app.new_user().await;
+    let ws_id = app.workspace_of(&user).await;
+    let key = app.create_key(&user, json!({"name": "gone early"})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (client, url) = (app.client.clone(), app.url("/v1/chat/completions"));
+    let request = tokio::spawn(async move {
+        client
+            .post(url)
+            .bearer_auth(key)
+            .timeout(Duration::from_millis(700))
+            .json(&json!({"model": "sim-1", "stream": true,
+                          "messages": [{"role": "user", "content": "too slow for me"}]}))
+            .send()
+            .await
+    });
+    eventually(
+        Duration::from_secs(5),
+        "the request's reservation",
+        || async { (held(&app, ws_id).await > 0).then_some(()) },
+    )
+    .await;
+    let sent = request.await.unwrap();
+    assert!(
+        sent.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "the client gave up before the first token: {sent:?}"
+    );
+    // The request's task is gone; the generation it was running goes on in a
+    // task of its own, sees the cancel and releases the reservation.
+    eventually(
+        Duration::from_secs(10),
+        "the reservation released",
+        || async { (held(&app, ws_id).await == 0).then_some(()) },
+    )
+    .await;
+    let rows = usage_rows(&app, ws_id).await;
+    assert!(rows.len() <= 1, "billed at most once: {rows:?}");
+    assert!(
+        rows.iter().all(|r| r.2 == 0),
+        "nothing was produced: {rows:?}"
+    );
+}

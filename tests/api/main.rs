@@ -35,6 +35,7 @@ mod edge;
 mod email;
 mod error_reports;
 mod generation;
+mod group_writes;
 mod health;
 mod helpers;
 mod http_basics;

@@ -100,26 +100,20 @@ async fn accept_and_open(
     let Some(fence) = lease(s).await else {
         return Err(Box::new((req, admitted)));
     };
-    let first = admitted.planned.first().clone();
-    let user = messages::NewUserMessage {
+    let first = admitted.planned.first();
+    let turn = messages::NewTurn {
+        chat_id: s.chat_id,
         author_id: req.author,
-        client_msg_id: &req.client_msg_id,
-        content: &req.content,
-    };
-    let opener = messages::Opener {
-        node_id: &s.deps.cluster.node_id,
+        client_msg_id: req.client_msg_id.clone(),
+        content: req.content.clone(),
+        read_at: admitted.read_at_seq,
         fence,
+        provider: first.provider.clone(),
+        model: first.model.clone(),
+        prompt_tokens: i32::try_from(admitted.planned.prompt_tokens).unwrap_or(i32::MAX),
     };
-    let stored = messages::insert_turn(
-        &s.deps.db,
-        s.chat_id,
-        &user,
-        admitted.read_at_seq,
-        (&first.provider, &first.model),
-        i32::try_from(admitted.planned.prompt_tokens).unwrap_or(i32::MAX),
-        opener,
-    )
-    .await;
+    // With other chats' turns: one statement and one commit (group_writes.rs).
+    let stored = s.deps.turns.open(turn).await;
     let (user_message, assistant) = match stored {
         Ok(Some(rows)) => rows,
         Ok(None) => return Err(Box::new((req, admitted))),

@@ -24,7 +24,8 @@ use crate::{
 /// What every chat actor and the registry share.
 pub struct ChatDeps {
     pub db: sqlx::PgPool,
-    /// Answers' final writes, batched across chats.
+    /// A message with its opened answer, and answers' final writes: batched across chats.
+    pub turns: super::TurnWriter,
     pub finals: super::FinalWriter,
     /// Retrieval for sends that ask for the workspace's documents.
     pub documents: crate::documents::Library,

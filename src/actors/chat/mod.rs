@@ -12,7 +12,7 @@
 //! | `turns.rs` | the pure state machine: the queue, the running answer, deltas |
 //! | `actor.rs` | the actor: handlers over `Turns`, publishing, idle stop |
 //! | `sink.rs` | the generation's side: forwards events, stores the final answer |
-//! | `final_writes.rs` | group commit: the final writes of many chats' answers in one statement |
+//! | `group_writes.rs` | group commit: many chats' turns opened, or answers ended, in one statement |
 //! | `handle.rs` | [`ChatRegistry`]: validation and admission before the hop, calls |
 //! | `sources.rs` | retrieval from the workspace's documents for a send that asks |
 //! | `supervisor.rs` | starting and restarting chat actors |
@@ -29,7 +29,7 @@
 mod accept;
 mod actor;
 mod error;
-mod final_writes;
+mod group_writes;
 mod handle;
 mod queue;
 mod sink;
@@ -42,8 +42,13 @@ use std::sync::{Arc, Mutex};
 use ractor::RpcReplyPort;
 use uuid::Uuid;
 
-pub use self::{error::ChatError, handle::ChatRegistry, supervisor::ChatSupervisor};
-pub(crate) use self::{final_writes::FinalWriter, handle::ChatDeps};
+pub(crate) use self::handle::ChatDeps;
+pub use self::{
+    error::ChatError,
+    group_writes::{FinalError, FinalWriter, TurnWriter},
+    handle::ChatRegistry,
+    supervisor::ChatSupervisor,
+};
 use super::hub::{ConnId, Subscriber};
 use crate::{
     generation::{Ending, Planned},

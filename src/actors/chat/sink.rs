@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{
     ChatMsg, Finished, GenUpdate,
-    final_writes::{FinalError, FinalWriter},
+    group_writes::{FinalError, FinalWriter},
 };
 use crate::{
     actors::hub::{ChatHub, Outbound},

@@ -293,16 +293,19 @@ mod tests {
             t.checkpoint_due(later, every),
             Some((id, "Hello".to_owned(), 1))
         );
-        let next = later + every;
-        assert_eq!(t.checkpoint_due(next, every), None, "nothing new since");
+        assert_eq!(
+            t.checkpoint_due(later + every, every),
+            None,
+            "nothing new since"
+        );
         t.append(g, " world");
         assert_eq!(
-            t.checkpoint_due(next + Duration::from_millis(100), every),
+            t.checkpoint_due(later + Duration::from_millis(100), every),
             None,
             "saved too recently"
         );
         assert_eq!(
-            t.checkpoint_due(next + every, every).map(|c| c.1),
+            t.checkpoint_due(later + every, every).map(|c| c.1),
             Some("Hello world".to_owned())
         );
     }

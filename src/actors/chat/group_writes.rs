@@ -1,0 +1,132 @@
+//! The chat writes that go through group commit (`actors::group_commit`), so
+//! that many chats' rows cost one statement and one commit:
+//!
+//! - [`TurnWriter`]: a message and its opened answer, on a chat where nothing
+//!   waits (`messages::insert_turns`; accept.rs);
+//! - [`FinalWriter`]: an answer's final state (`messages::finalize`; sink.rs).
+//!
+//! A batch the database refuses is written again row by row, so one bad row
+//! (a repeated `client_msg_id`, a check) fails only its own write.
+
+use std::collections::HashMap;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    actors::group_commit::GroupCommit,
+    store::{
+        self,
+        messages::{self, Finalized, Message, NewTurn, Outcome},
+    },
+};
+
+/// A turn stored (the message and its answer), or `None` when its chat moved
+/// on since the sender read it (nothing was written).
+type Opened = Result<Option<(Message, Message)>, sqlx::Error>;
+
+/// Opens turns, this node's, in batches.
+#[derive(Clone)]
+pub struct TurnWriter(GroupCommit<NewTurn, Opened>);
+
+impl TurnWriter {
+    pub fn start(db: PgPool, node_id: std::sync::Arc<str>) -> Self {
+        Self(GroupCommit::start("turns", move |turns| {
+            let (db, node_id) = (db.clone(), node_id.clone());
+            async move { open_turns(&db, &node_id, turns).await }
+        }))
+    }
+
+    /// Stores the turn in the next batch.
+    pub async fn open(&self, turn: NewTurn) -> Opened {
+        self.0
+            .submit(turn)
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolClosed))
+    }
+}
+
+async fn open_turns(db: &PgPool, node_id: &str, turns: Vec<NewTurn>) -> Vec<Opened> {
+    match messages::insert_turns(db, node_id, &turns).await {
+        Ok(mut opened) => turns
+            .iter()
+            .map(|t| Ok(opened.remove(&t.chat_id)))
+            .collect(),
+        Err(e) if turns.len() > 1 => {
+            tracing::debug!(error = %e, turns = turns.len(), "turns refused together; storing them one by one");
+            let mut opened = Vec::with_capacity(turns.len());
+            for t in &turns {
+                let one = messages::insert_turns(db, node_id, std::slice::from_ref(t)).await;
+                opened.push(one.map(|mut m| m.remove(&t.chat_id)));
+            }
+            opened
+        }
+        Err(e) => vec![Err(e)],
+    }
+}
+
+/// Why a final write did not land.
+#[derive(Debug)]
+pub enum FinalError {
+    /// The answer is gone (its chat was deleted) or already ended (a restarted actor failed it).
+    Gone,
+    /// The database refused this row: retrying cannot help.
+    Refused(String),
+    /// The database could not take it now: worth retrying.
+    Unavailable(String),
+}
+
+type Written = Result<Finalized, FinalError>;
+
+/// Ends answers, of any chats, in batches.
+#[derive(Clone)]
+pub struct FinalWriter(GroupCommit<(Uuid, Outcome), Written>);
+
+impl FinalWriter {
+    pub fn start(db: PgPool) -> Self {
+        Self(GroupCommit::start("finals", move |ends| {
+            let db = db.clone();
+            async move { finalize(&db, ends).await }
+        }))
+    }
+
+    /// Ends answer `id` as `outcome` says, in the next batch.
+    pub async fn finalize(&self, id: Uuid, outcome: Outcome) -> Written {
+        self.0
+            .submit((id, outcome))
+            .await
+            .unwrap_or_else(|| Err(FinalError::Unavailable("the final writer stopped".into())))
+    }
+}
+
+async fn finalize(db: &PgPool, ends: Vec<(Uuid, Outcome)>) -> Vec<Written> {
+    match messages::finalize(db, &ends).await {
+        Ok(rows) => {
+            let mut rows: HashMap<Uuid, Finalized> =
+                rows.into_iter().map(|f| (f.message.id, f)).collect();
+            ends.iter()
+                .map(|(id, _)| rows.remove(id).ok_or(FinalError::Gone))
+                .collect()
+        }
+        Err(e) if ends.len() > 1 && !store::is_transient(&e) => {
+            tracing::warn!(error = %e, answers = ends.len(), "final writes refused together; writing them one by one");
+            let mut written = Vec::with_capacity(ends.len());
+            for end in ends {
+                written.push(match messages::finalize(db, &[end]).await {
+                    Ok(rows) => rows.into_iter().next().ok_or(FinalError::Gone),
+                    Err(e) => Err(failure(&e)),
+                });
+            }
+            written
+        }
+        Err(e) => ends.iter().map(|_| Err(failure(&e))).collect(),
+    }
+}
+
+fn failure(e: &sqlx::Error) -> FinalError {
+    if store::is_transient(e) {
+        FinalError::Unavailable(e.to_string())
+    } else {
+        FinalError::Refused(e.to_string())
+    }
+}

@@ -1,0 +1,204 @@
+//! Group commit (`actors::chat::{TurnWriter, FinalWriter}`): writes of many
+//! chats sent together each land on their own rows, and a row the database
+//! refuses fails only its own write.
+
+use futures::future::join_all;
+use switchboard::{
+    actors::chat::{FinalError, FinalWriter, TurnWriter},
+    store::{
+        self,
+        messages::{NewTurn, Outcome},
+    },
+};
+use uuid::Uuid;
+
+use crate::helpers::spawn_app_with;
+
+/// A `streaming` answer in `chat`, as a chat actor opens one.
+async fn streaming_answer(db: &sqlx::PgPool, chat: Uuid) -> Uuid {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "with next as (update chats set last_seq = last_seq + 1 where id = $1 returning last_seq)
+         insert into messages (id, chat_id, seq, role, content, status)
+         select $2, $1, next.last_seq, 'assistant', 'partial', 'streaming' from next",
+    )
+    .bind(chat)
+    .bind(id)
+    .execute(db)
+    .await
+    .unwrap();
+    id
+}
+
+fn outcome(content: &str, input_tokens: i32) -> Outcome {
+    Outcome {
+        status: "complete",
+        provider: "simulated".into(),
+        model: "sim-1".into(),
+        content: content.into(),
+        finish_reason: "stop".into(),
+        input_tokens,
+        output_tokens: 3,
+        cost_micros: 42,
+    }
+}
+
+#[tokio::test]
+async fn answers_of_many_chats_end_together_and_a_refused_row_fails_alone() {
+    let app = spawn_app_with(|_| {}).await;
+    let (alice, bob) = (app.new_user().await, app.new_user().await);
+    let mut answers = Vec::new();
+    for user in [&alice, &bob] {
+        for _ in 0..3 {
+            let chat = app.create_chat(&user.access_token).await;
+            for _ in 0..4 {
+                answers.push((chat, streaming_answer(&app.db, chat).await));
+            }
+        }
+    }
+    // A negative token count breaks the row's check constraint: that write is
+    // refused, and whichever batch held it is written again row by row.
+    let refused = answers[5].1;
+    let gone = Uuid::now_v7();
+    let writer = FinalWriter::start(app.db.clone());
+    let mut writes: Vec<(Uuid, Outcome)> = answers
+        .iter()
+        .map(|&(_, id)| {
+            let tokens = if id == refused { -1 } else { 5 };
+            (id, outcome(&format!("the answer {id}"), tokens))
+        })
+        .collect();
+    writes.push((gone, outcome("nobody's", 5)));
+    let results = join_all(writes.iter().map(|(id, o)| writer.finalize(*id, o.clone()))).await;
+
+    for ((id, _), result) in writes.iter().zip(&results) {
+        match result {
+            Ok(f) => {
+                assert_ne!(*id, refused);
+                assert_ne!(*id, gone);
+                assert_eq!(f.message.id, *id, "each write answers its own row");
+                assert_eq!(f.message.content, format!("the answer {id}"));
+                assert_eq!(f.message.status, "complete");
+                assert_eq!(f.message.cost_micros, Some(42));
+                assert!(!f.queued, "nothing awaits an answer in these chats");
+            }
+            Err(FinalError::Refused(_)) => assert_eq!(*id, refused),
+            Err(FinalError::Gone) => assert_eq!(*id, gone),
+            Err(e) => panic!("{id}: {e:?}"),
+        }
+    }
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        answers.len() - 1
+    );
+    let stored: Vec<(Uuid, Uuid, String, String)> = sqlx::query_as(
+        "select id, chat_id, status, content from messages where id = any($1) order by id",
+    )
+    .bind(answers.iter().map(|a| a.1).collect::<Vec<_>>())
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), answers.len());
+    for (id, chat, status, content) in stored {
+        assert!(answers.contains(&(chat, id)), "no answer moved chats");
+        if id == refused {
+            assert_eq!(
+                (status.as_str(), content.as_str()),
+                ("streaming", "partial")
+            );
+        } else {
+            assert_eq!(status, "complete");
+            assert_eq!(content, format!("the answer {id}"));
+        }
+    }
+
+    // Ending an answer twice: the second write finds nothing streaming.
+    let again = writer.finalize(answers[0].1, outcome("late", 5)).await;
+    assert!(matches!(again, Err(FinalError::Gone)), "{again:?}");
+}
+
+fn turn(chat: Uuid, author: Uuid, client_msg_id: &str, read_at: i64) -> NewTurn {
+    NewTurn {
+        chat_id: chat,
+        author_id: author,
+        client_msg_id: client_msg_id.into(),
+        content: format!("hello from {client_msg_id}"),
+        read_at,
+        fence: None,
+        provider: "simulated".into(),
+        model: "sim-1".into(),
+        prompt_tokens: 9,
+    }
+}
+
+#[tokio::test]
+async fn turns_of_many_chats_open_together_and_a_refused_or_stale_one_alone() {
+    let app = spawn_app_with(|_| {}).await;
+    let (alice, bob) = (app.new_user().await, app.new_user().await);
+    let mut turns = Vec::new();
+    for (user, name) in [(&alice, "alice"), (&bob, "bob")] {
+        for i in 0..4 {
+            let chat = app.create_chat(&user.access_token).await;
+            turns.push(turn(chat, user.id, &format!("{name}-{i}"), 0));
+        }
+    }
+    // A chat that moved on since its sender read it: nothing of the turn is written.
+    turns[1].read_at = 5;
+    // A client_msg_id the chat already holds: refused, and only that turn.
+    let dup_chat = turns[6].chat_id;
+    sqlx::query(
+        "with next as (update chats set last_seq = last_seq + 1 where id = $1 returning last_seq)
+         insert into messages (id, chat_id, seq, role, author_id, client_msg_id, content, status)
+         select $2, $1, next.last_seq, 'user', $3, 'bob-2', 'first', 'complete' from next",
+    )
+    .bind(dup_chat)
+    .bind(Uuid::now_v7())
+    .bind(bob.id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    turns[6].read_at = 1;
+
+    let writer = TurnWriter::start(app.db.clone(), "test-node".into());
+    let results = join_all(turns.iter().map(|t| writer.open(t.clone()))).await;
+    for (i, (t, result)) in turns.iter().zip(results).enumerate() {
+        match (i, result) {
+            (1, Ok(None)) => {}
+            (6, Err(e)) => assert!(
+                store::is_unique_violation(&e, "messages_chat_id_client_msg_id_key"),
+                "{e}"
+            ),
+            (_, Ok(Some((user, answer)))) => {
+                assert_eq!((user.chat_id, answer.chat_id), (t.chat_id, t.chat_id));
+                assert_eq!((user.seq, answer.seq), (1, 2));
+                assert_eq!(user.author_id, Some(t.author_id));
+                assert_eq!(
+                    user.client_msg_id.as_deref(),
+                    Some(t.client_msg_id.as_str())
+                );
+                assert_eq!(user.content, t.content);
+                assert_eq!(answer.reply_to, Some(user.id));
+                assert_eq!(answer.status, "streaming");
+                assert_eq!(answer.node_id.as_deref(), Some("test-node"));
+            }
+            (i, other) => panic!("turn {i}: {other:?}"),
+        }
+    }
+    let seqs: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+        "select c.id, c.last_seq, (select count(*) from messages m where m.chat_id = c.id)
+         from chats c where c.id = any($1)",
+    )
+    .bind(turns.iter().map(|t| t.chat_id).collect::<Vec<_>>())
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    for (chat, last_seq, rows) in seqs {
+        let i = turns.iter().position(|t| t.chat_id == chat).unwrap();
+        let expected = match i {
+            1 => (0, 0),
+            6 => (1, 1),
+            _ => (2, 2),
+        };
+        assert_eq!((last_seq, rows), expected, "turn {i}");
+    }
+}
