@@ -74,44 +74,56 @@ macro_rules! message_columns {
     };
 }
 
-/// Stores a user's message under the chat's next seq, in one statement: the
-/// seq is taken from `chats.last_seq` under its row lock, so seqs have no gaps
-/// even across nodes. A repeated `client_msg_id` fails with a unique violation
-/// of `messages_chat_id_client_msg_id_key` and takes no seq. `node_id` is the
-/// accepting node's: its takeover re-queues the message if it dies first.
-pub async fn insert_user(
+/// A user's message to store, by [`insert_users`] or with its answer by [`insert_turns`].
+#[derive(Debug, Clone)]
+pub struct NewUserMessage {
+    pub chat_id: Uuid,
+    pub author_id: Uuid,
+    pub client_msg_id: String,
+    pub content: String,
+}
+
+/// Stores users' messages, of any chats (one per chat), each under its
+/// chat's next seq, in one statement and one commit: the seq is taken from
+/// `chats.last_seq` under its row lock, so seqs have no gaps even across
+/// nodes. Answers the stored messages by chat; a chat missing is gone. A
+/// repeated `client_msg_id` fails the statement with a unique violation of
+/// `messages_chat_id_client_msg_id_key` and takes no seq. `node_id` is the
+/// accepting node's: its takeover re-queues a message if it dies first.
+pub async fn insert_users(
     db: &PgPool,
-    chat_id: Uuid,
-    author_id: Uuid,
-    client_msg_id: &str,
-    content: &str,
     node_id: &str,
-) -> Result<Message, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "with next as (update chats set last_seq = last_seq + 1, updated_at = now() where id = $1 returning last_seq)
+    new: &[NewUserMessage],
+) -> Result<HashMap<Uuid, Message>, sqlx::Error> {
+    let text = |f: fn(&NewUserMessage) -> &str| new.iter().map(f).collect::<Vec<_>>();
+    let rows: Vec<Message> = sqlx::query_as(concat!(
+        "with v as (select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[])
+                    as v(chat_id, id, author_id, client_msg_id, content)),
+              next as (update chats c set last_seq = c.last_seq + 1, updated_at = now()
+                       from v where c.id = v.chat_id returning c.id, c.last_seq)
          insert into messages (id, chat_id, seq, role, author_id, client_msg_id, content, status, completed_at, node_id,
                                awaiting_answer)
-         select $2, $1, next.last_seq, 'user', $3, $4, $5, 'complete', now(), $6, true from next
+         select v.id, v.chat_id, next.last_seq, 'user', v.author_id, v.client_msg_id, v.content, 'complete',
+                now(), $6, true
+         from next join v on v.chat_id = next.id
          returning ",
         message_columns!()
     ))
-    .bind(chat_id)
-    .bind(Uuid::now_v7())
-    .bind(author_id)
-    .bind(client_msg_id)
-    .bind(content)
+    .bind(new.iter().map(|m| m.chat_id).collect::<Vec<_>>())
+    .bind(new.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
+    .bind(new.iter().map(|m| m.author_id).collect::<Vec<_>>())
+    .bind(text(|m| &m.client_msg_id))
+    .bind(text(|m| &m.content))
     .bind(node_id)
-    .fetch_one(db)
-    .await
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|m| (m.chat_id, m)).collect())
 }
 
 /// A user's message and the answer to it, to be stored together by [`insert_turns`].
 #[derive(Debug, Clone)]
 pub struct NewTurn {
-    pub chat_id: Uuid,
-    pub author_id: Uuid,
-    pub client_msg_id: String,
-    pub content: String,
+    pub message: NewUserMessage,
     /// The chat's `last_seq` when the sender read it.
     pub read_at: i64,
     /// The chat lease's fencing token, as for [`insert_assistant`].
@@ -130,13 +142,14 @@ pub struct NewTurn {
 /// the stored `(message, answer)` pairs by chat; a turn whose conditions
 /// failed is missing, with nothing of it written, and its caller stores the
 /// message alone. A repeated `client_msg_id` fails the statement as
-/// [`insert_user`] does.
+/// [`insert_users`] does.
 pub async fn insert_turns(
     db: &PgPool,
     node_id: &str,
     turns: &[NewTurn],
 ) -> Result<HashMap<Uuid, (Message, Message)>, sqlx::Error> {
     let text = |f: fn(&NewTurn) -> &str| turns.iter().map(f).collect::<Vec<_>>();
+    let uuids = |f: fn(&NewTurn) -> Uuid| turns.iter().map(f).collect::<Vec<_>>();
     let ids = |n: usize| (0..n).map(|_| Uuid::now_v7()).collect::<Vec<_>>();
     let rows: Vec<Message> = sqlx::query_as(concat!(
         "with v as (select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
@@ -168,12 +181,12 @@ pub async fn insert_turns(
         ")
          select * from u union all select * from a"
     ))
-    .bind(turns.iter().map(|t| t.chat_id).collect::<Vec<_>>())
+    .bind(uuids(|t| t.message.chat_id))
     .bind(ids(turns.len()))
     .bind(ids(turns.len()))
-    .bind(turns.iter().map(|t| t.author_id).collect::<Vec<_>>())
-    .bind(text(|t| &t.client_msg_id))
-    .bind(text(|t| &t.content))
+    .bind(uuids(|t| t.message.author_id))
+    .bind(text(|t| &t.message.client_msg_id))
+    .bind(text(|t| &t.message.content))
     .bind(turns.iter().map(|t| t.read_at).collect::<Vec<_>>())
     .bind(turns.iter().map(|t| t.fence).collect::<Vec<_>>())
     .bind(text(|t| &t.provider))
@@ -368,13 +381,13 @@ pub struct Outcome {
     pub cost_micros: i64,
 }
 
-/// A final answer row, and whether its chat still has a message awaiting
-/// an answer (so the chat need not read its queue again when none does).
+/// A final answer row, and its chat's oldest message still awaiting an
+/// answer (so the chat need not read its queue again: the next head is known).
 #[derive(Debug, sqlx::FromRow)]
 pub struct Finalized {
     #[sqlx(flatten)]
     pub message: Message,
-    pub queued: bool,
+    pub next_awaiting: Option<Uuid>,
 }
 
 /// Ends the answers still `streaming` among `ends`, of any chats, in one
@@ -395,8 +408,8 @@ pub async fn finalize(
               as v(id, status, content, finish_reason, input_tokens, output_tokens, cost_micros,
                    provider, model)
          where m.id = v.id and m.status = 'streaming'
-         returning exists (select 1 from messages q
-                           where q.chat_id = m.chat_id and q.awaiting_answer) as queued,
+         returning (select q.id from messages q where q.chat_id = m.chat_id and q.awaiting_answer
+                    order by q.seq limit 1) as next_awaiting,
                    m.id, m.chat_id, m.seq, m.role, m.author_id, m.reply_to, m.client_msg_id,
                    m.content, m.status, m.provider, m.model, m.finish_reason, m.input_tokens,
                    m.output_tokens, m.cost_micros, m.created_at, m.completed_at, m.citations,

@@ -7,7 +7,7 @@ use switchboard::{
     actors::chat::{FinalError, FinalWriter, TurnWriter},
     store::{
         self,
-        messages::{NewTurn, Outcome},
+        messages::{NewTurn, NewUserMessage, Outcome},
     },
 };
 use uuid::Uuid;
@@ -80,7 +80,10 @@ async fn answers_of_many_chats_end_together_and_a_refused_row_fails_alone() {
                 assert_eq!(f.message.content, format!("the answer {id}"));
                 assert_eq!(f.message.status, "complete");
                 assert_eq!(f.message.cost_micros, Some(42));
-                assert!(!f.queued, "nothing awaits an answer in these chats");
+                assert_eq!(
+                    f.next_awaiting, None,
+                    "nothing awaits an answer in these chats"
+                );
             }
             Err(FinalError::Refused(_)) => assert_eq!(*id, refused),
             Err(FinalError::Gone) => assert_eq!(*id, gone),
@@ -119,10 +122,12 @@ async fn answers_of_many_chats_end_together_and_a_refused_row_fails_alone() {
 
 fn turn(chat: Uuid, author: Uuid, client_msg_id: &str, read_at: i64) -> NewTurn {
     NewTurn {
-        chat_id: chat,
-        author_id: author,
-        client_msg_id: client_msg_id.into(),
-        content: format!("hello from {client_msg_id}"),
+        message: NewUserMessage {
+            chat_id: chat,
+            author_id: author,
+            client_msg_id: client_msg_id.into(),
+            content: format!("hello from {client_msg_id}"),
+        },
         read_at,
         fence: None,
         provider: "simulated".into(),
@@ -145,7 +150,7 @@ async fn turns_of_many_chats_open_together_and_a_refused_or_stale_one_alone() {
     // A chat that moved on since its sender read it: nothing of the turn is written.
     turns[1].read_at = 5;
     // A client_msg_id the chat already holds: refused, and only that turn.
-    let dup_chat = turns[6].chat_id;
+    let dup_chat = turns[6].message.chat_id;
     sqlx::query(
         "with next as (update chats set last_seq = last_seq + 1 where id = $1 returning last_seq)
          insert into messages (id, chat_id, seq, role, author_id, client_msg_id, content, status)
@@ -169,14 +174,17 @@ async fn turns_of_many_chats_open_together_and_a_refused_or_stale_one_alone() {
                 "{e}"
             ),
             (_, Ok(Some((user, answer)))) => {
-                assert_eq!((user.chat_id, answer.chat_id), (t.chat_id, t.chat_id));
+                assert_eq!(
+                    (user.chat_id, answer.chat_id),
+                    (t.message.chat_id, t.message.chat_id)
+                );
                 assert_eq!((user.seq, answer.seq), (1, 2));
-                assert_eq!(user.author_id, Some(t.author_id));
+                assert_eq!(user.author_id, Some(t.message.author_id));
                 assert_eq!(
                     user.client_msg_id.as_deref(),
-                    Some(t.client_msg_id.as_str())
+                    Some(t.message.client_msg_id.as_str())
                 );
-                assert_eq!(user.content, t.content);
+                assert_eq!(user.content, t.message.content);
                 assert_eq!(answer.reply_to, Some(user.id));
                 assert_eq!(answer.status, "streaming");
                 assert_eq!(answer.node_id.as_deref(), Some("test-node"));
@@ -188,12 +196,15 @@ async fn turns_of_many_chats_open_together_and_a_refused_or_stale_one_alone() {
         "select c.id, c.last_seq, (select count(*) from messages m where m.chat_id = c.id)
          from chats c where c.id = any($1)",
     )
-    .bind(turns.iter().map(|t| t.chat_id).collect::<Vec<_>>())
+    .bind(turns.iter().map(|t| t.message.chat_id).collect::<Vec<_>>())
     .fetch_all(&app.db)
     .await
     .unwrap();
     for (chat, last_seq, rows) in seqs {
-        let i = turns.iter().position(|t| t.chat_id == chat).unwrap();
+        let i = turns
+            .iter()
+            .position(|t| t.message.chat_id == chat)
+            .unwrap();
         let expected = match i {
             1 => (0, 0),
             6 => (1, 1),
@@ -201,4 +212,58 @@ async fn turns_of_many_chats_open_together_and_a_refused_or_stale_one_alone() {
         };
         assert_eq!((last_seq, rows), expected, "turn {i}");
     }
+}
+
+#[tokio::test]
+async fn messages_of_many_chats_are_stored_together_and_a_refused_one_alone() {
+    let app = spawn_app_with(|_| {}).await;
+    let (alice, bob) = (app.new_user().await, app.new_user().await);
+    let mut new = Vec::new();
+    for (user, name) in [(&alice, "alice"), (&bob, "bob")] {
+        for i in 0..3 {
+            let chat = app.create_chat(&user.access_token).await;
+            new.push(turn(chat, user.id, &format!("{name}-{i}"), 0).message);
+        }
+    }
+    let writer = TurnWriter::start(app.db.clone(), "test-node".into());
+    // The first of each chat lands; sending them all again repeats every
+    // client_msg_id, which is refused message by message, not as a batch.
+    let first = join_all(new.iter().map(|m| writer.store(m.clone()))).await;
+    let again = join_all(new.iter().map(|m| writer.store(m.clone()))).await;
+    let gone = NewUserMessage {
+        chat_id: Uuid::now_v7(),
+        ..new[0].clone()
+    };
+    let missing = writer.store(gone).await;
+    assert!(
+        matches!(missing, Err(sqlx::Error::RowNotFound)),
+        "{missing:?}"
+    );
+    for ((m, stored), repeated) in new.iter().zip(first).zip(again) {
+        let stored = stored.unwrap();
+        assert_eq!((stored.chat_id, stored.seq), (m.chat_id, 1));
+        assert_eq!(
+            stored.client_msg_id.as_deref(),
+            Some(m.client_msg_id.as_str())
+        );
+        assert_eq!(stored.author_id, Some(m.author_id));
+        let e = repeated.unwrap_err();
+        assert!(
+            store::is_unique_violation(&e, "messages_chat_id_client_msg_id_key"),
+            "{e}"
+        );
+    }
+    let awaiting: Vec<(i64, bool)> = sqlx::query_as(
+        "select c.last_seq, bool_and(m.awaiting_answer) from chats c join messages m on m.chat_id = c.id
+         where c.id = any($1) group by c.id",
+    )
+    .bind(new.iter().map(|m| m.chat_id).collect::<Vec<_>>())
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        awaiting,
+        vec![(1, true); new.len()],
+        "one message each, awaiting its answer"
+    );
 }

@@ -35,16 +35,8 @@ pub(super) async fn accept(
         } else {
             (req, admitted)
         };
-    let db = &s.deps.db;
-    let stored = messages::insert_user(
-        db,
-        s.chat_id,
-        req.author,
-        &req.client_msg_id,
-        &req.content,
-        &s.deps.cluster.node_id,
-    )
-    .await;
+    // With other chats' messages: one statement and one commit (group_writes.rs).
+    let stored = s.deps.turns.store(new_message(s, &req)).await;
     let user_message = match stored {
         Ok(m) => m,
         Err(e) => return not_stored(s, req, e).await,
@@ -102,10 +94,7 @@ async fn accept_and_open(
     };
     let first = admitted.planned.first();
     let turn = messages::NewTurn {
-        chat_id: s.chat_id,
-        author_id: req.author,
-        client_msg_id: req.client_msg_id.clone(),
-        content: req.content.clone(),
+        message: new_message(s, &req),
         read_at: admitted.read_at_seq,
         fence,
         provider: first.provider.clone(),
@@ -131,6 +120,15 @@ async fn accept_and_open(
     };
     launch(me, s, q, admitted.prompt, assistant).await;
     Ok(Ok(ack))
+}
+
+fn new_message(s: &ChatState, req: &SendRequest) -> messages::NewUserMessage {
+    messages::NewUserMessage {
+        chat_id: s.chat_id,
+        author_id: req.author,
+        client_msg_id: req.client_msg_id.clone(),
+        content: req.content.clone(),
+    }
 }
 
 impl Ack {

@@ -403,7 +403,7 @@ async fn on_update(me: &ActorRef<ChatMsg>, s: &mut ChatState, gen_id: u64, updat
             let Finished {
                 ending,
                 stored,
-                queued,
+                next_awaiting,
             } = *finished;
             let Some(run) = s.turns.end(gen_id) else {
                 return;
@@ -411,12 +411,21 @@ async fn on_update(me: &ActorRef<ChatMsg>, s: &mut ChatState, gen_id: u64, updat
             metrics::gauge!("switchboard_streams_active").decrement(1.0);
             s.deps.streaming.remove(&s.chat_id);
             publish_end(s, &run.message, ending, stored);
-            // Nothing awaited an answer when this one was stored, and nothing
-            // was queued here since: the queue is empty without reading it.
-            if !queued && !s.turns.has_waiting() && !s.adopt_any {
-                queue_empty(s).await;
-            } else {
-                start_next(me, s, None).await;
+            match next_awaiting {
+                // Nothing awaited an answer when this one was stored, and
+                // nothing was queued here since: the queue is empty without reading it.
+                Some(None) if !s.turns.has_waiting() && !s.adopt_any => queue_empty(s).await,
+                // The head is a message queued here: no need to read the queue
+                // (only later messages can have come since, and this node still
+                // holds the chat's lease).
+                Some(Some(head)) if !s.adopt_any => {
+                    let known = s
+                        .turns
+                        .find_waiting(|q| q.user_message.id == head)
+                        .map(|q| q.user_message.clone());
+                    start_next(me, s, known).await;
+                }
+                _ => start_next(me, s, None).await,
             }
         }
     }

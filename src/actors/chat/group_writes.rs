@@ -2,7 +2,8 @@
 //! that many chats' rows cost one statement and one commit:
 //!
 //! - [`TurnWriter`]: a message and its opened answer, on a chat where nothing
-//!   waits (`messages::insert_turns`; accept.rs);
+//!   waits (`messages::insert_turns`), or a message alone (`messages::insert_users`;
+//!   both from accept.rs);
 //! - [`FinalWriter`]: an answer's final state (`messages::finalize`; sink.rs).
 //!
 //! A batch the database refuses is written again row by row, so one bad row
@@ -17,7 +18,7 @@ use crate::{
     actors::group_commit::GroupCommit,
     store::{
         self,
-        messages::{self, Finalized, Message, NewTurn, Outcome},
+        messages::{self, Finalized, Message, NewTurn, NewUserMessage, Outcome},
     },
 };
 
@@ -25,24 +26,64 @@ use crate::{
 /// on since the sender read it (nothing was written).
 type Opened = Result<Option<(Message, Message)>, sqlx::Error>;
 
-/// Opens turns, this node's, in batches.
+/// A message stored alone; `RowNotFound` when its chat is gone.
+type Stored = Result<Message, sqlx::Error>;
+
+/// Stores this node's accepted messages, with their answers opened or alone, in batches.
 #[derive(Clone)]
-pub struct TurnWriter(GroupCommit<NewTurn, Opened>);
+pub struct TurnWriter {
+    turns: GroupCommit<NewTurn, Opened>,
+    messages: GroupCommit<NewUserMessage, Stored>,
+}
 
 impl TurnWriter {
     pub fn start(db: PgPool, node_id: std::sync::Arc<str>) -> Self {
-        Self(GroupCommit::start("turns", move |turns| {
-            let (db, node_id) = (db.clone(), node_id.clone());
-            async move { open_turns(&db, &node_id, turns).await }
-        }))
+        let (db2, node_id2) = (db.clone(), node_id.clone());
+        Self {
+            turns: GroupCommit::start("turns", move |turns| {
+                let (db, node_id) = (db.clone(), node_id.clone());
+                async move { open_turns(&db, &node_id, turns).await }
+            }),
+            messages: GroupCommit::start("messages", move |new| {
+                let (db, node_id) = (db2.clone(), node_id2.clone());
+                async move { store_messages(&db, &node_id, new).await }
+            }),
+        }
     }
 
-    /// Stores the turn in the next batch.
+    /// Stores the message with its answer opened, in the next batch.
     pub async fn open(&self, turn: NewTurn) -> Opened {
-        self.0
+        self.turns
             .submit(turn)
             .await
             .unwrap_or(Err(sqlx::Error::PoolClosed))
+    }
+
+    /// Stores the message alone (its answer waits), in the next batch.
+    pub async fn store(&self, message: NewUserMessage) -> Stored {
+        self.messages
+            .submit(message)
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolClosed))
+    }
+}
+
+async fn store_messages(db: &PgPool, node_id: &str, new: Vec<NewUserMessage>) -> Vec<Stored> {
+    let take = |stored: &mut HashMap<Uuid, Message>, m: &NewUserMessage| {
+        stored.remove(&m.chat_id).ok_or(sqlx::Error::RowNotFound)
+    };
+    match messages::insert_users(db, node_id, &new).await {
+        Ok(mut stored) => new.iter().map(|m| take(&mut stored, m)).collect(),
+        Err(e) if new.len() > 1 => {
+            tracing::debug!(error = %e, messages = new.len(), "messages refused together; storing them one by one");
+            let mut stored = Vec::with_capacity(new.len());
+            for m in &new {
+                let one = messages::insert_users(db, node_id, std::slice::from_ref(m)).await;
+                stored.push(one.and_then(|mut s| take(&mut s, m)));
+            }
+            stored
+        }
+        Err(e) => vec![Err(e)],
     }
 }
 
@@ -50,14 +91,14 @@ async fn open_turns(db: &PgPool, node_id: &str, turns: Vec<NewTurn>) -> Vec<Open
     match messages::insert_turns(db, node_id, &turns).await {
         Ok(mut opened) => turns
             .iter()
-            .map(|t| Ok(opened.remove(&t.chat_id)))
+            .map(|t| Ok(opened.remove(&t.message.chat_id)))
             .collect(),
         Err(e) if turns.len() > 1 => {
             tracing::debug!(error = %e, turns = turns.len(), "turns refused together; storing them one by one");
             let mut opened = Vec::with_capacity(turns.len());
             for t in &turns {
                 let one = messages::insert_turns(db, node_id, std::slice::from_ref(t)).await;
-                opened.push(one.map(|mut m| m.remove(&t.chat_id)));
+                opened.push(one.map(|mut m| m.remove(&t.message.chat_id)));
             }
             opened
         }

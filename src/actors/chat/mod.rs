@@ -149,6 +149,7 @@ pub enum GenUpdate {
 pub struct Finished {
     pub ending: Ending,
     pub stored: Option<Message>,
-    /// When the row was stored: whether any message of the chat awaited an answer then.
-    pub queued: bool,
+    /// When the row was stored: the chat's oldest message awaiting an answer
+    /// (`Some(None)`: none did); `None` when that is unknown (not stored).
+    pub next_awaiting: Option<Option<Uuid>>,
 }

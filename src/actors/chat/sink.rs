@@ -109,12 +109,12 @@ impl Sink for ChatSink {
                     return false;
                 }
                 // Unknown (the row was gone): the chat reads its queue.
-                let queued = stored.as_ref().is_none_or(|f| f.queued);
+                let next_awaiting = stored.as_ref().map(|f| f.next_awaiting);
                 let stored = stored.map(|f| f.message);
                 self.tell(GenUpdate::Ended(Box::new(Finished {
                     ending,
                     stored,
-                    queued,
+                    next_awaiting,
                 })))
             }
         }

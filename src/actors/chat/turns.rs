@@ -77,6 +77,11 @@ impl<Q> Turns<Q> {
         self.queue.remove(i)
     }
 
+    /// The waiting turn that matches, left in place.
+    pub fn find_waiting(&self, pred: impl Fn(&Q) -> bool) -> Option<&Q> {
+        self.queue.iter().find(|q| pred(q))
+    }
+
     /// Puts a turn back at the head (it could not start yet).
     pub fn push_front(&mut self, turn: Q) {
         self.queue.push_front(turn);
