@@ -8,13 +8,11 @@
 //!           the reservation → the provider lease's outcome, exactly once
 //! ```
 //!
-//! The chat actor and the OpenAI-compatible API both call [`Generations::plan`],
-//! then [`Generations::spawn`] (a task of its own) or [`Generations::attach`]
-//! (`/v1`: run in the request's task, handed to a task of its own if the
-//! client leaves); they differ only in their [`Sink`]: the chat's forwards to
-//! its actor (and the hub), `/v1`'s to an HTTP response. Billing is the
-//! generation's last step, so it happens whether or not anybody is still
-//! listening (a deleted chat, a client that left, a shutdown).
+//! The chat actor and the OpenAI-compatible API both call [`Generations::plan`]
+//! and [`Generations::spawn`]; they differ only in their [`Sink`]: the chat's
+//! forwards to its actor (and the hub), `/v1`'s to an HTTP response. Billing
+//! lives in the generation's own task, so it happens whether or not anybody
+//! is still listening (a deleted chat, a client that left, a shutdown).
 //!
 //! This module sits above the provider clients, the provider actors and the
 //! usage writer, and below the chat actor and the transports.
@@ -26,19 +24,10 @@ mod plan;
 mod recover;
 mod run;
 
-use std::{
-    future::Future,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use ractor::ActorRef;
-use tokio_util::{
-    sync::CancellationToken,
-    task::{TaskTracker, task_tracker::TaskTrackerToken},
-};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use self::{
     attempt::{Attempts, OpenError, Opened, open_first},
@@ -115,42 +104,6 @@ impl Sink for tokio::sync::mpsc::Sender<GenEvent> {
     }
 }
 
-/// A generation run by whoever holds it, through [`Attached::poll_run`].
-/// Counted among the generations shutdown waits for; dropped unfinished (the
-/// client left), it goes on in a tracked task of its own, so it still stores
-/// and bills what it produced, as a spawned generation would.
-pub struct Attached {
-    run: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    tasks: TaskTracker,
-    _tracked: TaskTrackerToken,
-}
-
-impl Attached {
-    /// Drives the generation; ready once it has ended (its last event delivered).
-    pub fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if let Some(run) = &mut self.run
-            && run.as_mut().poll(cx).is_ready()
-        {
-            self.run = None;
-        }
-        if self.run.is_none() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-}
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        if let Some(run) = self.run.take()
-            && tokio::runtime::Handle::try_current().is_ok()
-        {
-            self.tasks.spawn(run);
-        }
-    }
-}
-
 /// The lifecycle's dependencies, shared by every door. Cheap to clone.
 #[derive(Clone)]
 pub struct Generations(Arc<Inner>);
@@ -206,31 +159,6 @@ impl Generations {
             run::run(gens, planned, request, bill_to, cancel, sink),
             span,
         ));
-    }
-
-    /// Starts a planned generation driven by the caller's own task (see
-    /// [`Attached`]): `/v1` polls it beside its response, which saves a task
-    /// wake-up per batch of tokens.
-    pub fn attach(
-        &self,
-        planned: Planned,
-        request: ChatRequest,
-        bill_to: BillTo,
-        cancel: CancellationToken,
-        sink: impl Sink,
-    ) -> Attached {
-        let span = crate::trace_span!(
-            "generation",
-            provider = %planned.first().provider,
-            model = %planned.first().model,
-            max_tokens = planned.max_tokens
-        );
-        let run = run::run(self.clone(), planned, request, bill_to, cancel, sink);
-        Attached {
-            run: Some(Box::pin(tracing::Instrument::instrument(run, span))),
-            _tracked: self.tasks.token(),
-            tasks: self.tasks.clone(),
-        }
     }
 
     /// A cancel token for one generation: cancelled by its owner or at shutdown.

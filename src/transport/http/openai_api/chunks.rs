@@ -5,11 +5,6 @@
 
 use std::convert::Infallible;
 
-use super::{GenEvents, completions::ending_error, usage_json};
-use crate::{
-    generation::{Ending, GenEvent, Status},
-    providers::ToolCallDelta,
-};
 use axum::{
     body::{Body, Bytes},
     http::header,
@@ -17,6 +12,14 @@ use axum::{
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::DropGuard;
+
+use super::{completions::ending_error, usage_json};
+use crate::{
+    generation::{Ending, GenEvent, Status},
+    providers::ToolCallDelta,
+};
 
 /// What every chunk of one completion repeats.
 pub(super) struct ChunkHead {
@@ -106,20 +109,28 @@ fn delta_json(d: &ToolCallDelta) -> Value {
 
 /// Streams the answer as `chat.completion.chunk` events; dropping the
 /// response (the client left) drops `cancel_on_drop` and so the generation.
-pub(super) fn stream_chunks(events: GenEvents, head: ChunkHead, include_usage: bool) -> Response {
+pub(super) fn stream_chunks(
+    rx: mpsc::Receiver<GenEvent>,
+    head: ChunkHead,
+    cancel_on_drop: DropGuard,
+    include_usage: bool,
+) -> Response {
     let opening = head.chunk(json!({"role": "assistant", "content": ""}), None);
-    let rest = futures::stream::unfold((events, head), move |(mut events, head)| async move {
-        let out = match events.recv().await? {
-            GenEvent::Tokens(t) => vec![head.tokens(&t)],
-            GenEvent::ToolCalls(d) => d
-                .into_iter()
-                .map(|d| head.chunk(json!({"tool_calls": [delta_json(&d)]}), None))
-                .collect(),
-            GenEvent::Ended(e) => head.ending(&e, include_usage),
-            GenEvent::Started { .. } => Vec::new(),
-        };
-        Some((futures::stream::iter(out), (events, head)))
-    })
+    let rest = futures::stream::unfold(
+        (rx, head, cancel_on_drop),
+        move |(mut rx, head, guard)| async move {
+            let events = match rx.recv().await? {
+                GenEvent::Tokens(t) => vec![head.tokens(&t)],
+                GenEvent::ToolCalls(d) => d
+                    .into_iter()
+                    .map(|d| head.chunk(json!({"tool_calls": [delta_json(&d)]}), None))
+                    .collect(),
+                GenEvent::Ended(e) => head.ending(&e, include_usage),
+                GenEvent::Started { .. } => Vec::new(),
+            };
+            Some((futures::stream::iter(events), (rx, head, guard)))
+        },
+    )
     .flatten();
     let stream = futures::stream::once(futures::future::ready(opening))
         .chain(rest)

@@ -17,10 +17,11 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::{
-    GenEvents, OaiError, Opening, authenticate,
+    OaiError, Opening, authenticate,
     chunks::{ChunkHead, stream_chunks},
     open, payer, plan_error, provider_error, request, unexpected_end, usage_json,
 };
@@ -330,8 +331,8 @@ async fn completions(
         .plan_request(payer(&auth), &request, Some(&req.model))
         .await
         .map_err(plan_error)?;
-    let (model, events) = match open(gens, planned, request, &auth).await {
-        Opening::Started(model, events) => (model, events),
+    let (model, rx, cancel_on_drop) = match open(gens, planned, request, &auth).await {
+        Opening::Started(model, rx, guard) => (model, rx, guard),
         Opening::Ended(e) => return Err(ending_error(&e, false)),
         Opening::Unexpected => return Err(unexpected_end()),
     };
@@ -342,9 +343,9 @@ async fn completions(
     );
     if req.stream {
         let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        Ok(stream_chunks(events, head, include_usage))
+        Ok(stream_chunks(rx, head, cancel_on_drop, include_usage))
     } else {
-        one_completion(events, head).await
+        one_completion(rx, head).await
     }
 }
 
@@ -380,10 +381,13 @@ impl ToolCalls {
 }
 
 /// Waits for the whole answer and answers one `chat.completion`.
-async fn one_completion(mut events: GenEvents, head: ChunkHead) -> Result<Response, OaiError> {
+async fn one_completion(
+    mut rx: mpsc::Receiver<GenEvent>,
+    head: ChunkHead,
+) -> Result<Response, OaiError> {
     let mut text = String::new();
     let mut calls = ToolCalls::default();
-    while let Some(ev) = events.recv().await {
+    while let Some(ev) = rx.recv().await {
         match ev {
             GenEvent::Tokens(t) => t.iter().for_each(|t| text.push_str(t)),
             GenEvent::ToolCalls(d) => d.into_iter().for_each(|d| calls.add(d)),

@@ -234,36 +234,15 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<KeyAuth, 
     Ok(auth)
 }
 
-/// A started generation's events, read while driving it (it runs in the
-/// request's task: `Generations::attach`). Dropped, because the client left,
-/// it cancels the generation, which goes on in a task of its own to store and
-/// bill what it produced.
-struct GenEvents {
-    // Fields drop in order: cancel first, then hand the run to its own task.
-    _cancel_on_drop: tokio_util::sync::DropGuard,
-    run: crate::generation::Attached,
-    rx: tokio::sync::mpsc::Receiver<crate::generation::GenEvent>,
-}
-
-impl GenEvents {
-    /// The next event; `None` once the generation has ended.
-    async fn recv(&mut self) -> Option<crate::generation::GenEvent> {
-        std::future::poll_fn(|cx| {
-            if let std::task::Poll::Ready(ev) = self.rx.poll_recv(cx) {
-                return std::task::Poll::Ready(ev);
-            }
-            // Its progress lands in `rx` (or ends it, closing `rx`).
-            let _ = self.run.poll_run(cx);
-            self.rx.poll_recv(cx)
-        })
-        .await
-    }
-}
-
 /// How a started generation turned out before its first token.
 enum Opening {
-    /// The first provider answered: its model and the events.
-    Started(String, GenEvents),
+    /// The first provider answered: its model, the events, and the guard whose
+    /// drop (the client left) cancels the generation, which then bills what it produced.
+    Started(
+        String,
+        tokio::sync::mpsc::Receiver<crate::generation::GenEvent>,
+        tokio_util::sync::DropGuard,
+    ),
     /// It ended before any token.
     Ended(crate::generation::Ending),
     Unexpected,
@@ -278,20 +257,16 @@ async fn open(
     auth: &KeyAuth,
 ) -> Opening {
     use crate::generation::GenEvent;
-    let (tx, rx) = tokio::sync::mpsc::channel::<GenEvent>(64);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<GenEvent>(64);
     let cancel = gens.cancel_token();
     let cancel_on_drop = cancel.clone().drop_guard();
     let bill_to = crate::generation::BillTo {
         user_id: auth.created_by,
         ..crate::generation::BillTo::default()
     };
-    let mut events = GenEvents {
-        _cancel_on_drop: cancel_on_drop,
-        run: gens.attach(planned, request, bill_to, cancel, tx),
-        rx,
-    };
-    match events.recv().await {
-        Some(GenEvent::Started { model, .. }) => Opening::Started(model, events),
+    gens.spawn(planned, request, bill_to, cancel, tx);
+    match rx.recv().await {
+        Some(GenEvent::Started { model, .. }) => Opening::Started(model, rx, cancel_on_drop),
         Some(GenEvent::Ended(e)) => Opening::Ended(e),
         _ => Opening::Unexpected,
     }

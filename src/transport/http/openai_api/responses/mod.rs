@@ -74,14 +74,14 @@ async fn respond(state: AppState, headers: HeaderMap, body: Bytes) -> Result<Res
         })
         .map_err(plan_error)?;
     let echo = Echo::of(&req, &request);
-    let (model, mut events) = match open(gens, planned, request, &auth).await {
-        Opening::Started(model, events) => (model, events),
+    let (model, mut rx, cancel_on_drop) = match open(gens, planned, request, &auth).await {
+        Opening::Started(model, rx, guard) => (model, rx, guard),
         Opening::Ended(e) => return Err(ending_error(&e)),
         Opening::Unexpected => return Err(unexpected_end()),
     };
     let mut builder = Builder::new(model, echo);
     if !req.stream {
-        while let Some(ev) = events.recv().await {
+        while let Some(ev) = rx.recv().await {
             if let GenEvent::Ended(e) = &ev
                 && e.status != Status::Complete
             {
@@ -98,19 +98,22 @@ async fn respond(state: AppState, headers: HeaderMap, body: Bytes) -> Result<Res
         ));
     }
     let opening = builder.opening();
-    let rest = futures::stream::unfold((events, builder), |(mut events, mut builder)| async move {
-        if builder.done {
-            return None;
-        }
-        let out = match events.recv().await {
-            Some(ev) => builder.on(ev),
-            None => {
-                builder.done = true;
-                Vec::new()
+    let rest = futures::stream::unfold(
+        (rx, builder, cancel_on_drop),
+        |(mut rx, mut builder, guard)| async move {
+            if builder.done {
+                return None;
             }
-        };
-        Some((futures::stream::iter(out), (events, builder)))
-    })
+            let events = match rx.recv().await {
+                Some(ev) => builder.on(ev),
+                None => {
+                    builder.done = true;
+                    Vec::new()
+                }
+            };
+            Some((futures::stream::iter(events), (rx, builder, guard)))
+        },
+    )
     .flatten();
     let stream = futures::stream::iter(opening)
         .chain(rest)
