@@ -126,7 +126,7 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
     (
         "switchboard_group_commit_batches_total",
-        "Group-committed statements by kind (turns, messages, finals): each writes one or more chats' rows",
+        "Group-committed statements by kind (send_reads, turns, messages, finals): each writes one or more chats' rows",
     ),
     (
         "switchboard_group_commit_jobs_total",

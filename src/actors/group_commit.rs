@@ -1,6 +1,6 @@
-//! Group commit: one task per kind of write, taking the writes that arrive
-//! while a batch is in Postgres together in the next batch, so many chats'
-//! writes cost one statement and one commit. There is no timer: a lone write
+//! Group commit: one task per kind of write (or read), taking the jobs that
+//! arrive while a batch is in Postgres together in the next batch, so many
+//! chats' writes cost one statement and one commit. There is no timer: a lone write
 //! goes at once, and under load a batch holds whatever queued behind the
 //! last. The write function answers each job in order; what it does with a
 //! batch the database refuses (row by row, usually) is its own business.

@@ -202,6 +202,11 @@ impl Actors {
         let deps = Arc::new(chat::ChatDeps {
             documents: documents.clone(),
             turns: chat::TurnWriter::start(db.clone(), cluster.node_id.clone()),
+            send_reads: chat::SendReader::start(
+                db.clone(),
+                config.cluster.requeue_window_secs,
+                config.chat.history_messages,
+            ),
             finals: chat::FinalWriter::start(db.clone()),
             db,
             hub: hub.clone(),

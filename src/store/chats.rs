@@ -151,8 +151,9 @@ pub async fn exists(db: &PgPool, chat_id: Uuid) -> Result<bool, sqlx::Error> {
 }
 
 /// Everything a send needs to know before it is admitted, in one round
-/// trip: who pays (as [`ChatPayer`]), whether the sender may spend, whether
-/// this `client_msg_id` was stored already, whether any message waits for an
+/// trip shared with other sends ([`send_contexts`]): who pays (as
+/// [`ChatPayer`]), whether the sender may spend, whether this
+/// `client_msg_id` was stored already, whether any message waits for an
 /// answer (when none does and nothing is stored in between, the new message
 /// is the head of the chat's queue), and the prompt history as
 /// `store::messages::prompt_history` reads it. `None` unless the user is a member.
@@ -180,42 +181,69 @@ impl SendContext {
     }
 }
 
-pub async fn send_context(
+/// One send to read, for [`send_contexts`].
+#[derive(Debug, Clone)]
+pub struct SendRead {
+    pub user_id: Uuid,
+    pub chat_id: Uuid,
+    pub client_msg_id: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct Indexed {
+    i: i64,
+    #[sqlx(flatten)]
+    context: SendContext,
+}
+
+/// The [`SendContext`] of each of `reads` (any users, any chats), in one
+/// statement, in their order.
+pub async fn send_contexts(
     db: &PgPool,
-    user_id: Uuid,
-    chat_id: Uuid,
-    client_msg_id: &str,
+    reads: &[SendRead],
     requeue_window_secs: i64,
     history: i64,
-) -> Result<Option<SendContext>, sqlx::Error> {
-    sqlx::query_as(
-        "select c.workspace_id, w.plan, c.last_seq, u.email_verified,
-                (select m.id from messages m where m.chat_id = c.id and m.client_msg_id = $3) as resent,
+) -> Result<Vec<Option<SendContext>>, sqlx::Error> {
+    let rows: Vec<Indexed> = sqlx::query_as(
+        "select r.i, c.workspace_id, w.plan, c.last_seq, u.email_verified,
+                (select m.id from messages m where m.chat_id = c.id and m.client_msg_id = r.client_msg_id)
+                  as resent,
                 exists (select 1 from messages q
                         where q.chat_id = c.id and q.awaiting_answer
                           and q.created_at > now() - make_interval(secs => $4)) as queued,
                 h.roles as history_roles, h.contents as history_contents
-         from chats c
+         from unnest($1::uuid[], $2::uuid[], $3::text[]) with ordinality as r(user_id, chat_id, client_msg_id, i)
+         join chats c on c.id = r.chat_id
          join workspaces w on w.id = c.workspace_id
-         join users u on u.id = $1
+         join users u on u.id = r.user_id
          left join lateral (
-             select array_agg(r.role order by r.seq) as roles,
-                    array_agg(r.content order by r.seq) as contents
+             select array_agg(h.role order by h.seq) as roles,
+                    array_agg(h.content order by h.seq) as contents
              from (select seq, role, content from messages
                    where chat_id = c.id and (role = 'user' or status = 'complete')
-                   order by seq desc limit $5) r
+                   order by seq desc limit $5) h
          ) h on true
-         where c.id = $2
-           and exists (select 1 from workspace_members m
-                       where m.workspace_id = c.workspace_id and m.user_id = $1)",
+         where exists (select 1 from workspace_members m
+                       where m.workspace_id = c.workspace_id and m.user_id = r.user_id)",
     )
-    .bind(user_id)
-    .bind(chat_id)
-    .bind(client_msg_id)
+    .bind(reads.iter().map(|r| r.user_id).collect::<Vec<_>>())
+    .bind(reads.iter().map(|r| r.chat_id).collect::<Vec<_>>())
+    .bind(reads.iter().map(|r| r.client_msg_id.as_str()).collect::<Vec<_>>())
     .bind(requeue_window_secs as f64)
     .bind(history)
-    .fetch_optional(db)
-    .await
+    .fetch_all(db)
+    .await?;
+    let mut contexts: Vec<Option<SendContext>> = reads.iter().map(|_| None).collect();
+    for row in rows {
+        // Ordinality counts from 1.
+        if let Some(slot) = usize::try_from(row.i - 1)
+            .ok()
+            .and_then(|i| contexts.get_mut(i))
+        {
+            *slot = Some(row.context);
+        }
+    }
+    Ok(contexts)
 }
 
 /// Who pays for a message in a chat: its workspace and that workspace's plan

@@ -1,12 +1,13 @@
-//! Group commit (`actors::chat::{TurnWriter, FinalWriter}`): writes of many
-//! chats sent together each land on their own rows, and a row the database
-//! refuses fails only its own write.
+//! Group commit (`actors::chat::{SendReader, TurnWriter, FinalWriter}`):
+//! reads and writes of many chats sent together each land on (or read) their
+//! own rows, and a row the database refuses fails only its own write.
 
 use futures::future::join_all;
 use switchboard::{
-    actors::chat::{FinalError, FinalWriter, TurnWriter},
+    actors::chat::{FinalError, FinalWriter, SendReader, TurnWriter},
     store::{
         self,
+        chats::SendRead,
         messages::{NewTurn, NewUserMessage, Outcome},
     },
 };
@@ -266,4 +267,52 @@ async fn messages_of_many_chats_are_stored_together_and_a_refused_one_alone() {
         vec![(1, true); new.len()],
         "one message each, awaiting its answer"
     );
+}
+
+#[tokio::test]
+async fn send_reads_of_many_users_answer_each_its_own_and_a_stranger_nothing() {
+    let app = spawn_app_with(|_| {}).await;
+    let (alice, bob) = (app.new_user().await, app.new_user().await);
+    let (a_chat, b_chat) = (
+        app.create_chat(&alice.access_token).await,
+        app.create_chat(&bob.access_token).await,
+    );
+    let writer = TurnWriter::start(app.db.clone(), "test-node".into());
+    let seen = writer
+        .store(turn(a_chat, alice.id, "seen", 0).message)
+        .await
+        .unwrap();
+    let read = |user: Uuid, chat: Uuid, id: &str| SendRead {
+        user_id: user,
+        chat_id: chat,
+        client_msg_id: id.into(),
+    };
+    let reader = SendReader::start(app.db.clone(), 86_400, 50);
+    let reads = [
+        read(alice.id, a_chat, "seen"),
+        read(bob.id, b_chat, "new"),
+        read(bob.id, a_chat, "not my chat"),
+        read(alice.id, a_chat, "fresh"),
+    ];
+    let mut got = join_all(reads.iter().map(|r| reader.read(r.clone()))).await;
+
+    let fresh = got.pop().unwrap().unwrap().expect("alice's own chat");
+    assert_eq!(
+        got.pop().unwrap().unwrap().map(|c| c.workspace_id),
+        None,
+        "bob is no member of alice's chat"
+    );
+    let mut b = got.pop().unwrap().unwrap().expect("bob's own chat");
+    let mut a = got.pop().unwrap().unwrap().expect("alice's own chat");
+    assert_eq!(a.workspace_id, app.workspace_of(&alice).await);
+    assert_eq!(b.workspace_id, app.workspace_of(&bob).await);
+    assert_eq!(
+        (a.resent, fresh.resent, b.resent),
+        (Some(seen.id), None, None)
+    );
+    assert_eq!((a.last_seq, b.last_seq), (1, 0));
+    assert!(a.queued, "alice's message awaits its answer");
+    assert!(!b.queued);
+    assert_eq!(a.history(), vec![("user".to_owned(), seen.content.clone())]);
+    assert!(b.history().is_empty());
 }

@@ -481,6 +481,9 @@ async fn open_loop_user(
     let (mut sink, mut stream) = client.ws.split();
     let pending = std::sync::Mutex::new(std::collections::HashMap::<String, Instant>::new());
     let writing_done = std::sync::atomic::AtomicBool::new(false);
+    // Wakes the reader when the writer stops: with every message acked it
+    // can stop now instead of waiting for a frame that may never come.
+    let stopped = tokio::sync::Notify::new();
     let answers = AtomicU64::new(0);
     let writer = async {
         let mut m = 0u32;
@@ -514,6 +517,7 @@ async fn open_loop_user(
             m += 1;
         }
         writing_done.store(true, Ordering::Relaxed);
+        stopped.notify_one();
     };
     let reader = async {
         let grace = Duration::from_secs(args.timeout_secs);
@@ -523,7 +527,11 @@ async fn open_loop_user(
             if idle_done {
                 return;
             }
-            let next = match tokio::time::timeout(grace, stream.next()).await {
+            let frame = tokio::select! {
+                f = tokio::time::timeout(grace, stream.next()) => f,
+                () = stopped.notified() => continue,
+            };
+            let next = match frame {
                 Ok(Some(Ok(Message::Text(t)))) => t,
                 Ok(Some(Ok(Message::Close(_))) | None) | Ok(Some(Err(_))) => {
                     rec.error("ws_closed");

@@ -26,6 +26,8 @@ pub struct ChatDeps {
     pub db: sqlx::PgPool,
     /// A message with its opened answer, and answers' final writes: batched across chats.
     pub turns: super::TurnWriter,
+    /// The read before each send's admission, batched across sends.
+    pub send_reads: super::SendReader,
     pub finals: super::FinalWriter,
     /// Retrieval for sends that ask for the workspace's documents.
     pub documents: crate::documents::Library,
@@ -107,19 +109,19 @@ impl ChatRegistry {
         self.validate(&req)?;
         let db = &self.deps.db;
         let err = |e: sqlx::Error| storage_error(chat_id, &e);
-        let window = self.deps.cluster.config.requeue_window_secs;
         let cfg = &self.deps.config;
-        let mut ctx = store::chats::send_context(
-            db,
-            req.author,
+        let read = store::chats::SendRead {
+            user_id: req.author,
             chat_id,
-            &req.client_msg_id,
-            window,
-            cfg.history_messages,
-        )
-        .await
-        .map_err(err)?
-        .ok_or(ChatError::NotFound)?;
+            client_msg_id: req.client_msg_id.clone(),
+        };
+        let mut ctx = self
+            .deps
+            .send_reads
+            .read(read)
+            .await
+            .map_err(err)?
+            .ok_or(ChatError::NotFound)?;
         if let Some(id) = ctx.resent {
             let m = messages::by_id(db, id)
                 .await

@@ -12,6 +12,7 @@
 //! | `turns.rs` | the pure state machine: the queue, the running answer, deltas |
 //! | `actor.rs` | the actor: handlers over `Turns`, publishing, idle stop |
 //! | `sink.rs` | the generation's side: forwards events, stores the final answer |
+//! | `send_reads.rs` | the read before a send's admission, batched across sends |
 //! | `group_writes.rs` | group commit: many chats' turns opened, or answers ended, in one statement |
 //! | `handle.rs` | [`ChatRegistry`]: validation and admission before the hop, calls |
 //! | `sources.rs` | retrieval from the workspace's documents for a send that asks |
@@ -32,6 +33,7 @@ mod error;
 mod group_writes;
 mod handle;
 mod queue;
+mod send_reads;
 mod sink;
 mod sources;
 mod supervisor;
@@ -47,6 +49,7 @@ pub use self::{
     error::ChatError,
     group_writes::{FinalError, FinalWriter, TurnWriter},
     handle::ChatRegistry,
+    send_reads::SendReader,
     supervisor::ChatSupervisor,
 };
 use super::hub::{ConnId, Subscriber};
