@@ -105,7 +105,7 @@ if [ "$PERF" = 0 ]; then
   exit 0
 fi
 sleep 2
-perf record -F 499 -g -p "$server" -o "$OUT/perf.data" -- sleep "$((SECS - 4))" 2>"$OUT/perf-record.log"
+perf record -F ${PROFILE_HZ:-499} ${PROFILE_CALLGRAPH:--g} -p "$server" -o "$OUT/perf.data" -- sleep "$((SECS - 4))" 2>"$OUT/perf-record.log"
 wait "$load_pid" || true
 pg1=$(pg_ticks)
 perf report -i "$OUT/perf.data" --no-children --sort symbol --stdio 2>/dev/null |

@@ -7,7 +7,7 @@
 //! once, on first use (about a hundred milliseconds), and shared.
 //!
 //! A chat's prompt is its recent history, counted again on every send, so
-//! counts of longer texts are remembered (by a keyed 64-bit hash of the
+//! counts of all but the shortest texts are remembered (by a keyed 64-bit hash of the
 //! text, a bounded map emptied when full): a send then tokenizes only what is
 //! new (docs/BENCHMARKS.md has the profile that showed it).
 
@@ -40,9 +40,11 @@ const PER_MESSAGE: u32 = 3;
 const REPLY_PRIMING: u32 = 3;
 
 /// Texts shorter than this are counted every time: cheaper than the lookup.
-const REMEMBER_FROM_BYTES: usize = 64;
+/// (Not 64: a chat of short messages spent 8 % of the server's time
+/// tokenizing texts of 20 to 60 bytes; docs/BENCHMARKS.md.)
+const REMEMBER_FROM_BYTES: usize = 16;
 /// Counts remembered at most; the map starts over when it is full.
-const REMEMBER_MAX: usize = 20_000;
+const REMEMBER_MAX: usize = 65_536;
 
 static REMEMBERED: LazyLock<(std::collections::hash_map::RandomState, DashMap<u64, u32>)> =
     LazyLock::new(Default::default);
