@@ -15,6 +15,9 @@
 #   PROFILE_TAG=before scripts/profile.sh ...                        results in profile-<name>-before/
 #   PROFILE_PERF=0 PROFILE_BIN=/tmp/old scripts/profile.sh ...       no sampling (a before/after
 #       run of another build's binaries); prints PostgreSQL's CPU during the run either way
+#   PROFILE_HZ=99 PROFILE_CALLGRAPH="--call-graph dwarf,16384" scripts/profile.sh ...
+#       call stacks through Rust code (the release build has no frame pointers), at a
+#       lower rate: dwarf samples are large
 #
 # Needs a release build (cargo build --release -p switchboard -p switchboard-loadtest)
 # and the services up (make setup). Output goes to loadtest/results/profile-<name>/.
