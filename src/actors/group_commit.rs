@@ -5,8 +5,9 @@
 //! last. The write function answers each job in order; what it does with a
 //! batch the database refuses (row by row, usually) is its own business.
 
-use std::future::Future;
+use std::{future::Future, panic::AssertUnwindSafe};
 
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most jobs in one batch.
@@ -46,7 +47,12 @@ impl<J: Send + 'static, R: Send + 'static> GroupCommit<J, R> {
                     .increment(1);
                 metrics::counter!("switchboard_group_commit_jobs_total", "kind" => kind)
                     .increment(jobs.len() as u64);
-                let results = write(jobs).await;
+                // A write that panics fails its own batch (its callers get no
+                // result), not the batches after it.
+                let Ok(results) = AssertUnwindSafe(write(jobs)).catch_unwind().await else {
+                    tracing::error!(kind, "a group-commit batch panicked");
+                    continue;
+                };
                 debug_assert_eq!(results.len(), replies.len(), "one result per job");
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
@@ -57,7 +63,7 @@ impl<J: Send + 'static, R: Send + 'static> GroupCommit<J, R> {
     }
 
     /// The job's result, once its batch is written; `None` when the task is
-    /// gone (the runtime is shutting down).
+    /// gone (the runtime is shutting down) or the batch's write panicked.
     pub async fn submit(&self, job: J) -> Option<R> {
         let (reply, answer) = oneshot::channel();
         self.0.send((job, reply)).ok()?;

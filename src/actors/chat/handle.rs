@@ -24,10 +24,11 @@ use crate::{
 /// What every chat actor and the registry share.
 pub struct ChatDeps {
     pub db: sqlx::PgPool,
-    /// A message with its opened answer, and answers' final writes: batched across chats.
+    /// Messages stored, alone or with their answer opened: batched across chats.
     pub turns: super::TurnWriter,
     /// The read before each send's admission, batched across sends.
     pub send_reads: super::SendReader,
+    /// Answers' final writes, batched across chats.
     pub finals: super::FinalWriter,
     /// Retrieval for sends that ask for the workspace's documents.
     pub documents: crate::documents::Library,
