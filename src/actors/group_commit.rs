@@ -70,3 +70,31 @@ impl<J: Send + 'static, R: Send + 'static> GroupCommit<J, R> {
         answer.await.ok()
     }
 }
+
+/// One result per job, in order, from `write` run on the whole batch; when
+/// the batch fails as a whole, from `write` run on each job alone, so one bad
+/// row (a repeated key, a broken check) fails only its own job.
+pub async fn whole_or_each<'a, J, R, Fut>(
+    kind: &'static str,
+    jobs: &'a [J],
+    write: impl Fn(&'a [J]) -> Fut,
+) -> Vec<Result<R, sqlx::Error>>
+where
+    Fut: Future<Output = Result<Vec<Result<R, sqlx::Error>>, sqlx::Error>>,
+{
+    match write(jobs).await {
+        Ok(each) => each,
+        Err(e) if jobs.len() > 1 => {
+            tracing::debug!(kind, error = %e, jobs = jobs.len(), "batch failed; each job alone");
+            let mut each = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                each.push(match write(std::slice::from_ref(job)).await {
+                    Ok(mut one) => one.pop().unwrap_or(Err(sqlx::Error::RowNotFound)),
+                    Err(e) => Err(e),
+                });
+            }
+            each
+        }
+        Err(e) => vec![Err(e)],
+    }
+}

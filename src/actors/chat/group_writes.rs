@@ -6,8 +6,10 @@
 //!   both from accept.rs);
 //! - [`FinalWriter`]: an answer's final state (`messages::finalize`; sink.rs).
 //!
-//! A batch the database refuses is written again row by row, so one bad row
-//! (a repeated `client_msg_id`, a check) fails only its own write.
+//! A batch the database refuses is written again row by row
+//! (`group_commit::whole_or_each`; for final writes, unless the database is
+//! unreachable, when retrying each row would only multiply the failures), so
+//! one bad row (a repeated `client_msg_id`, a check) fails only its own write.
 
 use std::collections::HashMap;
 
@@ -15,7 +17,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    actors::group_commit::GroupCommit,
+    actors::group_commit::{GroupCommit, whole_or_each},
     store::{
         self,
         messages::{self, Finalized, Message, NewTurn, NewUserMessage, Outcome},
@@ -69,41 +71,25 @@ impl TurnWriter {
 }
 
 async fn store_messages(db: &PgPool, node_id: &str, new: Vec<NewUserMessage>) -> Vec<Stored> {
-    let take = |stored: &mut HashMap<Uuid, Message>, m: &NewUserMessage| {
-        stored.remove(&m.chat_id).ok_or(sqlx::Error::RowNotFound)
-    };
-    match messages::insert_users(db, node_id, &new).await {
-        Ok(mut stored) => new.iter().map(|m| take(&mut stored, m)).collect(),
-        Err(e) if new.len() > 1 => {
-            tracing::debug!(error = %e, messages = new.len(), "messages refused together; storing them one by one");
-            let mut stored = Vec::with_capacity(new.len());
-            for m in &new {
-                let one = messages::insert_users(db, node_id, std::slice::from_ref(m)).await;
-                stored.push(one.and_then(|mut s| take(&mut s, m)));
-            }
-            stored
-        }
-        Err(e) => vec![Err(e)],
-    }
+    whole_or_each("messages", &new, |new| async move {
+        let mut stored = messages::insert_users(db, node_id, new).await?;
+        Ok(new
+            .iter()
+            .map(|m| stored.remove(&m.chat_id).ok_or(sqlx::Error::RowNotFound))
+            .collect())
+    })
+    .await
 }
 
 async fn open_turns(db: &PgPool, node_id: &str, turns: Vec<NewTurn>) -> Vec<Opened> {
-    match messages::insert_turns(db, node_id, &turns).await {
-        Ok(mut opened) => turns
+    whole_or_each("turns", &turns, |turns| async move {
+        let mut opened = messages::insert_turns(db, node_id, turns).await?;
+        Ok(turns
             .iter()
             .map(|t| Ok(opened.remove(&t.message.chat_id)))
-            .collect(),
-        Err(e) if turns.len() > 1 => {
-            tracing::debug!(error = %e, turns = turns.len(), "turns refused together; storing them one by one");
-            let mut opened = Vec::with_capacity(turns.len());
-            for t in &turns {
-                let one = messages::insert_turns(db, node_id, std::slice::from_ref(t)).await;
-                opened.push(one.map(|mut m| m.remove(&t.message.chat_id)));
-            }
-            opened
-        }
-        Err(e) => vec![Err(e)],
-    }
+            .collect())
+    })
+    .await
 }
 
 /// Why a final write did not land.

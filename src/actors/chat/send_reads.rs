@@ -7,7 +7,7 @@
 use sqlx::PgPool;
 
 use crate::{
-    actors::group_commit::GroupCommit,
+    actors::group_commit::{GroupCommit, whole_or_each},
     store::chats::{self, SendContext, SendRead},
 };
 
@@ -35,17 +35,9 @@ impl SendReader {
 }
 
 async fn read(db: &PgPool, reads: Vec<SendRead>, window: i64, history: i64) -> Vec<Read> {
-    match chats::send_contexts(db, &reads, window, history).await {
-        Ok(contexts) => contexts.into_iter().map(Ok).collect(),
-        Err(e) if reads.len() > 1 => {
-            tracing::debug!(error = %e, reads = reads.len(), "send reads failed together; reading them one by one");
-            let mut out = Vec::with_capacity(reads.len());
-            for r in &reads {
-                let one = chats::send_contexts(db, std::slice::from_ref(r), window, history).await;
-                out.push(one.map(|mut c| c.pop().flatten()));
-            }
-            out
-        }
-        Err(e) => vec![Err(e)],
-    }
+    whole_or_each("send_reads", &reads, |reads| async move {
+        let contexts = chats::send_contexts(db, reads, window, history).await?;
+        Ok(contexts.into_iter().map(Ok).collect())
+    })
+    .await
 }
