@@ -130,7 +130,7 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
     (
         "switchboard_group_commit_jobs_total",
-        "Writes that went through group commit, by kind",
+        "Reads and writes that went through group commit, by kind",
     ),
     (
         "switchboard_fallback_cost_micros_total",

@@ -2,8 +2,8 @@
 //! arrive while a batch is in Postgres together in the next batch, so many
 //! chats' writes cost one statement and one commit. There is no timer: a lone write
 //! goes at once, and under load a batch holds whatever queued behind the
-//! last. The write function answers each job in order; what it does with a
-//! batch the database refuses (row by row, usually) is its own business.
+//! last. The write function answers each job in order; a batch the database
+//! refuses is usually tried again job by job ([`whole_or_each`]).
 
 use std::{future::Future, panic::AssertUnwindSafe};
 

@@ -8,8 +8,9 @@
 //! └── UsageWriter        → batches usage events into Postgres
 //! ```
 //!
-//! Beside the tree, `group_commit` tasks batch many chats' writes into one
-//! statement (a chat's turns opened and answers ended: `chat/group_writes.rs`).
+//! Beside the tree, `group_commit` tasks batch many chats' reads and writes
+//! into one statement each (the reads before sends: `chat/send_reads.rs`;
+//! messages stored and answers ended: `chat/group_writes.rs`).
 //!
 //! Supervisors restart a child that panics or is killed, at most
 //! `chat.max_restarts` times per `chat.restart_window_secs`; a restarted chat
