@@ -16,6 +16,49 @@ use switchboard::{
     telemetry,
 };
 
+/// Called by each runtime worker as it goes idle. mimalloc takes back memory
+/// freed on another thread (a socket's buffers, dropped by whichever worker
+/// closed it) only when the thread that allocated it collects, and an idle
+/// worker does not: after 19,000 sockets closed, ~70 MiB stayed resident
+/// (docs/BENCHMARKS.md, "Issue 19, fourth pass"). At most once a second each.
+#[cfg(not(feature = "system-alloc"))]
+#[expect(unsafe_code, reason = "mimalloc's collect has no safe binding")]
+fn on_worker_park() {
+    use std::{
+        cell::Cell,
+        time::{Duration, Instant},
+    };
+    thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
+    let now = Instant::now();
+    if LAST
+        .get()
+        .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+    {
+        return;
+    }
+    LAST.set(Some(now));
+    // SAFETY: mi_collect takes no pointer; it walks this thread's heap and
+    // mimalloc's own arenas under mimalloc's locks.
+    unsafe { libmimalloc_sys::mi_collect(false) };
+}
+
+#[cfg(feature = "system-alloc")]
+fn on_worker_park() {}
+
+fn main() -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(on_worker_park)
+        .build();
+    match runtime {
+        Ok(rt) => rt.block_on(run()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[derive(Parser)]
 #[command(version, about = "Real-time AI chat server")]
 struct Cli {
@@ -107,8 +150,7 @@ fn validate_config() -> ExitCode {
     ExitCode::FAILURE
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+async fn run() -> ExitCode {
     // `.env` as `.env.example` implies; variables already set win (dotenvy
     // never overrides), so the shell and the service manager keep the last word.
     if let Err(e) = dotenvy::dotenv()

@@ -14,6 +14,7 @@ use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
+    uri::AMQPUri,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -49,6 +50,9 @@ pub enum QueueError {
     Refused,
     #[error("rabbitmq closed the consumer")]
     Closed,
+    /// The text of the parse error is left out: it could quote the password.
+    #[error("rabbitmq: the AMQP URL does not parse")]
+    BadUrl,
 }
 
 /// Queue names and arguments derived from `[email]`.
@@ -143,10 +147,23 @@ impl Topology {
     }
 }
 
+/// The largest AMQP frame asked for. lapin keeps 32 frames' worth of send and
+/// of receive buffer per connection: 8 MiB at RabbitMQ's default of 128 KiB,
+/// for email jobs of a few hundred bytes (a larger one is split into frames).
+const FRAME_MAX: u32 = 16 * 1024;
+
+/// Opens an AMQP connection, with frames of [`FRAME_MAX`] unless the URL says
+/// otherwise (`?frame_max=`).
+pub async fn open(url: &str) -> Result<Connection, QueueError> {
+    let mut uri: AMQPUri = url.parse().map_err(|_| QueueError::BadUrl)?;
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    Ok(Connection::connect_uri(uri, ConnectionProperties::default()).await?)
+}
+
 /// Connects and opens a channel with publisher confirms on.
 pub async fn connect(url: &str) -> Result<(Connection, Channel), QueueError> {
     let open = async {
-        let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+        let conn = open(url).await?;
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok::<_, QueueError>((conn, ch))

@@ -505,3 +505,50 @@ async fn the_send_lease_admits_one_sender_and_lapses() {
         "sent stays sent"
     );
 }
+
+/// lapin keeps 32 frames of buffer each way per connection, so ours ask for
+/// 16 KiB frames unless the URL sets `frame_max`; a job larger than a frame
+/// still arrives whole, and a URL that does not parse never echoes its password.
+#[tokio::test]
+async fn connections_use_small_frames_and_large_jobs_still_arrive() {
+    use lapin::options::BasicGetOptions;
+    use switchboard::email::queue::{self, EmailJob, QueueError};
+
+    let (conn, ch) = queue::connect(AMQP).await.unwrap();
+    assert_eq!(conn.configuration().frame_max(), 16 * 1024);
+    let name = format!("sb-test-frames-{}", Uuid::new_v4());
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), lapin::types::AMQPValue::LongInt(60_000));
+    ch.queue_declare(name.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    let job = EmailJob {
+        id: Uuid::new_v4(),
+        to: "frames@example.com".into(),
+        template: "verify".into(),
+        payload: json!({ "text": "x".repeat(100_000) }),
+        attempt: 0,
+        last_error: None,
+    };
+    queue::publish(&ch, &name, &job).await.unwrap();
+    let got = ch
+        .basic_get(name.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the job is on the queue");
+    let back: EmailJob = serde_json::from_slice(&got.delivery.data).unwrap();
+    assert_eq!(back, job);
+    let _ = conn.close(200, "done".into()).await;
+
+    let conn = queue::open(&format!("{AMQP}?frame_max=65536"))
+        .await
+        .unwrap();
+    assert_eq!(conn.configuration().frame_max(), 65536);
+    let _ = conn.close(200, "done".into()).await;
+
+    let err = queue::open("amqp://guest:hunter2@[::1/%2f")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::BadUrl), "{err}");
+    assert!(!err.to_string().contains("hunter2"));
+}

@@ -136,7 +136,7 @@ async fn probe(check: impl Future<Output = Result<(), String>>) -> Result<(), St
 }
 
 async fn amqp_check(url: &Secret) -> Result<(), String> {
-    let conn = lapin::Connection::connect(url.expose(), lapin::ConnectionProperties::default())
+    let conn = crate::email::queue::open(url.expose())
         .await
         .map_err(|e| e.to_string())?;
     let _ = conn.close(200, "readiness probe".into()).await;
