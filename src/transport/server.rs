@@ -16,7 +16,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -145,6 +145,39 @@ impl http_body::Body for TrackedBody {
     }
 }
 
+/// A request body that notes when it has been read to its end. hyper drops a
+/// connection whose request body the handler left unread (an early 401, 403
+/// or 413) unless the rest is already buffered, and that can be decided after
+/// the response head went out without `connection: close`: a client reusing
+/// the connection then sees it closed without an answer. So such a response
+/// says `connection: close` itself.
+struct WatchedBody {
+    inner: Incoming,
+    ended: Arc<AtomicBool>,
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let res = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(res, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.ended.store(true, Ordering::Release);
+        }
+        res
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
 /// accepting, asks every connection to finish its request in progress, and
 /// returns once they have (the caller bounds that with its grace period).
@@ -229,9 +262,22 @@ async fn connection(
         // In flight from its head on, until its response body is done.
         let in_flight = InFlight::start(&counting);
         let router = router.clone();
+        let ended = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(req.body())));
+        let req = req.map(|inner| {
+            axum::body::Body::new(WatchedBody {
+                inner,
+                ended: ended.clone(),
+            })
+        });
         async move {
             let res = router.oneshot(req).await;
-            res.map(|res| {
+            res.map(|mut res| {
+                if !ended.load(Ordering::Acquire) {
+                    res.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                }
                 res.map(|inner| {
                     axum::body::Body::new(TrackedBody {
                         inner,

@@ -53,7 +53,7 @@ async fn read_to_close(tcp: &mut TcpStream, within: Duration) -> (String, bool) 
 }
 
 /// Reads one HTTP response head (and whatever body came with it).
-async fn read_response(tcp: &mut TcpStream, within: Duration) -> String {
+pub(crate) async fn read_response(tcp: &mut TcpStream, within: Duration) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + within;

@@ -153,3 +153,42 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     // After shutdown nothing listens.
     assert!(client.get(format!("{base}/health")).send().await.is_err());
 }
+
+/// A request refused before its body was read (here a 401 ahead of the JSON)
+/// gets `connection: close`: hyper drops such a connection, and a client that
+/// reused it would find it closed without an answer. A body read to its end
+/// keeps the connection for the next request.
+#[tokio::test]
+async fn a_body_left_unread_closes_the_connection_and_says_so() {
+    use tokio::io::AsyncWriteExt;
+
+    use crate::edge::read_response;
+
+    let app = spawn_app().await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(
+        b"POST /api/chats HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_response(&mut tcp, Duration::from_secs(10)).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(head.to_lowercase().contains("connection: close"), "{head}");
+
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = r#"{"email":"nobody@example.com","password":"not-the-password"}"#;
+    let signin = format!(
+        "POST /api/auth/signin HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(signin.as_bytes()).await.unwrap();
+    let head = read_response(&mut tcp, Duration::from_secs(10)).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(!head.to_lowercase().contains("connection: close"), "{head}");
+    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_response(&mut tcp, Duration::from_secs(10)).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
