@@ -34,7 +34,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -239,7 +239,9 @@ async fn connection(
     metrics::gauge!("switchboard_ws_connections").increment(1.0);
 
     let (tx, rx) = mpsc::channel::<Outbound>(state.config.ws.outbound_queue);
-    let (close_tx, close_rx) = mpsc::channel::<(u16, &'static str)>(1);
+    // A oneshot: the reader asks for at most one close, and an mpsc channel
+    // would allocate a block of 32 slots for it on every socket.
+    let (close_tx, close_rx) = oneshot::channel::<(u16, &'static str)>();
     let overflow = CancellationToken::new();
     // Cancelled when the writer gives up (a write timed out or failed), so
     // the reader stops too and the socket is dropped.
@@ -281,7 +283,7 @@ async fn connection(
         cut: actors.users.cut_token(user_id, conn),
     };
     tokio::select! {
-        () = read_loop(&mut session, &mut stream, &close_tx, started, &last_seen) => {}
+        () = read_loop(&mut session, &mut stream, close_tx, started, &last_seen) => {}
         () = writer_gone.cancelled() => {}
     }
 
@@ -310,7 +312,7 @@ async fn connection(
 async fn read_loop(
     session: &mut Session,
     stream: &mut futures::stream::SplitStream<WebSocket>,
-    close_tx: &mpsc::Sender<(u16, &'static str)>,
+    close_tx: oneshot::Sender<(u16, &'static str)>,
     started: Instant,
     last_seen: &AtomicU64,
 ) {
@@ -322,7 +324,7 @@ async fn read_loop(
             // The writer sends what is queued, the `error` and close 1001.
             () = session.state.lifecycle.closing.cancelled() => break,
             () = session.cut.cancelled() => {
-                let _ = close_tx.try_send((CLOSE_UNAUTHORIZED, "account disabled"));
+                let _ = close_tx.send((CLOSE_UNAUTHORIZED, "account disabled"));
                 break;
             }
         };
@@ -331,7 +333,7 @@ async fn read_loop(
             Some(Ok(WsMessage::Text(t))) => {
                 metrics::counter!("switchboard_ws_frames_total", "direction" => "in").increment(1);
                 if t.len() > limit {
-                    let _ = close_tx.try_send((CLOSE_TOO_BIG, "frame too large"));
+                    let _ = close_tx.send((CLOSE_TOO_BIG, "frame too large"));
                     break;
                 }
                 // Boxed: handling a frame awaits Postgres and the chat
@@ -354,7 +356,7 @@ async fn read_loop(
                     || msg.contains("Space limit")
                     || msg.contains("too big")
                 {
-                    let _ = close_tx.try_send((CLOSE_TOO_BIG, "frame too large"));
+                    let _ = close_tx.send((CLOSE_TOO_BIG, "frame too large"));
                 }
                 break;
             }

@@ -13,7 +13,7 @@ use std::{
 
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures::SinkExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{CLOSE_GOING_AWAY, CLOSE_HEARTBEAT, CLOSE_SLOW_CONSUMER, WRITE_BATCH, close, text};
@@ -40,7 +40,7 @@ async fn within<E>(limit: Duration, op: impl Future<Output = Result<(), E>>) -> 
 pub(super) async fn write_loop(
     mut sink: futures::stream::SplitSink<WebSocket, WsMessage>,
     mut rx: mpsc::Receiver<Outbound>,
-    mut close_rx: mpsc::Receiver<(u16, &'static str)>,
+    mut close_rx: oneshot::Receiver<(u16, &'static str)>,
     overflow: CancellationToken,
     closing: CancellationToken,
     t: WriterTiming,
@@ -49,13 +49,18 @@ pub(super) async fn write_loop(
     let limit = t.write_timeout;
     let mut ping = tokio::time::interval(t.ping_every);
     ping.tick().await;
+    // Until the reader asked for a close or ended without one.
+    let mut close_pending = true;
     loop {
         // Biased: a close decided by the reader wins over frames still queued.
         tokio::select! {
             biased;
-            Some((code, reason)) = close_rx.recv() => {
-                let _ = within(limit, sink.send(close(code, reason))).await;
-                return;
+            asked = &mut close_rx, if close_pending => {
+                close_pending = false;
+                if let Ok((code, reason)) = asked {
+                    let _ = within(limit, sink.send(close(code, reason))).await;
+                    return;
+                }
             }
             () = overflow.cancelled() => {
                 let err = ServerFrame::error(ErrorCode::SlowConsumer, "outbound queue full: reading too slowly");
