@@ -31,13 +31,13 @@
 
 use std::collections::VecDeque;
 
-use eventsource_stream::Event;
 use serde_json::{Value, json};
 
 use super::{
     ChatProvider, ChatRequest, EventStream, PromptMessage, ProviderError, StreamEvent,
     ToolCallDelta, ToolChoice, Usage,
     http::{self, SseDecoder},
+    sse::Event,
     tokenizer,
 };
 use crate::config::Secret;
@@ -61,7 +61,7 @@ impl AnthropicProvider {
             base_url: http::trim_base(base_url.as_deref().unwrap_or(DEFAULT_BASE_URL)),
             api_key,
             default_model,
-            client: http::default_client(),
+            client: http::stream_client(),
         }
     }
 
@@ -281,7 +281,7 @@ impl SseDecoder for AnthropicDecoder {
         let kind = value
             .get("type")
             .and_then(Value::as_str)
-            .unwrap_or(event.event.as_str());
+            .unwrap_or(&event.event);
         match kind {
             "message_start" => {
                 let usage = value.get("message").and_then(|m| m.get("usage"));
@@ -415,7 +415,6 @@ mod tests {
 
     fn ev(data: &str) -> Event {
         Event {
-            event: "message".into(),
             data: data.into(),
             ..Event::default()
         }

@@ -18,13 +18,13 @@
 
 use std::collections::VecDeque;
 
-use eventsource_stream::Event;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::{
     ChatProvider, ChatRequest, EventStream, PromptMessage, ProviderError, StreamEvent, Usage,
     http::{self, SseDecoder},
+    sse::Event,
     tokenizer,
 };
 use crate::config::Secret;
@@ -70,7 +70,7 @@ impl CloudflareProvider {
             account_id,
             api_token,
             default_model,
-            client: http::default_client(),
+            client: http::stream_client(),
         }
     }
 
@@ -243,7 +243,6 @@ mod tests {
 
     fn ev(data: &str) -> Event {
         Event {
-            event: "message".into(),
             data: data.into(),
             ..Event::default()
         }

@@ -89,7 +89,7 @@ impl OpenAiEmbedder {
             base_url: http::trim_base(base_url.as_deref().unwrap_or("https://api.openai.com/v1")),
             api_key,
             model,
-            client: http::default_client(),
+            client: http::json_client(),
         }
     }
 }
@@ -141,7 +141,7 @@ impl CloudflareEmbedder {
             url: format!("{base}/accounts/{account_id}/ai/run/{model}"),
             token,
             model,
-            client: http::default_client(),
+            client: http::json_client(),
         }
     }
 }

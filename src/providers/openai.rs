@@ -4,7 +4,7 @@
 //! # Why not `async_openai::Client`
 //! The wire format is async-openai's own types ([`CreateChatCompletionRequest`]
 //! out, [`CreateChatCompletionStreamResponse`] in), but the request is sent with
-//! reqwest and the stream read with `eventsource-stream`, because async-openai
+//! reqwest and the stream read with [`super::sse`], because async-openai
 //! 0.43's client breaks this module's contract in three ways:
 //! - it retries 429 and 5xx itself (three times, with backoff), so a fallback
 //!   comes seconds late, and the provider actor's own policy is second-guessed;
@@ -40,7 +40,6 @@ use async_openai::types::chat::{
     ChatCompletionRequestUserMessage, ChatCompletionStreamOptions, CreateChatCompletionRequest,
     CreateChatCompletionStreamResponse, StopConfiguration,
 };
-use eventsource_stream::Event;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -48,6 +47,7 @@ use super::{
     ChatProvider, ChatRequest, EventStream, PromptMessage, ProviderError, StreamEvent,
     ToolCallDelta, Usage,
     http::{self, SseDecoder},
+    sse::Event,
     tokenizer,
 };
 use crate::config::Secret;
@@ -72,7 +72,7 @@ impl OpenAiProvider {
             base_url: http::trim_base(base_url.as_deref().unwrap_or(DEFAULT_BASE_URL)),
             api_key,
             default_model,
-            client: http::default_client(),
+            client: http::stream_client(),
         }
     }
 
@@ -301,7 +301,7 @@ impl SseDecoder for OpenAiDecoder {
             out.push_back(StreamEvent::Finish(finish));
             return Ok(true);
         }
-        if data.is_empty() || matches!(event.event.as_str(), "keepalive" | "ping") {
+        if data.is_empty() || matches!(&*event.event, "keepalive" | "ping") {
             return Ok(false);
         }
         let chunk = parse_chunk(data)?;
@@ -325,25 +325,33 @@ impl SseDecoder for OpenAiDecoder {
 
 /// One `data:` payload: async-openai's type first, then a lenient reading.
 fn parse_chunk(data: &str) -> Result<Chunk, ProviderError> {
+    // The common chunk, read into the typed form straight from its text: no
+    // JSON value per token. Text with `"error"` in it (an error's key, now and
+    // then a value) takes the path below, which looks for a stream error first.
+    if !data.contains(r#""error""#)
+        && let Ok(typed) = serde_json::from_str::<CreateChatCompletionStreamResponse>(data)
+    {
+        return Ok(from_typed(typed));
+    }
     let value = http::parse_json(data)?;
     if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
         return Err(stream_error(error));
     }
     // Read from the value in place, not from a clone of the whole chunk per token.
-    let mut chunk = match CreateChatCompletionStreamResponse::deserialize(&value) {
-        Ok(typed) => from_typed(typed),
+    match CreateChatCompletionStreamResponse::deserialize(&value) {
+        Ok(typed) => Ok(from_typed(typed)),
         Err(strict) => {
             tracing::debug!(error = %strict, "chunk does not fit the OpenAI types; reading it leniently");
-            from_value(&value)?
+            let mut chunk = from_value(&value)?;
+            chunk.tool_calls = tool_call_deltas(&value);
+            Ok(chunk)
         }
-    };
-    chunk.tool_calls = tool_call_deltas(&value);
-    Ok(chunk)
+    }
 }
 
 fn from_typed(chunk: CreateChatCompletionStreamResponse) -> Chunk {
     let choice = chunk.choices.into_iter().find(|c| c.index == 0);
-    let (content, finish) = match choice {
+    let (content, finish, calls) = match choice {
         Some(c) => (
             c.delta.content,
             c.finish_reason.and_then(|r| {
@@ -351,13 +359,25 @@ fn from_typed(chunk: CreateChatCompletionStreamResponse) -> Chunk {
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
             }),
+            c.delta.tool_calls.unwrap_or_default(),
         ),
-        None => (None, None),
+        None => (None, None, Vec::new()),
     };
     Chunk {
         content,
         finish,
-        tool_calls: Vec::new(),
+        tool_calls: calls
+            .into_iter()
+            .map(|c| {
+                let (name, arguments) = c.function.map_or((None, None), |f| (f.name, f.arguments));
+                ToolCallDelta {
+                    index: c.index,
+                    id: c.id,
+                    name,
+                    arguments: arguments.unwrap_or_default(),
+                }
+            })
+            .collect(),
         usage: chunk.usage.map(|u| Usage {
             input_tokens: u.prompt_tokens,
             output_tokens: u.completion_tokens,
@@ -581,5 +601,39 @@ mod tests {
             parse_chunk(r#"{"error":{"message":"boom","type":"server_error"}}"#),
             Err(ProviderError::Upstream { status: 502 })
         );
+        // A chunk that fits the types but also carries an error is an error.
+        let both = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",
+            "choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}],"error":{"code":429}}"#;
+        assert!(matches!(
+            parse_chunk(both),
+            Err(ProviderError::RateLimited { .. })
+        ));
+    }
+
+    #[test]
+    fn tool_calls_read_the_same_from_strict_and_lenient_chunks() {
+        let calls = r#"[{"index":1,"id":"call_2","type":"function","function":{"name":"f","arguments":"{"}},
+            {"index":2,"function":{"arguments":"}"}}]"#;
+        let strict = format!(
+            r#"{{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",
+            "choices":[{{"index":0,"delta":{{"tool_calls":{calls}}},"finish_reason":null}}]}}"#
+        );
+        // no `id`, `created` or `model`: not OpenAI's type
+        let lenient = format!(r#"{{"choices":[{{"index":0,"delta":{{"tool_calls":{calls}}}}}]}}"#);
+        let want = vec![
+            ToolCallDelta {
+                index: 1,
+                id: Some("call_2".into()),
+                name: Some("f".into()),
+                arguments: "{".into(),
+            },
+            ToolCallDelta {
+                index: 2,
+                arguments: "}".into(),
+                ..ToolCallDelta::default()
+            },
+        ];
+        assert_eq!(parse_chunk(&strict).unwrap().tool_calls, want);
+        assert_eq!(parse_chunk(&lenient).unwrap().tool_calls, want);
     }
 }
