@@ -124,6 +124,12 @@ async fn relay(
             },
         };
         let mut ready = vec![head];
+        // hyper hands a response body over one chunk at a time: chunks that
+        // came in one read reach this stream only as the connection's task
+        // runs again. So before sending, yield to the scheduler, and again
+        // after every yield that brought more: a backlog goes out in one
+        // write instead of one per chunk.
+        let mut may_yield = true;
         while ready.len() < COALESCE
             && matches!(
                 ready.last(),
@@ -131,7 +137,14 @@ async fn relay(
             )
         {
             match stream.next().now_or_never() {
-                Some(ev) => ready.push(ev),
+                Some(ev) => {
+                    ready.push(ev);
+                    may_yield = true;
+                }
+                None if may_yield => {
+                    may_yield = false;
+                    tokio::task::yield_now().await;
+                }
                 None => break,
             }
         }
