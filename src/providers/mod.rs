@@ -239,8 +239,8 @@ pub(crate) mod http {
     /// it). It has no read timeout: the generation bounds a stream's silence
     /// itself (the first event's deadline, then
     /// `routing.inter_token_timeout_ms`), and reqwest's timer, re-armed for
-    /// every chunk of every stream, was 2.5 % of the server's CPU with 300
-    /// streams open.
+    /// every chunk of every stream, cost about 8 % of the server's CPU per
+    /// completion with 300 streams open (docs/BENCHMARKS.md, fifth pass).
     pub fn stream_client() -> reqwest::Client {
         reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
