@@ -9,6 +9,8 @@
 #   scripts/profile.sh openai-cpu     /v1 streams of 20 simulated tokens, 50 at a time
 #   scripts/profile.sh ws-throughput  WebSocket chat, 10-token answers, 500 users
 #   scripts/profile.sh ws-ack         open loop, 1,000 messages/s
+#   scripts/profile.sh ws-1k          1,000 WebSocket chats at once, 40-token answers 20 ms apart
+#                                     (the bench's ws-chat-1k)
 #   scripts/profile.sh openai-realistic  1,000 /v1 streams through the mock OpenAI provider
 #                                     (200 ms TTFT, 50 tokens 10 ms apart), then straight to it
 #   scripts/profile.sh openai-cpu SWITCHBOARD_AUTH__KEY_CACHE_MS=0   settings for the server
@@ -24,7 +26,7 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-name=${1:?usage: scripts/profile.sh openai-cpu|ws-throughput|ws-ack|openai-realistic [VAR=VALUE...]}
+name=${1:?usage: scripts/profile.sh openai-cpu|ws-throughput|ws-ack|ws-1k|openai-realistic [VAR=VALUE...]}
 shift
 server_env=("$@")
 PORT=${PROFILE_PORT:-18180}
@@ -63,6 +65,7 @@ case "$name" in
   openai-cpu) tokens=20 delay=1 load=(openai --concurrency 50) ;;
   ws-throughput) tokens=10 delay=1 load=(ws-chat --users 500 --per-account 30 --messages 100000 --ramp-ms 1000) ;;
   ws-ack) tokens=10 delay=1 load=(ws-chat --users 200 --per-account 30 --rate 1000 --messages 100000) ;;
+  ws-1k) tokens=40 delay=20 load=(ws-chat --users 1000 --per-account 30 --messages 1000 --ramp-ms 2000) ;;
   openai-realistic)
     mock_port=$((PORT + 11))
     tokens=20 delay=1 ttft=200

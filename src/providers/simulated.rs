@@ -14,7 +14,7 @@
 //!
 //! It refuses `logprobs`, which it cannot produce.
 
-use std::time::Duration;
+use std::{collections::VecDeque, time::Duration};
 
 use futures::StreamExt;
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -149,38 +149,63 @@ impl ChatProvider for SimulatedProvider {
         } else {
             "stop"
         };
-        let stream = async_stream(move |tx| async move {
-            tokio::time::sleep(Duration::from_millis(cfg.ttft_ms)).await;
-            if fail_before {
-                let _ = tx.send(Err(ProviderError::Upstream { status: 503 })).await;
-                return;
-            }
+        // The whole answer as a script of events and when each is due, from
+        // now: like a real provider, the model keeps its pace however late the
+        // consumer reads (what is overdue comes at once), and the stream is
+        // polled by its consumer's own task, with no task or channel of its
+        // own per answer.
+        let ttft = Duration::from_millis(cfg.ttft_ms);
+        let gap = Duration::from_millis(cfg.token_delay_ms);
+        let mut script = Script::new();
+        if fail_before {
+            script.push_back((ttft, Err(ProviderError::Upstream { status: 503 })));
+        } else {
+            let mut at = ttft;
+            let mut failed = false;
             for (i, t) in tokens.into_iter().enumerate() {
-                if i > 0 && cfg.token_delay_ms > 0 {
-                    tokio::time::sleep(Duration::from_millis(cfg.token_delay_ms)).await;
-                }
+                at = ttft + gap.saturating_mul(u32::try_from(i).unwrap_or(u32::MAX));
                 if fail_midway && i == (n as usize) / 2 {
-                    let _ = tx.send(Err(ProviderError::Disconnected)).await;
-                    return;
+                    script.push_back((at, Err(ProviderError::Disconnected)));
+                    failed = true;
+                    break;
                 }
-                if tx.send(Ok(StreamEvent::Token(t))).await.is_err() {
-                    return; // the consumer went away: stop generating
-                }
+                script.push_back((at, Ok(StreamEvent::Token(t))));
             }
-            for delta in call_deltas(&calls) {
-                if tx.send(Ok(StreamEvent::ToolCall(delta))).await.is_err() {
-                    return;
-                }
+            if !failed {
+                let usage = Usage {
+                    input_tokens,
+                    output_tokens: n,
+                };
+                let ending = [
+                    StreamEvent::Usage(usage),
+                    StreamEvent::Finish(finish.to_owned()),
+                ];
+                let events = call_deltas(&calls)
+                    .into_iter()
+                    .map(StreamEvent::ToolCall)
+                    .chain(ending);
+                script.extend(events.map(|e| (at, Ok(e))));
             }
-            let usage = Usage {
-                input_tokens,
-                output_tokens: n,
-            };
-            let _ = tx.send(Ok(StreamEvent::Usage(usage))).await;
-            let _ = tx.send(Ok(StreamEvent::Finish(finish.to_owned()))).await;
-        });
-        stream.boxed()
+        }
+        play(script)
     }
+}
+
+/// Events and when each is due, counted from when the answer was asked for.
+type Script = VecDeque<(Duration, Result<StreamEvent, ProviderError>)>;
+
+/// Plays `script` from now: each event when it is due, or at once if it is overdue.
+fn play(script: Script) -> EventStream {
+    let start = tokio::time::Instant::now();
+    futures::stream::unfold(script, move |mut script| async move {
+        let (at, event) = script.pop_front()?;
+        let due = start + at;
+        if due > tokio::time::Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
+        Some((event, script))
+    })
+    .boxed()
 }
 
 /// What the simulated model answers: text tokens, or tool calls.
@@ -408,34 +433,11 @@ fn prompt_word(prompt: &str) -> Option<String> {
     None
 }
 
-/// A stream fed by a task; dropping the stream aborts the task, even mid-sleep.
-fn async_stream<F, Fut>(f: F) -> impl futures::Stream<Item = Result<StreamEvent, ProviderError>>
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<StreamEvent, ProviderError>>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "the task belongs to the stream: aborted when the stream is dropped"
-    )]
-    let guard = AbortOnDrop(tokio::spawn(f(tx)).abort_handle());
-    futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
-        rx.recv().await.map(|item| (item, (rx, guard)))
-    })
-}
-
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
+
     use crate::providers::PromptMessage;
 
     fn req(prompt: &str, max_tokens: u32) -> ChatRequest {
@@ -478,6 +480,36 @@ mod tests {
             events.last().unwrap(),
             &Ok(StreamEvent::Finish("stop".into()))
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_keep_the_model_s_pace_however_late_they_are_read() {
+        let p = SimulatedProvider::new(SimulatedConfig {
+            ttft_ms: 100,
+            token_delay_ms: 10,
+            reply_tokens: 5,
+            failure_rate: 0.0,
+        });
+        let start = tokio::time::Instant::now();
+        let mut stream = p.stream(req("hello", 100));
+        assert!(matches!(
+            stream.next().await,
+            Some(Ok(StreamEvent::Token(_)))
+        ));
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+        // Read late: the tokens due at 110 and 120 ms are there at once, the
+        // one due at 130 ms is not.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        for _ in 0..2 {
+            let overdue = stream.next().now_or_never();
+            assert!(matches!(overdue, Some(Some(Ok(StreamEvent::Token(_))))));
+        }
+        assert!(stream.next().now_or_never().is_none());
+        assert!(matches!(
+            stream.next().await,
+            Some(Ok(StreamEvent::Token(_)))
+        ));
+        assert_eq!(start.elapsed(), Duration::from_millis(130));
     }
 
     #[tokio::test(start_paused = true)]
