@@ -124,14 +124,19 @@ impl<S> Events<S> {
 
     /// Appends a received chunk, dropping what was read already.
     fn push(&mut self, chunk: &[u8]) {
-        let mut chunk = chunk;
-        if !self.started {
-            self.started = true;
-            chunk = chunk.strip_prefix("\u{feff}".as_bytes()).unwrap_or(chunk);
-        }
+        const BOM: &[u8] = "\u{feff}".as_bytes();
         self.buf.drain(..self.pos);
         self.pos = 0;
         self.buf.extend_from_slice(chunk);
+        if !self.started {
+            if self.buf.len() < BOM.len() && BOM.starts_with(&self.buf) {
+                return; // maybe the start of a byte-order mark: wait for more
+            }
+            self.started = true;
+            if self.buf.starts_with(BOM) {
+                self.pos = BOM.len();
+            }
+        }
     }
 }
 
@@ -217,8 +222,9 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_may_end_anywhere_even_between_cr_and_lf() {
-        let body = "data: {\"x\": \"h\u{e9}llo\"}\r\n\r\nevent: ping\ndata: 1\n\n".as_bytes();
+    fn a_chunk_may_end_anywhere_even_in_the_bom_or_between_cr_and_lf() {
+        let body =
+            "\u{feff}data: {\"x\": \"h\u{e9}llo\"}\r\n\r\nevent: ping\ndata: 1\n\n".as_bytes();
         let want = vec![ev("message", "{\"x\": \"h\u{e9}llo\"}"), ev("ping", "1")];
         for cut in 1..body.len() {
             let (a, b) = body.split_at(cut);
